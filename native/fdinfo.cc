@@ -1,0 +1,118 @@
+// What kind of fd is this: fstat (type, rdev, size). Socket options are read with
+// getsockopt (unix.cc); /proc/self/fd links are read from TypeScript.
+// Also the fd factories the backends and tests use: eventfd, memfd_create + seals,
+// pipe2, pidfd_open.
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "errors.h"
+
+namespace bt {
+
+namespace {
+
+// fstat(fd): { mode, type, rdevMajor, rdevMinor, devMajor, devMinor, ino, size }
+Napi::Value Fstat(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  struct stat st;
+  if (fstat(fd, &st) < 0) ThrowErrno(env, errno, "fstat");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("mode", Napi::Number::New(env, st.st_mode));
+  o.Set("type", Napi::Number::New(env, st.st_mode & S_IFMT));
+  o.Set("rdevMajor", Napi::Number::New(env, major(st.st_rdev)));
+  o.Set("rdevMinor", Napi::Number::New(env, minor(st.st_rdev)));
+  o.Set("devMajor", Napi::Number::New(env, major(st.st_dev)));
+  o.Set("devMinor", Napi::Number::New(env, minor(st.st_dev)));
+  o.Set("ino", Napi::Number::New(env, static_cast<double>(st.st_ino)));
+  o.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
+  return o;
+}
+
+// eventfd(initval, flags): fd. EFD_CLOEXEC is always added.
+Napi::Value EventFd(const Napi::CallbackInfo& info) {
+  int initval = IntArg(info, 0, 0);
+  if (initval < 0) ThrowArg(info.Env(), "ERR_OUT_OF_RANGE", "eventfd initval must be >= 0");
+  int fd = eventfd(static_cast<unsigned>(initval), IntArg(info, 1, 0) | EFD_CLOEXEC);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "eventfd");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// memfd_create(name, flags): fd. MFD_CLOEXEC | MFD_ALLOW_SEALING are always added.
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  std::string name = StringArg(info, 0);
+  int fd = memfd_create(name.c_str(), static_cast<unsigned>(IntArg(info, 1, 0)) | MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "memfd_create");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// fcntl_add_seals(fd, seals)
+Napi::Value FcntlAddSeals(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  if (fcntl(fd, F_ADD_SEALS, IntArg(info, 1, 0)) < 0) ThrowErrno(info.Env(), errno, "fcntl(F_ADD_SEALS)");
+  return info.Env().Undefined();
+}
+
+// fcntl_get_seals(fd): seals (EINVAL when the file does not support sealing)
+Napi::Value FcntlGetSeals(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  int v = fcntl(fd, F_GET_SEALS);
+  if (v < 0) ThrowErrno(info.Env(), errno, "fcntl(F_GET_SEALS)");
+  return Napi::Number::New(info.Env(), v);
+}
+
+// pipe2(flags): [readFd, writeFd]. O_CLOEXEC is always added.
+Napi::Value Pipe2(const Napi::CallbackInfo& info) {
+  int fds[2];
+  if (pipe2(fds, IntArg(info, 0, 0) | O_CLOEXEC) < 0) ThrowErrno(info.Env(), errno, "pipe2");
+  Napi::Array a = Napi::Array::New(info.Env(), 2);
+  a.Set(0u, Napi::Number::New(info.Env(), fds[0]));
+  a.Set(1u, Napi::Number::New(info.Env(), fds[1]));
+  return a;
+}
+
+// pidfd_open(pid): fd (always close-on-exec)
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
+  int pid = IntArg(info, 0, -1);
+  if (pid <= 0) ThrowArg(info.Env(), "ERR_OUT_OF_RANGE", "pid must be > 0");
+  long fd = syscall(SYS_pidfd_open, pid, 0);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "pidfd_open");
+  return Napi::Number::New(info.Env(), static_cast<double>(fd));
+}
+
+}  // namespace
+
+void InitFdinfo(Napi::Env env, Napi::Object exports) {
+  exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
+  exports.Set("eventfd", Napi::Function::New(env, EventFd, "eventfd"));
+  exports.Set("memfd_create", Napi::Function::New(env, MemfdCreate, "memfd_create"));
+  exports.Set("fcntl_add_seals", Napi::Function::New(env, FcntlAddSeals, "fcntl_add_seals"));
+  exports.Set("fcntl_get_seals", Napi::Function::New(env, FcntlGetSeals, "fcntl_get_seals"));
+  exports.Set("pipe2", Napi::Function::New(env, Pipe2, "pipe2"));
+  exports.Set("pidfd_open", Napi::Function::New(env, PidfdOpen, "pidfd_open"));
+
+  exports.Set("S_IFMT", Napi::Number::New(env, S_IFMT));
+  exports.Set("S_IFSOCK", Napi::Number::New(env, S_IFSOCK));
+  exports.Set("S_IFCHR", Napi::Number::New(env, S_IFCHR));
+  exports.Set("S_IFREG", Napi::Number::New(env, S_IFREG));
+  exports.Set("S_IFIFO", Napi::Number::New(env, S_IFIFO));
+  exports.Set("S_IFDIR", Napi::Number::New(env, S_IFDIR));
+  exports.Set("S_IFBLK", Napi::Number::New(env, S_IFBLK));
+  exports.Set("S_IFLNK", Napi::Number::New(env, S_IFLNK));
+  exports.Set("EFD_NONBLOCK", Napi::Number::New(env, EFD_NONBLOCK));
+  exports.Set("EFD_SEMAPHORE", Napi::Number::New(env, EFD_SEMAPHORE));
+  exports.Set("F_SEAL_SEAL", Napi::Number::New(env, F_SEAL_SEAL));
+  exports.Set("F_SEAL_SHRINK", Napi::Number::New(env, F_SEAL_SHRINK));
+  exports.Set("F_SEAL_GROW", Napi::Number::New(env, F_SEAL_GROW));
+  exports.Set("F_SEAL_WRITE", Napi::Number::New(env, F_SEAL_WRITE));
+#ifdef F_SEAL_FUTURE_WRITE
+  exports.Set("F_SEAL_FUTURE_WRITE", Napi::Number::New(env, F_SEAL_FUTURE_WRITE));
+#endif
+}
+
+}  // namespace bt

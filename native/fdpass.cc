@@ -1,0 +1,173 @@
+// sendmsg / recvmsg with SCM_RIGHTS. One syscall per call (EINTR is retried).
+// EAGAIN is returned as -EAGAIN instead of thrown: it is the common case on a
+// non-blocking socket and building an Error per EAGAIN would cost more than the
+// syscall. Every other failure throws an errno Error.
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <climits>
+#include <unistd.h>
+
+#include "errors.h"
+
+namespace bt {
+
+namespace {
+
+constexpr int kScmMaxFd = 253;  // SCM_MAX_FD in the kernel, not exported by libc
+constexpr int kMaxIov = 1024;   // IOV_MAX on Linux
+
+// Fills fds from an Int32Array or an array of numbers. Returns the count.
+int CollectFds(Napi::Env env, Napi::Value v, int* fds) {
+  if (v.IsUndefined() || v.IsNull()) return 0;
+  if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    if (ta.TypedArrayType() != napi_int32_array)
+      ThrowArg(env, "ERR_INVALID_ARG_TYPE", "fds must be an Int32Array or an array of integers");
+    Napi::Int32Array a = v.As<Napi::Int32Array>();
+    size_t n = a.ElementLength();
+    if (n > static_cast<size_t>(kScmMaxFd))
+      ThrowArg(env, "ERR_TOO_MANY_FDS", "at most 253 fds (SCM_MAX_FD) per sendmsg");
+    for (size_t i = 0; i < n; i++) fds[i] = a[i];
+    return static_cast<int>(n);
+  }
+  if (!v.IsArray()) ThrowArg(env, "ERR_INVALID_ARG_TYPE", "fds must be an Int32Array or an array of integers");
+  Napi::Array a = v.As<Napi::Array>();
+  uint32_t n = a.Length();
+  if (n > static_cast<uint32_t>(kScmMaxFd))
+    ThrowArg(env, "ERR_TOO_MANY_FDS", "at most 253 fds (SCM_MAX_FD) per sendmsg");
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Value e = a.Get(i);
+    if (!e.IsNumber()) ThrowArg(env, "ERR_INVALID_ARG_TYPE", "fds must be integers");
+    fds[i] = e.As<Napi::Number>().Int32Value();
+  }
+  return static_cast<int>(n);
+}
+
+// sendmsg(fd, data: Uint8Array | Uint8Array[], fds?: Int32Array | number[]): number
+// Returns bytes written (possibly fewer than offered), or -EAGAIN.
+Napi::Value SendMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+
+  struct iovec iov[kMaxIov];
+  int iovcnt = 0;
+  Bytes b;
+  if (info.Length() > 1 && GetBytes(info[1], &b)) {
+    iov[0].iov_base = b.data;
+    iov[0].iov_len = b.length;
+    iovcnt = 1;
+  } else if (info.Length() > 1 && info[1].IsArray()) {
+    Napi::Array arr = info[1].As<Napi::Array>();
+    uint32_t n = arr.Length();
+    if (n > static_cast<uint32_t>(kMaxIov)) ThrowArg(env, "ERR_OUT_OF_RANGE", "at most 1024 buffers (IOV_MAX) per sendmsg");
+    for (uint32_t i = 0; i < n; i++) {
+      if (!GetBytes(arr.Get(i), &b)) ThrowArg(env, "ERR_INVALID_ARG_TYPE", "data must be Uint8Arrays");
+      iov[iovcnt].iov_base = b.data;
+      iov[iovcnt].iov_len = b.length;
+      iovcnt++;
+    }
+  } else {
+    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "data must be a Uint8Array or an array of Uint8Arrays");
+  }
+
+  int fds[kScmMaxFd];
+  int nfds = info.Length() > 2 ? CollectFds(env, info[2], fds) : 0;
+
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kScmMaxFd)];
+  struct msghdr msg = {};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = iovcnt;
+  if (nfds > 0) {
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+
+  ssize_t n;
+  do {
+    n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -EAGAIN);
+    ThrowErrno(env, errno, "sendmsg");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// recvmsg(fd, buffer, offset, length, meta: Int32Array(2 + 253)): number
+// Receives into buffer[offset, offset+length). Always MSG_CMSG_CLOEXEC.
+// meta[0] = number of fds received, meta[1] = msg_flags (MSG_CTRUNC, MSG_TRUNC),
+// meta[2..] = the fds. Returns the byte count (0 = EOF unless fds came), or -EAGAIN.
+Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes buf;
+  if (info.Length() < 5 || !GetBytes(info[1], &buf))
+    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "recvmsg(fd, buffer, offset, length, meta)");
+  int64_t off = info[2].As<Napi::Number>().Int64Value();
+  int64_t len = info[3].As<Napi::Number>().Int64Value();
+  if (off < 0 || len < 0 || static_cast<uint64_t>(off + len) > buf.length)
+    ThrowArg(env, "ERR_OUT_OF_RANGE", "offset/length outside the buffer");
+  if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "meta must be an Int32Array");
+  Napi::Int32Array meta = info[4].As<Napi::Int32Array>();
+  if (meta.ElementLength() < static_cast<size_t>(2 + kScmMaxFd))
+    ThrowArg(env, "ERR_OUT_OF_RANGE", "meta must hold 2 + 253 entries");
+
+  struct iovec iov;
+  iov.iov_base = buf.data + off;
+  iov.iov_len = static_cast<size_t>(len);
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kScmMaxFd)];
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof(cbuf);
+
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -EAGAIN);
+    ThrowErrno(env, errno, "recvmsg");
+  }
+
+  int32_t* out = meta.Data();
+  int nfds = 0;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int count = static_cast<int>((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    for (int i = 0; i < count; i++) {
+      int rfd;
+      memcpy(&rfd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      if (nfds < kScmMaxFd) {
+        out[2 + nfds++] = rfd;
+      } else {
+        close(rfd);  // cannot happen with a control buffer sized for SCM_MAX_FD; never leak
+        msg.msg_flags |= MSG_CTRUNC;
+      }
+    }
+  }
+  out[0] = nfds;
+  out[1] = msg.msg_flags;
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+}  // namespace
+
+void InitFdpass(Napi::Env env, Napi::Object exports) {
+  exports.Set("sendmsg", Napi::Function::New(env, SendMsg, "sendmsg"));
+  exports.Set("recvmsg", Napi::Function::New(env, RecvMsg, "recvmsg"));
+  exports.Set("SCM_MAX_FD", Napi::Number::New(env, kScmMaxFd));
+  exports.Set("IOV_MAX", Napi::Number::New(env, kMaxIov));
+  exports.Set("MSG_CTRUNC", Napi::Number::New(env, MSG_CTRUNC));
+  exports.Set("MSG_TRUNC", Napi::Number::New(env, MSG_TRUNC));
+  exports.Set("EAGAIN", Napi::Number::New(env, EAGAIN));
+}
+
+}  // namespace bt

@@ -1,0 +1,120 @@
+// One error class with stable .code values, after hypercore's lib/errors.js: static
+// factories, the code in both the message and the property. System errors keep
+// their errno/syscall and travel as .cause.
+
+export const ErrorCodes = {
+  /** An argument is of the wrong type or out of range. */
+  ERR_INVALID_ARGUMENT: 'ERR_INVALID_ARGUMENT',
+  /** The operation needs an open socket and this one is closed. */
+  ERR_SOCKET_CLOSED: 'ERR_SOCKET_CLOSED',
+  /** The peer went away (EPIPE, ECONNRESET, or EOF where more was due). */
+  ERR_PEER_CLOSED: 'ERR_PEER_CLOSED',
+  /** MSG_CTRUNC: the kernel dropped fds (small control buffer, receiver's RLIMIT_NOFILE, an LSM). */
+  ERR_FDS_TRUNCATED: 'ERR_FDS_TRUNCATED',
+  /** MSG_TRUNC on a seqpacket socket: a record was larger than the receive buffer. */
+  ERR_RECORD_TRUNCATED: 'ERR_RECORD_TRUNCATED',
+  /** ETOOMANYREFS: the sender has more fds in flight than its RLIMIT_NOFILE allows. */
+  ERR_TOO_MANY_REFS: 'ERR_TOO_MANY_REFS',
+  /** EMFILE / ENFILE: no fd slot left in this process or the system. */
+  ERR_FD_LIMIT: 'ERR_FD_LIMIT',
+  /** The peer's credentials (SO_PEERCRED) are not allowed by the peer policy. */
+  ERR_PEER_REJECTED: 'ERR_PEER_REJECTED',
+  /** The channel is not an AF_UNIX socket, so it cannot carry fds. */
+  ERR_NOT_UNIX_SOCKET: 'ERR_NOT_UNIX_SOCKET',
+  /** A send carries more fd batches than it has bytes: each piece needs at least one byte. */
+  ERR_FDS_NEED_BYTES: 'ERR_FDS_NEED_BYTES',
+  /** connect() failed (ENOENT, ECONNREFUSED, EACCES ...). */
+  ERR_CONNECT_FAILED: 'ERR_CONNECT_FAILED',
+  /** The address is already bound (EADDRINUSE). */
+  ERR_ADDRESS_IN_USE: 'ERR_ADDRESS_IN_USE',
+  /** An operation did not finish within its time limit. */
+  ERR_TIMEOUT: 'ERR_TIMEOUT',
+  /** A framed message ended early: the peer closed mid-message. */
+  ERR_MESSAGE_INCOMPLETE: 'ERR_MESSAGE_INCOMPLETE',
+  /** A framed message is malformed (bad header, wrong fd count, over the size limit). */
+  ERR_MESSAGE_INVALID: 'ERR_MESSAGE_INVALID',
+  /** Any other system error; .cause has the errno error. */
+  ERR_SYSTEM: 'ERR_SYSTEM',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes] | (string & { readonly __code?: never });
+
+export interface SystemErrorLike extends Error {
+  code?: string;
+  errno?: number;
+  syscall?: string;
+}
+
+export class BackendTransferError extends Error {
+  readonly code: ErrorCode;
+  /** errno of the underlying system error (negative, as in Node), when there is one. */
+  readonly errno?: number;
+  /** The syscall that failed, when there is one. */
+  readonly syscall?: string;
+  /** Extra structured facts (counts, names) for callers and logs. */
+  readonly details?: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+    super(`${code}: ${message}`, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BackendTransferError';
+    this.code = code;
+    const cause = options.cause as SystemErrorLike | undefined;
+    if (cause && typeof cause === 'object') {
+      if (typeof cause.errno === 'number') this.errno = cause.errno;
+      if (typeof cause.syscall === 'string') this.syscall = cause.syscall;
+    }
+    if (options.details) this.details = options.details;
+  }
+
+  static invalidArgument(message: string): BackendTransferError {
+    return new BackendTransferError(ErrorCodes.ERR_INVALID_ARGUMENT, message);
+  }
+
+  static socketClosed(what = 'socket'): BackendTransferError {
+    return new BackendTransferError(ErrorCodes.ERR_SOCKET_CLOSED, `${what} is closed`);
+  }
+
+  static timeout(what: string, ms: number): BackendTransferError {
+    return new BackendTransferError(ErrorCodes.ERR_TIMEOUT, `${what} did not finish within ${ms} ms`, { details: { ms } });
+  }
+
+  /**
+   * Maps a system error from the addon to a library error with a stable code.
+   * `context` says what we were doing ("sendmsg on fd 12").
+   */
+  static fromSystem(err: unknown, context: string): BackendTransferError {
+    if (err instanceof BackendTransferError) return err;
+    const e = err as SystemErrorLike;
+    const sys = typeof e?.code === 'string' ? e.code : undefined;
+    const text = e?.message ?? String(err);
+    switch (sys) {
+      case 'EPIPE':
+      case 'ECONNRESET':
+      case 'ENOTCONN':
+        return new BackendTransferError(ErrorCodes.ERR_PEER_CLOSED, `${context}: peer closed the connection (${text})`, { cause: err });
+      case 'ETOOMANYREFS':
+        return new BackendTransferError(
+          ErrorCodes.ERR_TOO_MANY_REFS,
+          `${context}: too many fds in flight for this user; the sender's RLIMIT_NOFILE bounds fds queued but not yet received (${text})`,
+          { cause: err },
+        );
+      case 'EMFILE':
+      case 'ENFILE':
+        return new BackendTransferError(
+          ErrorCodes.ERR_FD_LIMIT,
+          `${context}: out of file descriptors (${sys === 'EMFILE' ? 'RLIMIT_NOFILE of this process' : 'system-wide limit'}) (${text})`,
+          { cause: err },
+        );
+      case 'EADDRINUSE':
+        return new BackendTransferError(ErrorCodes.ERR_ADDRESS_IN_USE, `${context}: address already in use (${text})`, { cause: err });
+      case 'ENOTSOCK':
+        return new BackendTransferError(ErrorCodes.ERR_NOT_UNIX_SOCKET, `${context}: not a socket (${text})`, { cause: err });
+      default:
+        return new BackendTransferError(ErrorCodes.ERR_SYSTEM, `${context}: ${text}`, { cause: err });
+    }
+  }
+}
+
+export function isBackendTransferError(err: unknown, code?: ErrorCode): err is BackendTransferError {
+  return err instanceof BackendTransferError && (code === undefined || err.code === code);
+}

@@ -1,0 +1,154 @@
+// The addon, loaded the way serialport/bindings-cpp does it (node-gyp-build picks a
+// prebuild from prebuilds/ or the local build/), with a typed interface that
+// everything above is written against.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+export interface PollerInstance {
+  start(events: number): void;
+  stop(): void;
+  close(): void;
+  ref(): void;
+  unref(): void;
+}
+
+export interface PollerConstructor {
+  new (fd: number, callback: (status: number, events: number) => void): PollerInstance;
+}
+
+export interface NativeStat {
+  mode: number;
+  type: number;
+  rdevMajor: number;
+  rdevMinor: number;
+  devMajor: number;
+  devMinor: number;
+  ino: number;
+  size: number;
+}
+
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+export interface IfReq {
+  name: string;
+  flags: number;
+}
+
+/** Every export makes one syscall (EINTR retried) and throws errno errors with .code/.errno/.syscall. */
+export interface NativeBinding {
+  // fdpass.cc
+  /** Returns bytes written, or -EAGAIN. At most SCM_MAX_FD fds and IOV_MAX buffers. */
+  sendmsg(fd: number, data: Uint8Array | readonly Uint8Array[], fds?: Int32Array | readonly number[]): number;
+  /** meta: Int32Array(2 + SCM_MAX_FD): [nfds, msg_flags, ...fds]. Returns bytes, or -EAGAIN. */
+  recvmsg(fd: number, buffer: Uint8Array, offset: number, length: number, meta: Int32Array): number;
+  readonly SCM_MAX_FD: number;
+  readonly IOV_MAX: number;
+  readonly MSG_CTRUNC: number;
+  readonly MSG_TRUNC: number;
+  readonly EAGAIN: number;
+
+  // unix.cc
+  socket(type: number): number;
+  socketpair(type: number): [number, number];
+  bind(fd: number, address: string): void;
+  listen(fd: number, backlog?: number): void;
+  /** Returns the new fd, or -EAGAIN. */
+  accept4(fd: number): number;
+  /** Returns 0, -EAGAIN (backlog full) or -EINPROGRESS. */
+  connect(fd: number, address: string): number;
+  getsockopt(fd: number, level: number, name: number): number;
+  setsockopt(fd: number, level: number, name: number, value: number): void;
+  getpeercred(fd: number): PeerCred;
+  getpeerpidfd(fd: number): number;
+  getsockname(fd: number): string | null;
+  getpeername(fd: number): string | null;
+  shutdown(fd: number, how: number): void;
+  close(fd: number): void;
+  /** fcntl(F_DUPFD_CLOEXEC) */
+  dup(fd: number, minFd?: number): number;
+  fcntl_getfl(fd: number): number;
+  fcntl_getfd(fd: number): number;
+  readonly AF_UNIX: number;
+  readonly SOCK_STREAM: number;
+  readonly SOCK_DGRAM: number;
+  readonly SOCK_SEQPACKET: number;
+  readonly SOL_SOCKET: number;
+  readonly SO_DOMAIN: number;
+  readonly SO_TYPE: number;
+  readonly SO_ACCEPTCONN: number;
+  readonly SO_ERROR: number;
+  readonly SO_SNDBUF: number;
+  readonly SO_RCVBUF: number;
+  readonly SO_PEERPIDFD: number;
+  readonly SHUT_RD: number;
+  readonly SHUT_WR: number;
+  readonly SHUT_RDWR: number;
+  readonly O_NONBLOCK: number;
+  readonly FD_CLOEXEC: number;
+  readonly EINPROGRESS: number;
+
+  // fdinfo.cc
+  fstat(fd: number): NativeStat;
+  eventfd(initval: number, flags?: number): number;
+  memfd_create(name: string, flags?: number): number;
+  fcntl_add_seals(fd: number, seals: number): void;
+  fcntl_get_seals(fd: number): number;
+  pipe2(flags?: number): [number, number];
+  pidfd_open(pid: number): number;
+  readonly S_IFMT: number;
+  readonly S_IFSOCK: number;
+  readonly S_IFCHR: number;
+  readonly S_IFREG: number;
+  readonly S_IFIFO: number;
+  readonly S_IFDIR: number;
+  readonly S_IFBLK: number;
+  readonly S_IFLNK: number;
+  readonly EFD_NONBLOCK: number;
+  readonly EFD_SEMAPHORE: number;
+  readonly F_SEAL_SEAL: number;
+  readonly F_SEAL_SHRINK: number;
+  readonly F_SEAL_GROW: number;
+  readonly F_SEAL_WRITE: number;
+  readonly F_SEAL_FUTURE_WRITE?: number;
+
+  // tap.cc
+  tunsetiff(fd: number, name: string, flags: number): IfReq;
+  tungetiff(fd: number): IfReq;
+  tunsetqueue(fd: number, flags: number): void;
+  tungetvnethdrsz(fd: number): number;
+  tunsetvnethdrsz(fd: number, size: number): void;
+  tunsetoffload(fd: number, flags: number): void;
+  tungetfeatures(fd: number): number;
+  tungetdevnetns(fd: number): number;
+  if_nametoindex(name: string): number;
+  readonly IFF_TUN: number;
+  readonly IFF_TAP: number;
+  readonly IFF_NO_PI: number;
+  readonly IFF_VNET_HDR: number;
+  readonly IFF_MULTI_QUEUE: number;
+  readonly IFF_ATTACH_QUEUE: number;
+  readonly IFF_DETACH_QUEUE: number;
+  readonly IFF_NOFILTER: number;
+  readonly IFF_PERSIST: number;
+  readonly IFF_TUN_EXCL: number;
+  readonly TUN_F_CSUM: number;
+  readonly TUN_F_TSO4: number;
+  readonly TUN_F_TSO6: number;
+  readonly TUN_F_TSO_ECN: number;
+  readonly TUN_F_UFO: number;
+
+  // poller.cc
+  Poller: PollerConstructor;
+  readonly UV_READABLE: number;
+  readonly UV_WRITABLE: number;
+  readonly UV_DISCONNECT: number;
+}
+
+const require = createRequire(import.meta.url);
+const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+
+export const native = nodeGypBuild(fileURLToPath(new URL('..', import.meta.url))) as NativeBinding;

@@ -1,0 +1,131 @@
+// Real peers in real processes: spawns test/fixtures/peer.ts (through tsx) with one
+// end of a socketpair as its fd 3, and reads the JSON lines it prints.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { FdSocket, native, type SocketType } from '../../src/index.js';
+
+const FIXTURE = fileURLToPath(new URL('../fixtures/peer.ts', import.meta.url));
+const TSX = fileURLToPath(new URL('../../node_modules/tsx/dist/esm/index.mjs', import.meta.url));
+
+export interface PeerEvent {
+  event: string;
+  [key: string]: unknown;
+}
+
+export interface SpawnOptions {
+  /** Give the child one end of a socketpair of this type as fd 3; the other end is `peer.sock`. */
+  socket?: SocketType | false;
+  uid?: number;
+  gid?: number;
+  /** Run under `prlimit --nofile=N:N`. */
+  nofile?: number;
+  /** Run inside this network namespace (ip netns exec). */
+  netns?: string;
+  env?: Record<string, string>;
+}
+
+export class Peer {
+  readonly proc: ChildProcess;
+  readonly sock: FdSocket | null;
+  readonly events: PeerEvent[] = [];
+  readonly stderr: string[] = [];
+  #waiters: { name: string; resolve: (e: PeerEvent) => void; reject: (e: Error) => void }[] = [];
+  #exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  #exitInfo: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+
+  constructor(scenario: string, args: string[] = [], options: SpawnOptions = {}) {
+    let childFd = -1;
+    let sock: FdSocket | null = null;
+    if (options.socket) {
+      const [a, b] = native.socketpair(options.socket === 'seqpacket' ? native.SOCK_SEQPACKET : native.SOCK_STREAM);
+      sock = new FdSocket(a, options.socket);
+      childFd = b;
+    }
+    let cmd = process.execPath;
+    let argv = ['--import', TSX, FIXTURE, scenario, ...args];
+    if (options.nofile !== undefined) {
+      argv = [`--nofile=${options.nofile}:${options.nofile}`, '--', cmd, ...argv];
+      cmd = 'prlimit';
+    }
+    if (options.netns !== undefined) {
+      argv = ['netns', 'exec', options.netns, cmd, ...argv];
+      cmd = 'ip';
+    }
+    this.proc = spawn(cmd, argv, {
+      stdio: ['ignore', 'pipe', 'pipe', childFd >= 0 ? childFd : 'ignore'],
+      uid: options.uid,
+      gid: options.gid,
+      env: { ...process.env, ...options.env },
+    });
+    if (childFd >= 0) native.close(childFd);
+    this.sock = sock;
+    this.#exited = new Promise((resolve) => {
+      this.proc.on('close', (code, signal) => {
+        this.#exitInfo = { code, signal };
+        for (const w of this.#waiters.splice(0)) {
+          w.reject(new Error(`peer '${scenario}' exited (code ${code}, signal ${signal}) before '${w.name}'; stderr:\n${this.stderr.join('')}`));
+        }
+        resolve({ code, signal });
+      });
+    });
+    createInterface({ input: this.proc.stdout! }).on('line', (line) => {
+      let ev: PeerEvent;
+      try {
+        ev = JSON.parse(line) as PeerEvent;
+      } catch {
+        this.stderr.push(`(stdout) ${line}\n`);
+        return;
+      }
+      this.events.push(ev);
+      const i = this.#waiters.findIndex((w) => w.name === ev.event);
+      if (i >= 0) this.#waiters.splice(i, 1)[0]!.resolve(ev);
+    });
+    this.proc.stderr!.on('data', (d: Buffer) => this.stderr.push(d.toString()));
+  }
+
+  /** The first event called `name` (already printed or still to come). */
+  waitFor(name: string, timeoutMs = 30_000): Promise<PeerEvent> {
+    const seen = this.events.find((e) => e.event === name);
+    if (seen) return Promise.resolve(seen);
+    if (this.#exitInfo) return Promise.reject(new Error(`peer exited before '${name}'; stderr:\n${this.stderr.join('')}`));
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`timed out waiting for '${name}'; stderr:\n${this.stderr.join('')}`)), timeoutMs);
+      this.#waiters.push({
+        name,
+        resolve: (e) => {
+          clearTimeout(t);
+          resolve(e);
+        },
+        reject: (e) => {
+          clearTimeout(t);
+          reject(e);
+        },
+      });
+    });
+  }
+
+  exited(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    return this.#exited;
+  }
+
+  /** Kills the child if it still runs, waits for it, and closes our socket end. */
+  async dispose(): Promise<void> {
+    if (this.#exitInfo === null) this.proc.kill('SIGKILL');
+    await this.#exited;
+    this.sock?.close();
+  }
+}
+
+/** Tracks peers so that afterEach can dispose of them even when a test fails. */
+export class Peers {
+  #all: Peer[] = [];
+  spawn(scenario: string, args: string[] = [], options: SpawnOptions = {}): Peer {
+    const p = new Peer(scenario, args, options);
+    this.#all.push(p);
+    return p;
+  }
+  async disposeAll(): Promise<void> {
+    await Promise.all(this.#all.splice(0).map((p) => p.dispose()));
+  }
+}

@@ -1,0 +1,56 @@
+// fd leak checks: after every test, the set of open fds in /proc/self/fd must be
+// what it was before.
+import { readdirSync, readlinkSync } from 'node:fs';
+import { afterEach, beforeEach } from 'vitest';
+
+export function openFds(): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const name of readdirSync('/proc/self/fd')) {
+    const fd = Number(name);
+    try {
+      out.set(fd, readlinkSync(`/proc/self/fd/${name}`));
+    } catch {
+      /* the fd readdir itself used, already closed */
+    }
+  }
+  return out;
+}
+
+export function countOpenFds(): number {
+  return openFds().size;
+}
+
+/** Waits a few loop turns so that closes queued on the loop (uv_close, child stdio) finish. */
+export async function settle(turns = 3): Promise<void> {
+  for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
+}
+
+/** Describes fds open now that were not open in `before`. */
+export function leakedSince(before: Map<number, string>): string[] {
+  const now = openFds();
+  const leaked: string[] = [];
+  for (const [fd, link] of now) {
+    if (before.get(fd) !== link) leaked.push(`${fd} -> ${link}`);
+  }
+  return leaked;
+}
+
+/** Registers a beforeEach/afterEach pair that fails a test which leaves fds open. */
+export function trackFdLeaks(): void {
+  let before: Map<number, string> = new Map();
+  beforeEach(async () => {
+    await settle();
+    before = openFds();
+  });
+  afterEach(async () => {
+    let leaked: string[] = [];
+    // Child stdio pipes close when their 'close' events run; give them a moment.
+    for (let i = 0; i < 50; i++) {
+      await settle();
+      leaked = leakedSince(before);
+      if (leaked.length === 0) return;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw new Error(`fd leak: ${leaked.length} fd(s) left open by this test:\n  ${leaked.slice(0, 20).join('\n  ')}`);
+  });
+}
