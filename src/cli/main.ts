@@ -1,0 +1,45 @@
+// backend-transfer CLI entry: dispatches subcommands (node:util parseArgs).
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+export interface Command {
+  summary: string;
+  run(argv: string[]): Promise<number>;
+}
+
+const commands = new Map<string, Command>();
+
+export function registerCommand(name: string, cmd: Command): void {
+  commands.set(name, cmd);
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function usage(): string {
+  const lines = ['usage: backend-transfer <command> [options]', '', 'commands:'];
+  for (const [name, c] of commands) lines.push(`  ${name.padEnd(10)} ${c.summary}`);
+  lines.push('', "Run 'backend-transfer <command> --help' for a command's options.");
+  return lines.join('\n');
+}
+
+export async function run(argv: string[]): Promise<number> {
+  await import('./commands.js');
+  const [name, ...rest] = argv;
+  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+    console.log(usage());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '--version' || name === '-V') {
+    console.log(version());
+    return 0;
+  }
+  const cmd = commands.get(name);
+  if (!cmd) {
+    console.error(`backend-transfer: unknown command '${name}'\n\n${usage()}`);
+    return 2;
+  }
+  return cmd.run(rest);
+}
