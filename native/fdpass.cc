@@ -158,11 +158,92 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// recvmmsg(fd, buffer, offset, length, meta, vlen): number
+// One recvmmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC) receiving up to vlen messages into
+// vlen equal slices of buffer[offset, offset+length). On a stream socket a
+// recvmsg stops after each fd-carrying skb, so this is how many small fd-carrying
+// messages are taken with one syscall. meta: Int32Array; meta[0] = messages
+// received, then per message [bytes, msg_flags, nfds, ...fds]. Returns the number
+// of messages, or -EAGAIN when none was waiting.
+constexpr int kMaxMmsg = 64;
+
+Napi::Value RecvMmsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes buf;
+  if (info.Length() < 6 || !GetBytes(info[1], &buf))
+    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "recvmmsg(fd, buffer, offset, length, meta, vlen)");
+  int64_t off = info[2].As<Napi::Number>().Int64Value();
+  int64_t len = info[3].As<Napi::Number>().Int64Value();
+  int vlen = info[5].As<Napi::Number>().Int32Value();
+  if (off < 0 || len < 0 || static_cast<uint64_t>(off + len) > buf.length)
+    ThrowArg(env, "ERR_OUT_OF_RANGE", "offset/length outside the buffer");
+  if (vlen < 1 || vlen > kMaxMmsg || len < vlen) ThrowArg(env, "ERR_OUT_OF_RANGE", "vlen must be 1..64 and at most length");
+  if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "meta must be an Int32Array");
+  Napi::Int32Array meta = info[4].As<Napi::Int32Array>();
+  size_t cap = meta.ElementLength();
+  if (cap < static_cast<size_t>(1 + vlen * (3 + kScmMaxFd)))
+    ThrowArg(env, "ERR_OUT_OF_RANGE", "meta must hold 1 + vlen * (3 + 253) entries");
+
+  static thread_local struct mmsghdr msgs[kMaxMmsg];
+  static thread_local struct iovec iovs[kMaxMmsg];
+  alignas(struct cmsghdr) static thread_local char cbufs[kMaxMmsg][CMSG_SPACE(sizeof(int) * kScmMaxFd)];
+  size_t slice = static_cast<size_t>(len) / vlen;
+  for (int i = 0; i < vlen; i++) {
+    iovs[i].iov_base = buf.data + off + i * slice;
+    iovs[i].iov_len = slice;
+    memset(&msgs[i], 0, sizeof(msgs[i]));
+    msgs[i].msg_hdr.msg_iov = &iovs[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    msgs[i].msg_hdr.msg_control = cbufs[i];
+    msgs[i].msg_hdr.msg_controllen = sizeof(cbufs[i]);
+  }
+  int n;
+  do {
+    n = recvmmsg(fd, msgs, vlen, MSG_CMSG_CLOEXEC | MSG_DONTWAIT, nullptr);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -EAGAIN);
+    ThrowErrno(env, errno, "recvmmsg");
+  }
+  int32_t* out = meta.Data();
+  size_t w = 1;
+  for (int i = 0; i < n; i++) {
+    struct msghdr* m = &msgs[i].msg_hdr;
+    out[w] = static_cast<int32_t>(msgs[i].msg_len);
+    size_t flagsAt = w + 1, countAt = w + 2;
+    w += 3;
+    int nfds = 0;
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(m); c != nullptr; c = CMSG_NXTHDR(m, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      int count = static_cast<int>((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+      for (int k = 0; k < count; k++) {
+        int rfd;
+        memcpy(&rfd, CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+        if (nfds < kScmMaxFd) {
+          out[w++] = rfd;
+          nfds++;
+        } else {
+          close(rfd);
+          m->msg_flags |= MSG_CTRUNC;
+        }
+      }
+    }
+    out[flagsAt] = m->msg_flags;
+    out[countAt] = nfds;
+  }
+  out[0] = n;
+  return Napi::Number::New(env, n);
+}
+
 }  // namespace
 
 void InitFdpass(Napi::Env env, Napi::Object exports) {
   exports.Set("sendmsg", Napi::Function::New(env, SendMsg, "sendmsg"));
   exports.Set("recvmsg", Napi::Function::New(env, RecvMsg, "recvmsg"));
+  exports.Set("recvmmsg", Napi::Function::New(env, RecvMmsg, "recvmmsg"));
+  exports.Set("RECVMMSG_MAX", Napi::Number::New(env, kMaxMmsg));
   exports.Set("SCM_MAX_FD", Napi::Number::New(env, kScmMaxFd));
   exports.Set("IOV_MAX", Napi::Number::New(env, kMaxIov));
   exports.Set("MSG_CTRUNC", Napi::Number::New(env, MSG_CTRUNC));

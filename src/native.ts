@@ -45,6 +45,12 @@ export interface NativeBinding {
   sendmsg(fd: number, data: Uint8Array | readonly Uint8Array[], fds?: Int32Array | readonly number[]): number;
   /** meta: Int32Array(2 + SCM_MAX_FD): [nfds, msg_flags, ...fds]. Returns bytes, or -EAGAIN. */
   recvmsg(fd: number, buffer: Uint8Array, offset: number, length: number, meta: Int32Array): number;
+  /**
+   * One recvmmsg into vlen equal slices of buffer[offset, offset+length).
+   * meta: [count, then per message: bytes, msg_flags, nfds, ...fds]. Returns count, or -EAGAIN.
+   */
+  recvmmsg(fd: number, buffer: Uint8Array, offset: number, length: number, meta: Int32Array, vlen: number): number;
+  readonly RECVMMSG_MAX: number;
   readonly SCM_MAX_FD: number;
   readonly IOV_MAX: number;
   readonly MSG_CTRUNC: number;

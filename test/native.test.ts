@@ -116,6 +116,29 @@ describe('sendmsg / recvmsg', () => {
     closeFds([a, b, efd, ...got]);
   });
 
+  it('recvmmsg takes several fd-carrying messages in one call, each with its own fds', () => {
+    const [a, b] = native.socketpair(native.SOCK_STREAM);
+    const e = [native.eventfd(1), native.eventfd(2), native.eventfd(3)];
+    native.sendmsg(a, Buffer.from('a'), [e[0]!]);
+    native.sendmsg(a, Buffer.from('bb'), [e[1]!, e[2]!]);
+    native.sendmsg(a, Buffer.from('ccc'));
+    const buf = Buffer.alloc(8 * 64);
+    const meta = new Int32Array(1 + 8 * (3 + native.SCM_MAX_FD));
+    const n = native.recvmmsg(b, buf, 0, buf.length, meta, 8);
+    // The kernel ends a read after each fd-carrying skb: 'a'+1 fd, 'bb'+2 fds, then 'ccc'.
+    expect(n).toBe(3);
+    expect([meta[1], meta[3]]).toEqual([1, 1]);
+    expect(buf.subarray(0, 1).toString()).toBe('a');
+    expect([meta[5], meta[7]]).toEqual([2, 2]);
+    expect(buf.subarray(64, 66).toString()).toBe('bb');
+    expect([meta[10], meta[12]]).toEqual([3, 0]);
+    expect(buf.subarray(128, 131).toString()).toBe('ccc');
+    const got = [meta[4]!, meta[8]!, meta[9]!];
+    for (const fd of got) expect(native.fcntl_getfd(fd) & native.FD_CLOEXEC).toBe(native.FD_CLOEXEC);
+    expect(native.recvmmsg(b, buf, 0, buf.length, meta, 8)).toBe(-native.EAGAIN);
+    closeFds([a, b, ...e, ...got]);
+  });
+
   it('reports EAGAIN as -EAGAIN and partial writes as a count', () => {
     const [a, b] = native.socketpair(native.SOCK_STREAM);
     native.setsockopt(a, native.SOL_SOCKET, native.SO_SNDBUF, 4096);

@@ -1,0 +1,96 @@
+// Benchmark plumbing: building the C baselines, starting peers, statistics.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { cpus, totalmem, release } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { FdSocket, closeFd, native, type SocketType } from '../../src/index.js';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const BENCH = join(ROOT, 'bench');
+export const TSX = join(ROOT, 'node_modules/tsx/dist/esm/index.mjs');
+const BIN = join(BENCH, 'bin');
+
+/** Compiles bench/c/*.c with the system gcc (-O2) when the binary is missing or older. */
+export function buildC(): void {
+  mkdirSync(BIN, { recursive: true });
+  for (const f of readdirSync(join(BENCH, 'c'))) {
+    if (!f.endsWith('.c')) continue;
+    const src = join(BENCH, 'c', f);
+    const out = join(BIN, f.slice(0, -2));
+    if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) continue;
+    execFileSync('gcc', ['-O2', '-Wall', '-o', out, src], { stdio: 'inherit' });
+  }
+}
+
+/** Runs a C baseline and parses the JSON line it prints. */
+export function runC<T = Record<string, number>>(name: string, args: (string | number)[], env: Record<string, string> = {}): T {
+  const out = execFileSync(join(BIN, name), args.map(String), { encoding: 'utf8', env: { ...process.env, ...env } });
+  return JSON.parse(out.trim().split('\n').pop()!) as T;
+}
+
+export interface TsPeer {
+  proc: ChildProcess;
+  sock: FdSocket;
+  exited: Promise<number | null>;
+}
+
+/**
+ * Starts bench/peers/<script> (through tsx) with one end of a socketpair as fd 3
+ * and waits for its one-byte "ready", so that start-up is never timed.
+ */
+export async function startPeer(script: string, args: (string | number)[], type: SocketType = 'stream'): Promise<TsPeer> {
+  const [a, b] = native.socketpair(type === 'seqpacket' ? native.SOCK_SEQPACKET : native.SOCK_STREAM);
+  const proc = spawn(process.execPath, ['--import', TSX, join(BENCH, 'peers', script), ...args.map(String)], {
+    stdio: ['ignore', 'inherit', 'inherit', b],
+  });
+  closeFd(b);
+  const exited = new Promise<number | null>((res) => proc.on('close', (code) => res(code)));
+  const sock = new FdSocket(a, type);
+  const ready = await sock.read();
+  if (!ready || ready.data[0] !== 0x52) throw new Error(`peer ${script} did not start`);
+  return { proc, sock, exited };
+}
+
+export interface Stats {
+  median: number;
+  min: number;
+  max: number;
+  values: number[];
+}
+
+export function stats(values: number[]): Stats {
+  const v = [...values].sort((x, y) => x - y);
+  const mid = v.length >> 1;
+  const median = v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
+  return { median, min: v[0]!, max: v[v.length - 1]!, values };
+}
+
+export function machine(): Record<string, unknown> {
+  const c = cpus();
+  let kernel = release();
+  try {
+    kernel = execFileSync('uname', ['-srm'], { encoding: 'utf8' }).trim();
+  } catch {
+    /* keep os.release() */
+  }
+  return {
+    cpu: c[0]?.model ?? 'unknown',
+    cores: c.length,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    kernel,
+    node: process.version,
+    wmemDefault: readSysctl('/proc/sys/net/core/wmem_default'),
+    wmemMax: readSysctl('/proc/sys/net/core/wmem_max'),
+  };
+}
+
+function readSysctl(path: string): number | null {
+  try {
+    return Number(execFileSync('cat', [path], { encoding: 'utf8' }).trim());
+  } catch {
+    return null;
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
