@@ -33,6 +33,49 @@ export const ErrorCodes = {
   ERR_MESSAGE_INCOMPLETE: 'ERR_MESSAGE_INCOMPLETE',
   /** A framed message is malformed (bad header, wrong fd count, over the size limit). */
   ERR_MESSAGE_INVALID: 'ERR_MESSAGE_INVALID',
+  // ---- the migration stream (docs/stream-format.md)
+  /** The channel ended mid-frame or before EOF. */
+  ERR_STREAM_TRUNCATED: 'ERR_STREAM_TRUNCATED',
+  /** The first 8 bytes are not the stream magic. */
+  ERR_STREAM_BAD_MAGIC: 'ERR_STREAM_BAD_MAGIC',
+  /** No stream format version in common. */
+  ERR_STREAM_VERSION: 'ERR_STREAM_VERSION',
+  /** An unknown frame type. */
+  ERR_STREAM_UNKNOWN_FRAME: 'ERR_STREAM_UNKNOWN_FRAME',
+  /** A length or count over its limit. */
+  ERR_STREAM_TOO_LARGE: 'ERR_STREAM_TOO_LARGE',
+  /** A header, body or memfd-payload CRC does not match. */
+  ERR_STREAM_CRC: 'ERR_STREAM_CRC',
+  /** A frame's fds did not all arrive. */
+  ERR_STREAM_FD_MISSING: 'ERR_STREAM_FD_MISSING',
+  /** An fd arrived that no frame declared. */
+  ERR_STREAM_FD_EXTRA: 'ERR_STREAM_FD_EXTRA',
+  /** A frame's first fd sequence number is not where the reader's fd queue is. */
+  ERR_STREAM_FD_SEQUENCE: 'ERR_STREAM_FD_SEQUENCE',
+  /** An fd is not of the kind its attachment declares. */
+  ERR_STREAM_FD_KIND: 'ERR_STREAM_FD_KIND',
+  /** A section for a device that was not negotiated. */
+  ERR_STREAM_NOT_NEGOTIATED: 'ERR_STREAM_NOT_NEGOTIATED',
+  /** A second section with the same id, or a second section of one device. */
+  ERR_STREAM_DUPLICATE_SECTION: 'ERR_STREAM_DUPLICATE_SECTION',
+  /** A frame out of order or a malformed body. */
+  ERR_STREAM_PROTOCOL: 'ERR_STREAM_PROTOCOL',
+  /** A payload memfd without F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE. */
+  ERR_STREAM_MEMFD_UNSEALED: 'ERR_STREAM_MEMFD_UNSEALED',
+  /** A payload memfd whose size is not the declared payload length. */
+  ERR_STREAM_MEMFD_SIZE: 'ERR_STREAM_MEMFD_SIZE',
+  /** A section's version is above the device's window. */
+  ERR_DEVICE_VERSION_TOO_NEW: 'ERR_DEVICE_VERSION_TOO_NEW',
+  /** A section's version is below the device's window. */
+  ERR_DEVICE_VERSION_TOO_OLD: 'ERR_DEVICE_VERSION_TOO_OLD',
+  /** fds were to be attached on a channel that cannot carry them; nothing was written. */
+  ERR_CHANNEL_CANNOT_PASS_FDS: 'ERR_CHANNEL_CANNOT_PASS_FDS',
+  /** The planned fds do not fit the target's fd budget. */
+  ERR_FD_BUDGET: 'ERR_FD_BUDGET',
+  /** A required device was refused by the target. */
+  ERR_DEVICE_REFUSED: 'ERR_DEVICE_REFUSED',
+  /** The writer failed earlier; every later write reports that first error. */
+  ERR_STREAM_WRITER_FAILED: 'ERR_STREAM_WRITER_FAILED',
   /** Any other system error; .cause has the errno error. */
   ERR_SYSTEM: 'ERR_SYSTEM',
 } as const;

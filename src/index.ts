@@ -6,3 +6,4 @@ export { closeFd, closeFds, dupFd, inspectFd } from './fd/index.js';
 export type { FdInfo, FdKind } from './fd/index.js';
 export { native } from './native.js';
 export type { NativeBinding, PeerCred, NativeStat, IfReq } from './native.js';
+export * from './stream/index.js';

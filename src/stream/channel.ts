@@ -1,0 +1,88 @@
+// Channels a stream is written to and read from: an FdSocket (bytes and fds), or
+// any byte channel (a file, a TCP socket, a pipe) for a state-only stream.
+import type { Writable, Readable } from 'node:stream';
+import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { closeFds, dupFd } from '../fd/index.js';
+import type { FdSocket } from '../transport/fd-socket.js';
+
+/** Where a StreamWriter puts frames. */
+export interface StreamChannel {
+  /** Whether fds can ride on the bytes (an AF_UNIX socket). */
+  readonly canPassFds: boolean;
+  /**
+   * Writes `head` with `fds` on its bytes, then `rest` (no fds), in order.
+   * Resolves when all of it was taken by the channel.
+   */
+  writeFrame(head: Uint8Array, rest: readonly Uint8Array[], fds: readonly number[]): Promise<void>;
+}
+
+/** A stream over an FdSocket: fds ride on each frame's own bytes. */
+export function fdSocketChannel(sock: FdSocket): StreamChannel {
+  return {
+    canPassFds: true,
+    writeFrame(head, rest, fds) {
+      const first = sock.send(head, fds);
+      if (rest.length === 0) return first;
+      const second = sock.send(rest);
+      return first.then(() => second);
+    },
+  };
+}
+
+/** A state-only stream over a Node writable (fs.WriteStream, net.Socket, a pipe). */
+export function writableChannel(w: Writable): StreamChannel {
+  return {
+    canPassFds: false,
+    async writeFrame(head, rest, fds) {
+      if (fds.length > 0) {
+        throw new BackendTransferError(ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS, `this channel cannot carry fds (${fds.length} to send)`);
+      }
+      for (const part of [head, ...rest]) {
+        if (part.length === 0) continue;
+        if (!w.write(part)) {
+          await new Promise<void>((resolve, reject) => {
+            const onDrain = () => {
+              w.off('error', onError);
+              resolve();
+            };
+            const onError = (e: Error) => {
+              w.off('drain', onDrain);
+              reject(e);
+            };
+            w.once('drain', onDrain);
+            w.once('error', onError);
+          });
+        }
+      }
+    },
+  };
+}
+
+/**
+ * A channel that keeps everything in memory, each frame's fds (its own duplicates,
+ * as SCM_RIGHTS would make) with its bytes: for tests and captures. close() closes them.
+ */
+export class MemoryChannel implements StreamChannel {
+  readonly canPassFds: boolean;
+  readonly writes: { bytes: Buffer; fds: number[] }[] = [];
+  constructor(canPassFds = true) {
+    this.canPassFds = canPassFds;
+  }
+  async writeFrame(head: Uint8Array, rest: readonly Uint8Array[], fds: readonly number[]): Promise<void> {
+    if (fds.length > 0 && !this.canPassFds) throw new BackendTransferError(ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS, 'this channel cannot carry fds');
+    this.writes.push({ bytes: Buffer.concat([head, ...rest]), fds: fds.map((fd) => dupFd(fd)) });
+  }
+  /** All bytes written so far. */
+  bytes(): Buffer {
+    return Buffer.concat(this.writes.map((w) => w.bytes));
+  }
+  /** Closes the duplicated fds it still holds. */
+  close(): void {
+    for (const w of this.writes) closeFds(w.fds.splice(0));
+  }
+}
+
+/** Feeds a Node readable (a file, a TCP socket) into `feed` chunk by chunk; resolves at its end. */
+export async function pumpReadable(r: Readable, feed: (chunk: Buffer) => void): Promise<void> {
+  for await (const chunk of r) feed(chunk as Buffer);
+}

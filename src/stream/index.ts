@@ -1,0 +1,10 @@
+export * from './wire.js';
+export { StreamReader, kindMatches } from './reader.js';
+export type { StreamReaderOptions, StreamItem, SectionItem, ReceivedAttachment, ReaderRole, SectionFrameName } from './reader.js';
+export { StreamWriter, fillMemfd } from './writer.js';
+export type { StreamWriterOptions, OutgoingAttachment, MemfdPayload, SectionPayload, SectionDevice, WriterTotals } from './writer.js';
+export { fdSocketChannel, writableChannel, MemoryChannel, pumpReadable } from './channel.js';
+export type { StreamChannel } from './channel.js';
+export { answerOffers, computePlan, chooseVersion, samePlan, FD_BUDGET_RESERVE } from './negotiate.js';
+export type { AcceptFn, DeviceSupport } from './negotiate.js';
+export { fdBudget } from './budget.js';

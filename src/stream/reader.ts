@@ -1,0 +1,799 @@
+// The incremental, hardened stream reader. feed(bytes, fds) in any split returns
+// the frames that became complete, each checked: header CRC, limits before any
+// allocation, body CRC, frame order, negotiation, fd sequence numbers, fd kinds.
+// While a frame is incomplete it simply waits for more; end() says whether the
+// stream really ended cleanly. Every fd it received and did not hand out is closed
+// when it fails or is closed; an error is sticky.
+import { readSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
+import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { closeFd, closeFds, inspectFd, type FdInfo } from '../fd/index.js';
+import { native } from '../native.js';
+import {
+  Cursor,
+  KNOWN_FRAME_TYPES,
+  decodeAbort,
+  decodeAck,
+  decodeEmpty,
+  decodeEndOfState,
+  decodeHeader,
+  decodeHello,
+  decodeNack,
+  decodePing,
+  decodePlan,
+  decodeSectionPrefix,
+  decodeWelcome,
+  hex,
+  protocolError,
+  tooLarge,
+  type FrameHeader,
+} from './codec.js';
+import { chooseVersion, computePlan, samePlan } from './negotiate.js';
+import {
+  AttachmentRole,
+  DEFAULT_LIMITS,
+  FRAME_NAMES,
+  Features,
+  FrameFlags,
+  FrameType,
+  HEADER_SIZE,
+  MAGIC,
+  SEALS_REQUIRED,
+  TRAILER_SIZE,
+  isSectionFrame,
+  opensSection,
+  type Abort,
+  type Ack,
+  type AttachmentHeader,
+  type AttachmentKind,
+  type EndOfState,
+  type Hello,
+  type Nack,
+  type Ping,
+  type Plan,
+  type PlannedDevice,
+  type StreamLimits,
+  type Welcome,
+} from './wire.js';
+
+export type ReaderRole = 'target' | 'source' | 'inspect';
+
+export interface ReceivedAttachment extends AttachmentHeader {
+  /** Owned by the caller once the item is returned. */
+  fd: number;
+}
+
+export type SectionFrameName = 'start' | 'part' | 'end' | 'full';
+
+export interface SectionItem {
+  type: 'section';
+  frame: SectionFrameName;
+  sectionId: number;
+  /** The planned device this section belongs to. */
+  device: PlannedDevice;
+  instanceId: number;
+  versionId: number;
+  idstr: string;
+  /** Device fds (role 0) of this frame, in order. */
+  attachments: ReceivedAttachment[];
+  /** This frame's part of the state (read out of the memfd when it came as one). */
+  payload: Buffer;
+  /** With memfdPayload: 'keep', the sealed, checked payload memfd (the caller's). */
+  payloadFd?: number;
+  payloadInMemfd: boolean;
+  /** false only in inspect mode with crc: 'report', when the body CRC did not match. */
+  crcOk: boolean;
+  /** Stream offset of the frame and its body length (for inspectors). */
+  offset: number;
+  bodyLength: number;
+}
+
+export type StreamItem =
+  | { type: 'hello'; hello: Hello }
+  | { type: 'welcome'; welcome: Welcome }
+  | { type: 'plan'; plan: Plan }
+  | SectionItem
+  | { type: 'end-of-state'; summary: EndOfState }
+  | { type: 'ack'; ack: Ack }
+  | { type: 'nack'; nack: Nack }
+  | { type: 'ping'; ping: Ping }
+  | { type: 'pong'; ping: Ping }
+  | { type: 'commit' }
+  | { type: 'abort'; abort: Abort }
+  | { type: 'eof' };
+
+export interface StreamReaderOptions {
+  /**
+   * 'target' reads a source's main stream (PLAN is checked against HELLO and the
+   * WELCOME given to setWelcome()); 'source' reads a target's return path;
+   * 'inspect' reads a recorded stream, trusting its PLAN.
+   */
+  role: ReaderRole;
+  limits?: Partial<StreamLimits>;
+  /** Check each received fd against its attachment's kind (default true). */
+  verifyFdKinds?: boolean;
+  /** 'read' (default): read memfd payloads into memory and close the memfd; 'keep': hand the memfd out. */
+  memfdPayload?: 'read' | 'keep';
+  /** 'throw' (default), or 'report' to mark section frames crcOk: false (inspect only). */
+  crc?: 'throw' | 'report';
+  /** Expect the 8-byte magic first (default true). */
+  magic?: boolean;
+}
+
+interface QueuedFd {
+  fd: number;
+  seq: number;
+  /** Stream offset just past the chunk it arrived with. */
+  chunkEnd: number;
+}
+
+interface DeviceState {
+  device: PlannedDevice;
+  /** Window the target accepts, when known. */
+  minVersion: number;
+  maxVersion: number;
+  sectionId: number | null;
+  fdsSeen: number;
+  closed: boolean;
+}
+
+type Phase = 'magic' | 'handshake' | 'planned' | 'state-done' | 'finished';
+
+const EMPTY = Buffer.alloc(0);
+
+export class StreamReader {
+  readonly role: ReaderRole;
+  readonly limits: StreamLimits;
+  readonly #verifyKinds: boolean;
+  readonly #memfdMode: 'read' | 'keep';
+  readonly #crcMode: 'throw' | 'report';
+
+  #error: BackendTransferError | null = null;
+  #closed = false;
+  #phase: Phase;
+
+  // byte assembly
+  #offset = 0; // stream offset of the next byte fed
+  #magicBuf = Buffer.alloc(8);
+  #magicFill = 0;
+  #headBuf = Buffer.alloc(HEADER_SIZE);
+  #headFill = 0;
+  #header: FrameHeader | null = null;
+  #frameStart = 0;
+  #body: Buffer | null = null; // body + trailer being assembled
+  #bodyFill = 0;
+
+  // fds
+  #fdQueue: QueuedFd[] = [];
+  #fdHead = 0;
+  #rxFdSeq = 0; // seq of the next fd fed
+  #claimedSeq = 0; // fds handed out (or consumed) so far
+
+  // protocol state
+  #hello: Hello | null = null;
+  #welcome: Welcome | null = null;
+  #plan: Plan | null = null;
+  #features = 0;
+  #devices = new Map<string, DeviceState>();
+  #sectionIds = new Set<number>();
+  #open: DeviceState | null = null;
+  #openSectionId = -1;
+  #sectionCount = 0;
+  #deviceFds = 0;
+  #payloadBytes = 0n;
+  #totalFdsSeen = 0;
+
+  constructor(options: StreamReaderOptions) {
+    this.role = options.role;
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.#verifyKinds = options.verifyFdKinds ?? true;
+    this.#memfdMode = options.memfdPayload ?? 'read';
+    this.#crcMode = options.role === 'inspect' ? (options.crc ?? 'throw') : 'throw';
+    this.#phase = options.magic === false ? 'handshake' : 'magic';
+  }
+
+  get error(): BackendTransferError | null {
+    return this.#error;
+  }
+
+  get hello(): Hello | null {
+    return this.#hello;
+  }
+
+  get plan(): Plan | null {
+    return this.#plan;
+  }
+
+  /** Bytes consumed so far. */
+  get offset(): number {
+    return this.#offset;
+  }
+
+  /** fds received and not yet handed out. */
+  get pendingFds(): number {
+    return this.#fdQueue.length - this.#fdHead;
+  }
+
+  /** True after the EOF frame. */
+  get finished(): boolean {
+    return this.#phase === 'finished';
+  }
+
+  /**
+   * Target role: the WELCOME this side sent. PLAN must then equal the layout
+   * computed from HELLO and this WELCOME, and sections must fit its version windows.
+   */
+  setWelcome(welcome: Welcome): void {
+    this.#welcome = welcome;
+  }
+
+  /** Source role: agreed features for the return path (from the WELCOME it read). */
+  get welcome(): Welcome | null {
+    return this.#welcome;
+  }
+
+  /**
+   * Feeds the next bytes and the fds that arrived with them (in order). The fds
+   * are the reader's from now on. Returns the frames completed by these bytes;
+   * the fds in them are the caller's.
+   */
+  feed(bytes: Uint8Array, fds: readonly number[] = []): StreamItem[] {
+    if (this.#error) {
+      closeFds(fds);
+      throw this.#error;
+    }
+    if (this.#closed) {
+      closeFds(fds);
+      throw BackendTransferError.socketClosed('stream reader');
+    }
+    const chunkEnd = this.#offset + bytes.length;
+    for (const fd of fds) this.#fdQueue.push({ fd, seq: this.#rxFdSeq++, chunkEnd });
+    this.#totalFdsSeen += fds.length;
+    const items: StreamItem[] = [];
+    try {
+      if (this.#totalFdsSeen > this.limits.maxFdsPerStream) throw tooLarge('fds received', this.#totalFdsSeen, this.limits.maxFdsPerStream);
+      this.#consume(Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length), items);
+    } catch (err) {
+      const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, 'stream reader');
+      this.#failWith(e, items);
+      throw e;
+    }
+    return items;
+  }
+
+  /**
+   * The channel has ended. Throws ERR_STREAM_TRUNCATED unless the EOF frame came,
+   * and ERR_STREAM_FD_EXTRA if fds are left over.
+   */
+  end(): void {
+    if (this.#error) throw this.#error;
+    if (this.#phase === 'finished') return;
+    let where: string;
+    if (this.#phase === 'magic') where = this.#magicFill === 0 ? 'before any byte' : `after ${this.#magicFill} of 8 magic bytes`;
+    else if (this.#header) where = `in the middle of a ${FRAME_NAMES[this.#header.type] ?? 'frame'} frame (${this.#bodyFill} of ${this.#header.bodyLength + TRAILER_SIZE} body bytes)`;
+    else if (this.#headFill > 0) where = `in the middle of a frame header (${this.#headFill} of ${HEADER_SIZE} bytes)`;
+    else where = 'between frames, before the EOF frame';
+    const e = new BackendTransferError(ErrorCodes.ERR_STREAM_TRUNCATED, `stream ended ${where} at offset ${this.#offset}`, { details: { offset: this.#offset } });
+    this.#failWith(e, []);
+    throw e;
+  }
+
+  /** Closes every fd still held. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#dropQueuedFds();
+  }
+
+  #failWith(e: BackendTransferError, items: StreamItem[]): void {
+    if (!this.#error) this.#error = e;
+    // Nothing of this feed reaches the caller: close the fds in its items too.
+    for (const it of items) {
+      if (it.type === 'section') {
+        closeFds(it.attachments.map((a) => a.fd));
+        if (it.payloadFd !== undefined) closeFd(it.payloadFd);
+      }
+    }
+    this.#dropQueuedFds();
+  }
+
+  #dropQueuedFds(): void {
+    for (let i = this.#fdHead; i < this.#fdQueue.length; i++) closeFd(this.#fdQueue[i]!.fd);
+    this.#fdQueue = [];
+    this.#fdHead = 0;
+  }
+
+  // ---------------------------------------------------------------- bytes → frames
+
+  #consume(b: Buffer, items: StreamItem[]): void {
+    let pos = 0;
+    const len = b.length;
+    while (pos < len) {
+      if (this.#phase === 'finished') throw protocolError(`${len - pos} bytes after the EOF frame`);
+      if (this.#phase === 'magic') {
+        const take = Math.min(8 - this.#magicFill, len - pos);
+        b.copy(this.#magicBuf, this.#magicFill, pos, pos + take);
+        this.#magicFill += take;
+        pos += take;
+        this.#offset += take;
+        if (this.#magicFill === 8) {
+          if (!this.#magicBuf.equals(MAGIC)) {
+            throw new BackendTransferError(ErrorCodes.ERR_STREAM_BAD_MAGIC, `not a backend-transfer stream: first bytes ${this.#magicBuf.toString('hex')}, expected ${MAGIC.toString('hex')}`);
+          }
+          this.#phase = 'handshake';
+        }
+        continue;
+      }
+      if (this.#header === null) {
+        // Header: decode in place when all 20 bytes are here, else gather them.
+        if (this.#headFill === 0 && len - pos >= HEADER_SIZE) {
+          this.#frameStart = this.#offset;
+          this.#startFrame(decodeHeader(b, pos));
+          pos += HEADER_SIZE;
+          this.#offset += HEADER_SIZE;
+        } else {
+          if (this.#headFill === 0) this.#frameStart = this.#offset;
+          const take = Math.min(HEADER_SIZE - this.#headFill, len - pos);
+          b.copy(this.#headBuf, this.#headFill, pos, pos + take);
+          this.#headFill += take;
+          pos += take;
+          this.#offset += take;
+          if (this.#headFill < HEADER_SIZE) continue;
+          this.#headFill = 0;
+          this.#startFrame(decodeHeader(this.#headBuf, 0));
+        }
+        continue;
+      }
+      const h = this.#header;
+      const need = h.bodyLength + TRAILER_SIZE;
+      if (this.#body === null && len - pos >= need) {
+        // The whole body is in this chunk: use it in place.
+        const body = b.subarray(pos, pos + need);
+        pos += need;
+        this.#offset += need;
+        this.#finishFrame(h, body, items);
+        continue;
+      }
+      if (this.#body === null) {
+        this.#body = Buffer.allocUnsafe(need);
+        this.#bodyFill = 0;
+      }
+      const take = Math.min(need - this.#bodyFill, len - pos);
+      b.copy(this.#body, this.#bodyFill, pos, pos + take);
+      this.#bodyFill += take;
+      pos += take;
+      this.#offset += take;
+      if (this.#bodyFill === need) {
+        const body = this.#body;
+        this.#body = null;
+        this.#bodyFill = 0;
+        this.#finishFrame(h, body, items);
+      }
+    }
+  }
+
+  /** A header arrived: check it against limits and the protocol state before allocating. */
+  #startFrame(h: FrameHeader): void {
+    if (!KNOWN_FRAME_TYPES.has(h.type)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_UNKNOWN_FRAME, `unknown frame type 0x${h.type.toString(16)} at offset ${this.#frameStart}`);
+    if (h.bodyLength > this.limits.maxBody) throw tooLarge(`${FRAME_NAMES[h.type]} body length`, h.bodyLength, this.limits.maxBody);
+    if (h.fdCount > this.limits.maxFdsPerFrame) throw tooLarge(`fds of one ${FRAME_NAMES[h.type]} frame`, h.fdCount, this.limits.maxFdsPerFrame);
+    if ((h.flags & ~FrameFlags.PAYLOAD_IN_MEMFD) !== 0) throw protocolError(`unknown frame flags 0x${h.flags.toString(16)}`);
+    if (!isSectionFrame(h.type)) {
+      if (h.fdCount !== 0) throw protocolError(`${FRAME_NAMES[h.type]} frames carry no fds, this one declares ${h.fdCount}`);
+      if (h.flags !== 0) throw protocolError(`${FRAME_NAMES[h.type]} frames have no flags`);
+    }
+    this.#checkOrder(h.type);
+    this.#header = h;
+  }
+
+  #checkOrder(type: number): void {
+    const name = FRAME_NAMES[type]!;
+    const bad = (why: string): never => {
+      throw protocolError(`${name} frame ${why} (offset ${this.#frameStart})`);
+    };
+    if (this.#open !== null && type !== FrameType.SECTION_PART && type !== FrameType.SECTION_END && type !== FrameType.PING && type !== FrameType.PONG) {
+      bad(`inside section ${this.#openSectionId} (expected SECTION_PART or SECTION_END)`);
+    }
+    const handshakeDone = this.role === 'source' ? this.#welcome !== null : this.#hello !== null;
+    switch (type) {
+      case FrameType.HELLO:
+        if (this.role === 'source') bad('on a return path');
+        if (this.#hello) bad('repeated');
+        break;
+      case FrameType.WELCOME:
+        if (this.role !== 'source') bad('on a main stream');
+        if (this.#welcome) bad('repeated');
+        break;
+      case FrameType.PLAN:
+        if (this.role === 'source') bad('on a return path');
+        if (!this.#hello) bad('before HELLO');
+        if (this.#plan) bad('repeated');
+        if (this.role === 'target' && !this.#welcome) bad('before this side sent its WELCOME (setWelcome)');
+        break;
+      case FrameType.SECTION_START:
+      case FrameType.SECTION_FULL:
+      case FrameType.SECTION_PART:
+      case FrameType.SECTION_END:
+        if (this.role === 'source') bad('on a return path');
+        if (!this.#plan) bad('before PLAN');
+        if (this.#phase === 'state-done') bad('after END_OF_STATE');
+        if ((type === FrameType.SECTION_PART || type === FrameType.SECTION_END) && this.#open === null) bad('without SECTION_START');
+        break;
+      case FrameType.END_OF_STATE:
+        if (this.role === 'source') bad('on a return path');
+        if (!this.#plan) bad('before PLAN');
+        if (this.#phase === 'state-done') bad('repeated');
+        break;
+      case FrameType.ACK:
+      case FrameType.NACK:
+        if (this.role !== 'source') bad('on a main stream');
+        if (!handshakeDone) bad('before WELCOME');
+        break;
+      case FrameType.COMMIT:
+      case FrameType.ABORT:
+        if (this.role === 'source') bad('on a return path');
+        if (!handshakeDone) bad('before HELLO');
+        break;
+      case FrameType.PING:
+      case FrameType.PONG:
+        if (!handshakeDone) bad('before the handshake');
+        break;
+      case FrameType.EOF:
+        break;
+    }
+  }
+
+  // ---------------------------------------------------------------- frames → items
+
+  #finishFrame(h: FrameHeader, bodyAndTrailer: Buffer, items: StreamItem[]): void {
+    this.#header = null;
+    const frameEnd = this.#offset;
+    const body = bodyAndTrailer.subarray(0, h.bodyLength);
+    const storedCrc = bodyAndTrailer.readUInt32LE(h.bodyLength);
+    const handshake = h.type === FrameType.HELLO || h.type === FrameType.WELCOME || h.type === FrameType.PLAN;
+    let crcOk = true;
+    if (handshake || (this.#features & Features.BODY_CRC) !== 0) {
+      const got = crc32(body);
+      if (got !== storedCrc) {
+        crcOk = false;
+        if (this.#crcMode === 'throw' || !isSectionFrame(h.type)) {
+          throw new BackendTransferError(
+            ErrorCodes.ERR_STREAM_CRC,
+            `${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart}: body CRC mismatch (stored ${hex(storedCrc)}, computed ${hex(got)})`,
+            { details: { where: 'body', offset: this.#frameStart, stored: storedCrc, computed: got } },
+          );
+        }
+      }
+    }
+    // The frame's fds: exactly fdCount, starting at firstFdSeq, none left behind.
+    const fds = this.#claimFds(h, frameEnd);
+    try {
+      this.#decodeFrame(h, body, fds, crcOk, items);
+    } catch (err) {
+      // Until its item is returned, the frame's fds are still the reader's to close.
+      closeFds(fds);
+      throw err;
+    }
+  }
+
+  #decodeFrame(h: FrameHeader, body: Buffer, fds: number[], crcOk: boolean, items: StreamItem[]): void {
+    const c = new Cursor(body, this.limits);
+    switch (h.type) {
+      case FrameType.HELLO: {
+        const hello = decodeHello(c);
+        chooseVersion(hello.minVersion, hello.maxVersion); // ERR_STREAM_VERSION when none in common
+        this.#hello = hello;
+        items.push({ type: 'hello', hello });
+        break;
+      }
+      case FrameType.WELCOME: {
+        const welcome = decodeWelcome(c);
+        chooseVersion(welcome.version, welcome.version);
+        this.#welcome = welcome;
+        this.#features = welcome.features;
+        items.push({ type: 'welcome', welcome });
+        break;
+      }
+      case FrameType.PLAN: {
+        const plan = decodePlan(c);
+        this.#acceptPlan(plan);
+        items.push({ type: 'plan', plan });
+        break;
+      }
+      case FrameType.SECTION_START:
+      case FrameType.SECTION_PART:
+      case FrameType.SECTION_END:
+      case FrameType.SECTION_FULL:
+        items.push(this.#section(h, c, body, fds, crcOk));
+        break;
+      case FrameType.END_OF_STATE: {
+        const summary = decodeEndOfState(c);
+        this.#checkEndOfState(summary);
+        this.#phase = 'state-done';
+        items.push({ type: 'end-of-state', summary });
+        break;
+      }
+      case FrameType.ACK:
+        items.push({ type: 'ack', ack: decodeAck(c) });
+        break;
+      case FrameType.NACK:
+        items.push({ type: 'nack', nack: decodeNack(c) });
+        break;
+      case FrameType.PING:
+        items.push({ type: 'ping', ping: decodePing(c) });
+        break;
+      case FrameType.PONG:
+        items.push({ type: 'pong', ping: decodePing(c) });
+        break;
+      case FrameType.COMMIT:
+        decodeEmpty(c, 'COMMIT');
+        items.push({ type: 'commit' });
+        break;
+      case FrameType.ABORT:
+        items.push({ type: 'abort', abort: decodeAbort(c) });
+        break;
+      case FrameType.EOF:
+        decodeEmpty(c, 'EOF');
+        if (this.pendingFds > 0) {
+          throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_EXTRA, `${this.pendingFds} fd(s) arrived that no frame declared (closed)`, { details: { extra: this.pendingFds } });
+        }
+        this.#phase = 'finished';
+        items.push({ type: 'eof' });
+        break;
+    }
+  }
+
+  #claimFds(h: FrameHeader, frameEnd: number): number[] {
+    const available = this.#fdQueue.length - this.#fdHead;
+    if (h.fdCount > 0 || available > 0) {
+      if (h.fdCount > 0 && h.firstFdSeq !== this.#claimedSeq) {
+        throw new BackendTransferError(
+          ErrorCodes.ERR_STREAM_FD_SEQUENCE,
+          `${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart} says its first fd is #${h.firstFdSeq}, but the reader's fd queue is at #${this.#claimedSeq}` +
+            (h.firstFdSeq > this.#claimedSeq ? ` (${h.firstFdSeq - this.#claimedSeq} fd(s) lost before it)` : ` (${this.#claimedSeq - h.firstFdSeq} fd(s) too many before it)`),
+          { details: { declared: h.firstFdSeq, reader: this.#claimedSeq } },
+        );
+      }
+      if (available < h.fdCount) {
+        throw new BackendTransferError(
+          ErrorCodes.ERR_STREAM_FD_MISSING,
+          `${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart} carries ${h.fdCount} fd(s) but only ${available} arrived with its bytes`,
+          { details: { declared: h.fdCount, arrived: available } },
+        );
+      }
+    }
+    const out: number[] = new Array<number>(h.fdCount);
+    for (let i = 0; i < h.fdCount; i++) out[i] = this.#fdQueue[this.#fdHead++]!.fd;
+    this.#claimedSeq += h.fdCount;
+    // A queued fd whose chunk ended at or before this frame's end belongs to no later frame.
+    const next = this.#fdQueue[this.#fdHead];
+    if (next !== undefined && next.chunkEnd <= frameEnd) {
+      closeFds(out);
+      let extra = 0;
+      for (let i = this.#fdHead; i < this.#fdQueue.length && this.#fdQueue[i]!.chunkEnd <= frameEnd; i++) extra++;
+      throw new BackendTransferError(
+        ErrorCodes.ERR_STREAM_FD_EXTRA,
+        `${extra} fd(s) arrived with the bytes of the ${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart}, which declares ${h.fdCount} (closed)`,
+        { details: { declared: h.fdCount, extra } },
+      );
+    }
+    if (this.#fdHead === this.#fdQueue.length) {
+      this.#fdQueue = [];
+      this.#fdHead = 0;
+    } else if (this.#fdHead > 1024) {
+      this.#fdQueue = this.#fdQueue.slice(this.#fdHead);
+      this.#fdHead = 0;
+    }
+    return out;
+  }
+
+  #acceptPlan(plan: Plan): void {
+    if (this.role === 'target') {
+      const expected = computePlan(this.#hello!, this.#welcome!);
+      if (!samePlan(plan, expected)) {
+        throw protocolError('PLAN differs from the layout negotiated by HELLO and WELCOME', { plan, expected });
+      }
+    }
+    if (plan.devices.length > this.limits.maxSections) throw tooLarge('planned devices', plan.devices.length, this.limits.maxSections);
+    this.#plan = plan;
+    this.#features = plan.features;
+    for (const d of plan.devices) {
+      const key = `${d.id}\0${d.instance}`;
+      if (this.#devices.has(key)) throw protocolError(`device ${d.id}/${d.instance} is planned twice`);
+      let minVersion = d.version;
+      let maxVersion = d.version;
+      const answer = this.#welcome?.answers.find((a) => a.id === d.id && a.instance === d.instance);
+      if (answer) {
+        minVersion = answer.minVersion;
+        maxVersion = answer.maxVersion;
+      }
+      this.#devices.set(key, { device: d, minVersion, maxVersion, sectionId: null, fdsSeen: 0, closed: false });
+    }
+    this.#phase = 'planned';
+  }
+
+  #section(h: FrameHeader, c: Cursor, body: Buffer, fds: number[], crcOk: boolean): SectionItem {
+    const s = decodeSectionPrefix(c, h.type, h.flags, h.fdCount);
+    const inMemfd = (h.flags & FrameFlags.PAYLOAD_IN_MEMFD) !== 0;
+    if (inMemfd && (this.#features & Features.MEMFD_PAYLOAD) === 0) throw protocolError('a memfd payload without the MEMFD_PAYLOAD feature');
+    let dev: DeviceState;
+    if (opensSection(h.type)) {
+      const key = `${s.idstr}\0${s.instanceId}`;
+      const d = this.#devices.get(key);
+      if (!d) {
+        throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `section ${s.sectionId} is for device ${s.idstr}/${s.instanceId}, which was not negotiated`, {
+          details: { idstr: s.idstr, instanceId: s.instanceId },
+        });
+      }
+      if (this.#sectionIds.has(s.sectionId)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_DUPLICATE_SECTION, `section id ${s.sectionId} appears twice`);
+      if (d.sectionId !== null) {
+        throw new BackendTransferError(ErrorCodes.ERR_STREAM_DUPLICATE_SECTION, `device ${s.idstr}/${s.instanceId} has a second section (${s.sectionId}, after ${d.sectionId})`);
+      }
+      if (this.#sectionCount >= this.limits.maxSections) throw tooLarge('sections', this.#sectionCount + 1, this.limits.maxSections);
+      const v = s.versionId!;
+      if (v > d.maxVersion) {
+        throw new BackendTransferError(ErrorCodes.ERR_DEVICE_VERSION_TOO_NEW, `section for ${s.idstr} has version ${v}, newer than this side supports (${d.minVersion}..${d.maxVersion})`, {
+          details: { idstr: s.idstr, version: v, minVersion: d.minVersion, maxVersion: d.maxVersion },
+        });
+      }
+      if (v < d.minVersion) {
+        throw new BackendTransferError(ErrorCodes.ERR_DEVICE_VERSION_TOO_OLD, `section for ${s.idstr} has version ${v}, older than this side supports (${d.minVersion}..${d.maxVersion})`, {
+          details: { idstr: s.idstr, version: v, minVersion: d.minVersion, maxVersion: d.maxVersion },
+        });
+      }
+      this.#sectionIds.add(s.sectionId);
+      this.#sectionCount++;
+      d.sectionId = s.sectionId;
+      dev = d;
+      if (h.type === FrameType.SECTION_START) {
+        this.#open = d;
+        this.#openSectionId = s.sectionId;
+      }
+    } else {
+      if (s.sectionId !== this.#openSectionId) throw protocolError(`${FRAME_NAMES[h.type]} for section ${s.sectionId} inside section ${this.#openSectionId}`);
+      dev = this.#open!;
+      if (h.type === FrameType.SECTION_END) this.#open = null;
+    }
+
+    // fds: how many of each role, and whether the device may have them.
+    const deviceAtts: ReceivedAttachment[] = [];
+    let payloadFd: number | undefined;
+    s.attachments.forEach((a, i) => {
+      const fd = fds[i]!;
+      if (a.role === AttachmentRole.PAYLOAD) payloadFd = fd;
+      else deviceAtts.push({ ...a, fd });
+    });
+    dev.fdsSeen += deviceAtts.length;
+    if (dev.fdsSeen > dev.device.fdCount) {
+      throw new BackendTransferError(
+        ErrorCodes.ERR_STREAM_FD_EXTRA,
+        dev.device.withFds
+          ? `device ${dev.device.id} was planned with ${dev.device.fdCount} fd(s) but its section carries more (${dev.fdsSeen}) (closed)`
+          : `device ${dev.device.id} was planned state-only but its section carries fds (closed)`,
+        { details: { id: dev.device.id, planned: dev.device.fdCount, seen: dev.fdsSeen } },
+      );
+    }
+    if (this.#verifyKinds) {
+      for (const a of deviceAtts) this.#checkKind(a);
+    }
+    if (h.type === FrameType.SECTION_END || h.type === FrameType.SECTION_FULL) {
+      dev.closed = true;
+      if (dev.fdsSeen !== dev.device.fdCount) {
+        throw new BackendTransferError(
+          ErrorCodes.ERR_STREAM_FD_MISSING,
+          `device ${dev.device.id} was planned with ${dev.device.fdCount} fd(s) but its section carried ${dev.fdsSeen}`,
+          { details: { id: dev.device.id, planned: dev.device.fdCount, seen: dev.fdsSeen } },
+        );
+      }
+    }
+    let payload: Buffer = EMPTY;
+    if (inMemfd) {
+      payload = this.#memfdPayload(payloadFd!, s.payloadLength, s.payloadCrc ?? 0);
+    } else {
+      payload = body.subarray(c.pos, c.pos + s.payloadLength);
+    }
+    // Nothing below throws: the item takes the fds.
+    if (inMemfd && this.#memfdMode === 'read') {
+      closeFd(payloadFd!);
+      payloadFd = undefined;
+    }
+    this.#payloadBytes += BigInt(s.payloadLength);
+    this.#deviceFds += deviceAtts.length;
+    const frame: SectionFrameName =
+      h.type === FrameType.SECTION_START ? 'start' : h.type === FrameType.SECTION_PART ? 'part' : h.type === FrameType.SECTION_END ? 'end' : 'full';
+    const item: SectionItem = {
+      type: 'section',
+      frame,
+      sectionId: s.sectionId,
+      device: dev.device,
+      instanceId: dev.device.instance,
+      versionId: s.versionId ?? dev.device.version,
+      idstr: dev.device.id,
+      attachments: deviceAtts,
+      payload,
+      payloadInMemfd: inMemfd,
+      crcOk,
+      offset: this.#frameStart,
+      bodyLength: h.bodyLength,
+    };
+    if (payloadFd !== undefined) item.payloadFd = payloadFd;
+    return item;
+  }
+
+  #checkKind(a: ReceivedAttachment): void {
+    let info: FdInfo;
+    try {
+      info = inspectFd(a.fd);
+    } catch (err) {
+      throw BackendTransferError.fromSystem(err, `inspecting attachment ${a.name}`);
+    }
+    if (!kindMatches(a.kind, info)) {
+      throw new BackendTransferError(
+        ErrorCodes.ERR_STREAM_FD_KIND,
+        `attachment ${a.name} is declared ${a.kind} but the fd is ${info.kind}${info.link ? ` (${info.link})` : ''} (closed)`,
+        { details: { name: a.name, declared: a.kind, actual: info.kind } },
+      );
+    }
+  }
+
+  #memfdPayload(fd: number, length: number, crc: number): Buffer {
+    const fail = (code: string, message: string): never => {
+      throw new BackendTransferError(code, message, { details: { length } });
+    };
+    let seals: number;
+    try {
+      seals = native.fcntl_get_seals(fd);
+    } catch {
+      return fail(ErrorCodes.ERR_STREAM_FD_KIND, 'the payload attachment is not a memfd (F_GET_SEALS failed)');
+    }
+    if ((seals & SEALS_REQUIRED) !== SEALS_REQUIRED) {
+      return fail(ErrorCodes.ERR_STREAM_MEMFD_UNSEALED, `payload memfd lacks seals: has 0x${seals.toString(16)}, needs F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE`);
+    }
+    const size = native.fstat(fd).size;
+    if (size !== length) return fail(ErrorCodes.ERR_STREAM_MEMFD_SIZE, `payload memfd holds ${size} bytes, the frame declares ${length}`);
+    if (this.#memfdMode === 'keep') return EMPTY;
+    const out = Buffer.allocUnsafe(length);
+    let got = 0;
+    while (got < length) {
+      const n = readSync(fd, out, got, length - got, got);
+      if (n <= 0) return fail(ErrorCodes.ERR_STREAM_MEMFD_SIZE, `payload memfd ended after ${got} of ${length} bytes`);
+      got += n;
+    }
+    if ((this.#features & Features.BODY_CRC) !== 0) {
+      const c = crc32(out);
+      if (c !== crc) return fail(ErrorCodes.ERR_STREAM_CRC, `payload memfd content CRC mismatch (stored ${hex(crc)}, computed ${hex(c)})`);
+    }
+    return out;
+  }
+
+  #checkEndOfState(e: EndOfState): void {
+    if (this.#open !== null) throw protocolError(`END_OF_STATE inside section ${this.#openSectionId}`);
+    const missing = [...this.#devices.values()].filter((d) => d.sectionId === null).map((d) => d.device.id);
+    if (missing.length > 0) throw protocolError(`END_OF_STATE before the sections of planned device(s) ${missing.join(', ')}`);
+    if (e.sectionCount !== this.#sectionCount) throw protocolError(`END_OF_STATE counts ${e.sectionCount} sections, the reader saw ${this.#sectionCount}`);
+    if (e.totalFds !== this.#deviceFds) throw protocolError(`END_OF_STATE counts ${e.totalFds} fds, the reader saw ${this.#deviceFds}`);
+    if (e.payloadBytes !== this.#payloadBytes) throw protocolError(`END_OF_STATE counts ${e.payloadBytes} payload bytes, the reader saw ${this.#payloadBytes}`);
+  }
+}
+
+/** Whether an fd, as the kernel describes it, can be an attachment of this kind. */
+export function kindMatches(kind: AttachmentKind, info: FdInfo): boolean {
+  switch (kind) {
+    case 'tap':
+      return info.kind === 'tap' || info.kind === 'tun-unattached';
+    case 'vhost-net':
+      return info.kind === 'vhost-net';
+    case 'eventfd':
+      return info.kind === 'eventfd';
+    case 'memfd':
+      return info.kind === 'memfd';
+    case 'vhost-user':
+      return info.kind === 'unix-stream';
+    case 'chardev-socket':
+      return info.fileType === 'socket' && !info.socket?.listening;
+    case 'listener':
+      return info.fileType === 'socket' && info.socket?.listening === true;
+    case 'generic':
+      return true;
+  }
+}

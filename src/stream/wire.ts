@@ -1,0 +1,223 @@
+// Wire constants and types of the migration stream (docs/stream-format.md).
+
+export const STREAM_VERSION = 1;
+export const MAGIC = Buffer.from([0x89, 0x42, 0x54, 0x4d, 0x0d, 0x0a, 0x1a, 0x0a]);
+export const HEADER_SIZE = 20;
+export const TRAILER_SIZE = 4;
+export const NO_SECTION = 0xffffffff;
+export const UNKNOWN_BUDGET = 0xffffffff;
+
+export const FrameType = {
+  HELLO: 0x01,
+  WELCOME: 0x02,
+  PLAN: 0x03,
+  SECTION_START: 0x10,
+  SECTION_PART: 0x11,
+  SECTION_END: 0x12,
+  SECTION_FULL: 0x13,
+  END_OF_STATE: 0x20,
+  ACK: 0x30,
+  NACK: 0x31,
+  PING: 0x32,
+  PONG: 0x33,
+  COMMIT: 0x40,
+  ABORT: 0x41,
+  EOF: 0x7f,
+} as const;
+export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
+
+export const FRAME_NAMES: Record<number, string> = Object.fromEntries(Object.entries(FrameType).map(([k, v]) => [v, k]));
+
+export const FrameFlags = {
+  PAYLOAD_IN_MEMFD: 0x01,
+} as const;
+
+export const Features = {
+  FDS: 1 << 0,
+  MEMFD_PAYLOAD: 1 << 1,
+  BODY_CRC: 1 << 2,
+} as const;
+export const ALL_FEATURES = Features.FDS | Features.MEMFD_PAYLOAD | Features.BODY_CRC;
+
+export const OfferFlags = {
+  WANTS_FDS: 1 << 0,
+  REQUIRED: 1 << 1,
+} as const;
+
+export const Decision = {
+  REFUSE: 0,
+  STATE_ONLY: 1,
+  WITH_FDS: 2,
+} as const;
+export type DecisionCode = (typeof Decision)[keyof typeof Decision];
+
+export const Reason = {
+  NONE: 0,
+  UNKNOWN_DEVICE: 1,
+  VERSION_TOO_NEW: 2,
+  VERSION_TOO_OLD: 3,
+  KIND_UNSUPPORTED: 4,
+  NOT_WANTED: 5,
+  FDS_NOT_ACCEPTED: 6,
+} as const;
+export type ReasonCode = (typeof Reason)[keyof typeof Reason];
+export const REASON_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Reason).map(([k, v]) => [v, k.toLowerCase().replace(/_/g, '-')]));
+
+export const AckStage = {
+  LOADED: 1,
+  VERIFIED: 2,
+  ADOPTED: 3,
+  COMMITTED: 4,
+} as const;
+export type AckStageCode = (typeof AckStage)[keyof typeof AckStage];
+
+/** Attachment kinds (one fd each). */
+export const ATTACHMENT_KINDS = ['tap', 'vhost-net', 'vhost-user', 'eventfd', 'memfd', 'chardev-socket', 'listener', 'generic'] as const;
+export type AttachmentKind = (typeof ATTACHMENT_KINDS)[number];
+export function attachmentKindCode(kind: AttachmentKind): number {
+  return ATTACHMENT_KINDS.indexOf(kind) + 1;
+}
+export function attachmentKindName(code: number): AttachmentKind | undefined {
+  return ATTACHMENT_KINDS[code - 1];
+}
+
+export const AttachmentRole = {
+  DEVICE: 0,
+  PAYLOAD: 1,
+} as const;
+
+export const SEALS_REQUIRED = 0x0002 | 0x0004 | 0x0008; // F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
+
+export interface StreamLimits {
+  maxBody: number;
+  maxFdsPerFrame: number;
+  maxFdsPerStream: number;
+  maxSections: number;
+  maxDevices: number;
+  maxMeta: number;
+  maxString: number;
+  maxMemfdPayload: number;
+}
+
+export const DEFAULT_LIMITS: StreamLimits = {
+  maxBody: 64 * 1024 * 1024,
+  maxFdsPerFrame: 4096,
+  maxFdsPerStream: 1 << 20,
+  maxSections: 65536,
+  maxDevices: 65536,
+  maxMeta: 64 * 1024,
+  maxString: 4096,
+  maxMemfdPayload: 4 * 1024 * 1024 * 1024,
+};
+
+// ---------------------------------------------------------------- frame contents
+
+export interface Offer {
+  kind: string;
+  id: string;
+  instance: number;
+  version: number;
+  fdCount: number;
+  wantsFds: boolean;
+  required: boolean;
+}
+
+export interface Hello {
+  minVersion: number;
+  maxVersion: number;
+  features: number;
+  canPassFds: boolean;
+  fdBudget: number;
+  offers: Offer[];
+  info: Record<string, unknown> | null;
+}
+
+export interface Answer {
+  id: string;
+  instance: number;
+  decision: DecisionCode;
+  reason: ReasonCode;
+  minVersion: number;
+  maxVersion: number;
+}
+
+export interface Welcome {
+  version: number;
+  features: number;
+  canPassFds: boolean;
+  fdBudget: number;
+  answers: Answer[];
+  info: Record<string, unknown> | null;
+}
+
+export interface PlannedDevice {
+  kind: string;
+  id: string;
+  instance: number;
+  version: number;
+  withFds: boolean;
+  fdCount: number;
+}
+
+export interface Plan {
+  version: number;
+  features: number;
+  totalFds: number;
+  devices: PlannedDevice[];
+}
+
+export interface AttachmentHeader {
+  kind: AttachmentKind;
+  role: 0 | 1;
+  name: string;
+  meta: Record<string, unknown> | null;
+}
+
+/** A section frame's body, without its payload bytes. */
+export interface SectionHeader {
+  sectionId: number;
+  /** START and FULL only. */
+  instanceId?: number;
+  versionId?: number;
+  idstr?: string;
+  attachments: AttachmentHeader[];
+  payloadLength: number;
+  /** With PAYLOAD_IN_MEMFD: CRC of the memfd's content. */
+  payloadCrc?: number;
+}
+
+export interface EndOfState {
+  sectionCount: number;
+  totalFds: number;
+  payloadBytes: bigint;
+}
+
+export interface Ack {
+  stage: AckStageCode;
+  sectionId: number;
+  detail: string;
+}
+
+export interface Nack {
+  code: string;
+  reason: string;
+  sectionId: number;
+}
+
+export interface Ping {
+  token: bigint;
+  timeNs: bigint;
+}
+
+export interface Abort {
+  code: string;
+  reason: string;
+}
+
+export function isSectionFrame(type: number): boolean {
+  return type >= FrameType.SECTION_START && type <= FrameType.SECTION_FULL;
+}
+
+export function opensSection(type: number): boolean {
+  return type === FrameType.SECTION_START || type === FrameType.SECTION_FULL;
+}

@@ -1,0 +1,395 @@
+// The stream writer: frames to a channel, large payloads streamed in parts (memory
+// stays bounded whatever the state size), optionally by sealed memfd. The first
+// channel error is sticky: every later call reports it (QEMU's qemu-file does the
+// same). A section that would need fds on a channel that cannot carry them fails
+// before anything is written.
+import { readSync, writeSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
+import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { closeFd } from '../fd/index.js';
+import { native } from '../native.js';
+import type { StreamChannel } from './channel.js';
+import {
+  encodeAbort,
+  encodeAck,
+  encodeEndOfState,
+  encodeHeader,
+  encodeHello,
+  encodeNack,
+  encodePing,
+  encodePlan,
+  encodeSectionPrefix,
+  encodeWelcome,
+} from './codec.js';
+import {
+  AttachmentRole,
+  Features,
+  FrameFlags,
+  FrameType,
+  MAGIC,
+  NO_SECTION,
+  SEALS_REQUIRED,
+  type AckStageCode,
+  type AttachmentKind,
+  type Hello,
+  type Plan,
+  type PlannedDevice,
+  type Welcome,
+} from './wire.js';
+
+export interface OutgoingAttachment {
+  kind: AttachmentKind;
+  name: string;
+  meta?: Record<string, unknown> | null;
+  /** Stays the caller's; it must stay open until section() resolves. */
+  fd: number;
+}
+
+/** State that already lives in a sealed memfd: sent by descriptor, not copied. */
+export interface MemfdPayload {
+  memfd: number;
+  length: number;
+  /** Add the seals if the memfd lacks them (it must allow sealing). Default false: an unsealed memfd is refused. */
+  seal?: boolean;
+}
+
+export type SectionPayload = Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array> | MemfdPayload;
+
+export interface SectionDevice {
+  id: string;
+  instance: number;
+  version: number;
+}
+
+export interface StreamWriterOptions {
+  /** Largest payload part per frame. Default 1 MiB. */
+  partSize?: number;
+  /** With MEMFD_PAYLOAD: parts of at least this many bytes travel in a sealed memfd. Default 256 KiB. */
+  memfdThreshold?: number;
+  /** Write the 8-byte magic before the first frame (default true). */
+  magic?: boolean;
+  /** Observe each frame written (progress). */
+  onFrame?: (info: { type: number; bytes: number; fds: number; payloadBytes: number }) => void;
+}
+
+export interface WriterTotals {
+  frames: number;
+  bytes: number;
+  sections: number;
+  deviceFds: number;
+  payloadBytes: bigint;
+}
+
+const EMPTY = new Uint8Array(0);
+
+function isMemfdPayload(p: SectionPayload): p is MemfdPayload {
+  return typeof p === 'object' && p !== null && 'memfd' in p && typeof (p as MemfdPayload).memfd === 'number';
+}
+
+export class StreamWriter {
+  readonly channel: StreamChannel;
+  readonly #partSize: number;
+  readonly #memfdThreshold: number;
+  readonly #onFrame: StreamWriterOptions['onFrame'];
+  #magicPending: boolean;
+  #error: BackendTransferError | null = null;
+  #features = Features.BODY_CRC; // handshake frames always carry a CRC
+  #plan: Plan | null = null;
+  #fdSeq = 0;
+  #nextSectionId = 1;
+  #written = new Set<string>();
+  #busy: Promise<void> = Promise.resolve();
+  readonly totals: WriterTotals = { frames: 0, bytes: 0, sections: 0, deviceFds: 0, payloadBytes: 0n };
+
+  constructor(channel: StreamChannel, options: StreamWriterOptions = {}) {
+    this.channel = channel;
+    this.#partSize = options.partSize ?? 1024 * 1024;
+    this.#memfdThreshold = options.memfdThreshold ?? 256 * 1024;
+    this.#magicPending = options.magic ?? true;
+    this.#onFrame = options.onFrame;
+    if (!(this.#partSize >= 1)) throw BackendTransferError.invalidArgument('partSize must be at least 1');
+  }
+
+  /** The first error, after which nothing more is written. */
+  get error(): BackendTransferError | null {
+    return this.#error;
+  }
+
+  /** The plan written (source side), once plan() resolved. */
+  get currentPlan(): Plan | null {
+    return this.#plan;
+  }
+
+  /** Features in use: after plan() on a source, after welcome() on a target. */
+  get features(): number {
+    return this.#features;
+  }
+
+  // ---------------------------------------------------------------- handshake
+
+  hello(h: Hello): Promise<void> {
+    return this.#serial(() => this.#frame(FrameType.HELLO, 0, [encodeHello(h)], []));
+  }
+
+  /** Target side: the answer; its features apply to the return path from now on. */
+  welcome(w: Welcome): Promise<void> {
+    return this.#serial(async () => {
+      await this.#frame(FrameType.WELCOME, 0, [encodeWelcome(w)], []);
+      this.#features = w.features;
+    });
+  }
+
+  /** Source side: the negotiated layout; sections are checked against it. */
+  plan(p: Plan): Promise<void> {
+    return this.#serial(async () => {
+      if (p.totalFds > 0 && !this.channel.canPassFds) {
+        throw new BackendTransferError(ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS, `the plan moves ${p.totalFds} fds but this channel cannot carry fds; nothing was written`);
+      }
+      await this.#frame(FrameType.PLAN, 0, [encodePlan(p)], []);
+      this.#plan = p;
+      this.#features = p.features;
+    });
+  }
+
+  // ---------------------------------------------------------------- sections
+
+  /**
+   * Writes one device's section: its attachments (fds) on the first frame, and its
+   * payload in parts of at most partSize bytes (START/PART/END, or FULL when one
+   * frame holds it). An iterable payload is pulled one part ahead, so memory stays
+   * bounded. Checks against the plan before writing anything.
+   */
+  section(device: SectionDevice, attachments: readonly OutgoingAttachment[], payload: SectionPayload = EMPTY): Promise<void> {
+    return this.#serial(() => this.#section(device, attachments, payload));
+  }
+
+  async #section(device: SectionDevice, attachments: readonly OutgoingAttachment[], payload: SectionPayload): Promise<void> {
+    const key = `${device.id}\0${device.instance}`;
+    const planned = this.#plannedDevice(device);
+    if (attachments.length > 0 && !this.channel.canPassFds) {
+      throw new BackendTransferError(
+        ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS,
+        `section ${device.id} carries ${attachments.length} fd(s) but this channel cannot carry fds (not an AF_UNIX socket); nothing was written`,
+      );
+    }
+    if (planned) {
+      if (attachments.length !== planned.fdCount) {
+        throw new BackendTransferError(
+          attachments.length > planned.fdCount ? ErrorCodes.ERR_STREAM_FD_EXTRA : ErrorCodes.ERR_STREAM_FD_MISSING,
+          `section ${device.id} has ${attachments.length} fd(s) but the plan moves ${planned.fdCount}${planned.withFds ? '' : ' (state only)'}; nothing was written`,
+        );
+      }
+      if (device.version !== planned.version) throw BackendTransferError.invalidArgument(`section ${device.id} has version ${device.version}, the plan says ${planned.version}`);
+    }
+    if (this.#written.has(key)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_DUPLICATE_SECTION, `device ${device.id}/${device.instance} already has a section`);
+    if (isMemfdPayload(payload)) this.#checkMemfd(payload);
+    this.#written.add(key);
+    const sectionId = this.#nextSectionId++;
+    const atts = attachments.map((a) => ({ kind: a.kind, role: AttachmentRole.DEVICE as 0 | 1, name: a.name, meta: a.meta ?? null }));
+    const fds = attachments.map((a) => a.fd);
+    this.totals.sections++;
+    this.totals.deviceFds += fds.length;
+
+    if (isMemfdPayload(payload)) {
+      await this.#sectionFrame(FrameType.SECTION_FULL, sectionId, device, atts, fds, payload.length, null, payload.memfd);
+      return;
+    }
+    let first = true;
+    const emit = async (part: Uint8Array, last: boolean): Promise<void> => {
+      const type = first ? (last ? FrameType.SECTION_FULL : FrameType.SECTION_START) : last ? FrameType.SECTION_END : FrameType.SECTION_PART;
+      await this.#sectionFrame(type, sectionId, device, first ? atts : [], first ? fds : [], part.length, part, null);
+      first = false;
+    };
+    if (payload instanceof Uint8Array) {
+      if (payload.length <= this.#partSize) return emit(payload, true);
+      for (let off = 0; off < payload.length; off += this.#partSize) {
+        await emit(payload.subarray(off, Math.min(payload.length, off + this.#partSize)), off + this.#partSize >= payload.length);
+      }
+      return;
+    }
+    // An iterable: keep one part in hand to know which one is last.
+    let held: Uint8Array | null = null;
+    for await (const chunk of payload as AsyncIterable<Uint8Array>) {
+      for (let off = 0; off < chunk.length || (chunk.length === 0 && off === 0); off += this.#partSize) {
+        const piece = chunk.subarray(off, Math.min(chunk.length, off + this.#partSize));
+        if (piece.length === 0 && chunk.length === 0) break;
+        if (held) await emit(held, false);
+        held = piece;
+      }
+    }
+    await emit(held ?? EMPTY, true);
+  }
+
+  #plannedDevice(device: SectionDevice): PlannedDevice | null {
+    if (!this.#plan) return null;
+    const d = this.#plan.devices.find((x) => x.id === device.id && x.instance === device.instance);
+    if (!d) throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `device ${device.id}/${device.instance} is not in the plan; nothing was written`);
+    return d;
+  }
+
+  #checkMemfd(p: MemfdPayload): void {
+    if ((this.#features & Features.MEMFD_PAYLOAD) === 0) throw BackendTransferError.invalidArgument('a memfd payload needs the negotiated MEMFD_PAYLOAD feature');
+    let seals: number;
+    try {
+      seals = native.fcntl_get_seals(p.memfd);
+    } catch (err) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_KIND, `payload fd ${p.memfd} is not a memfd`, { cause: err });
+    }
+    if ((seals & SEALS_REQUIRED) !== SEALS_REQUIRED) {
+      if (!p.seal) throw new BackendTransferError(ErrorCodes.ERR_STREAM_MEMFD_UNSEALED, `payload memfd ${p.memfd} is not sealed (pass seal: true to seal it)`);
+      native.fcntl_add_seals(p.memfd, SEALS_REQUIRED);
+    }
+    const size = native.fstat(p.memfd).size;
+    if (size !== p.length) throw new BackendTransferError(ErrorCodes.ERR_STREAM_MEMFD_SIZE, `payload memfd holds ${size} bytes, not ${p.length}`);
+  }
+
+  async #sectionFrame(
+    type: number,
+    sectionId: number,
+    device: SectionDevice,
+    atts: { kind: AttachmentKind; role: 0 | 1; name: string; meta: Record<string, unknown> | null }[],
+    fds: number[],
+    length: number,
+    inline: Uint8Array | null,
+    givenMemfd: number | null,
+  ): Promise<void> {
+    let memfd = givenMemfd;
+    let ownMemfd = false;
+    const useMemfd =
+      givenMemfd !== null || (inline !== null && inline.length >= this.#memfdThreshold && (this.#features & Features.MEMFD_PAYLOAD) !== 0 && this.channel.canPassFds);
+    let payloadCrc = 0;
+    if (useMemfd && memfd === null) {
+      memfd = fillMemfd(inline!);
+      ownMemfd = true;
+    }
+    try {
+      const frameAtts = useMemfd ? [...atts, { kind: 'memfd' as const, role: AttachmentRole.PAYLOAD as 0 | 1, name: 'payload', meta: null }] : atts;
+      const frameFds = useMemfd ? [...fds, memfd!] : fds;
+      if (useMemfd && (this.#features & Features.BODY_CRC) !== 0) payloadCrc = inline ? crc32(inline) : memfdCrc(memfd!, length);
+      const prefix = encodeSectionPrefix(
+        type,
+        { sectionId, instanceId: device.instance, versionId: device.version, idstr: device.id, attachments: frameAtts, payloadLength: length, payloadCrc },
+        useMemfd,
+      );
+      const body = useMemfd || inline === null || inline.length === 0 ? [prefix] : [prefix, inline];
+      this.totals.payloadBytes += BigInt(length);
+      await this.#frame(type, useMemfd ? FrameFlags.PAYLOAD_IN_MEMFD : 0, body, frameFds, length);
+    } finally {
+      if (ownMemfd) closeFd(memfd!);
+    }
+  }
+
+  endOfState(): Promise<void> {
+    return this.#serial(() =>
+      this.#frame(
+        FrameType.END_OF_STATE,
+        0,
+        [encodeEndOfState({ sectionCount: this.totals.sections, totalFds: this.totals.deviceFds, payloadBytes: this.totals.payloadBytes })],
+        [],
+      ),
+    );
+  }
+
+  // ---------------------------------------------------------------- return path and control
+
+  ack(stage: AckStageCode, detail = '', sectionId = NO_SECTION): Promise<void> {
+    return this.#serial(() => this.#frame(FrameType.ACK, 0, [encodeAck({ stage, sectionId, detail })], []));
+  }
+
+  nack(code: string, reason: string, sectionId = NO_SECTION): Promise<void> {
+    return this.#serial(() => this.#frame(FrameType.NACK, 0, [encodeNack({ code, reason, sectionId })], []));
+  }
+
+  ping(token: bigint): Promise<void> {
+    return this.#serial(() => this.#frame(FrameType.PING, 0, [encodePing({ token, timeNs: process.hrtime.bigint() })], []));
+  }
+
+  pong(token: bigint): Promise<void> {
+    return this.#serial(() => this.#frame(FrameType.PONG, 0, [encodePing({ token, timeNs: process.hrtime.bigint() })], []));
+  }
+
+  commit(): Promise<void> {
+    return this.#serial(() => this.#frame(FrameType.COMMIT, 0, [], []));
+  }
+
+  abort(code: string, reason: string): Promise<void> {
+    return this.#serial(() => this.#frame(FrameType.ABORT, 0, [encodeAbort({ code, reason })], []));
+  }
+
+  eof(): Promise<void> {
+    return this.#serial(() => this.#frame(FrameType.EOF, 0, [], []));
+  }
+
+  // ---------------------------------------------------------------- plumbing
+
+  /** One operation at a time, in call order; the sticky error stops all later ones. */
+  #serial(op: () => Promise<void>): Promise<void> {
+    const run = this.#busy.then(() => {
+      if (this.#error) throw new BackendTransferError(ErrorCodes.ERR_STREAM_WRITER_FAILED, `the stream writer failed earlier: ${this.#error.message}`, { cause: this.#error });
+      return op();
+    });
+    this.#busy = run.catch(() => undefined);
+    return run;
+  }
+
+  async #frame(type: number, flags: number, body: Uint8Array[], fds: number[], payloadBytes = 0): Promise<void> {
+    let bodyLength = 0;
+    for (const b of body) bodyLength += b.length;
+    let bodyCrc = 0;
+    if ((this.#features & Features.BODY_CRC) !== 0 || type === FrameType.HELLO || type === FrameType.WELCOME || type === FrameType.PLAN) {
+      for (const b of body) bodyCrc = crc32(b, bodyCrc);
+    }
+    const header = encodeHeader({ type, flags, bodyLength, fdCount: fds.length, firstFdSeq: fds.length ? this.#fdSeq : 0 });
+    const trailer = Buffer.allocUnsafe(4);
+    trailer.writeUInt32LE(bodyCrc, 0);
+    // The fds ride on the header and the first body part (never on another frame's bytes).
+    let head: Uint8Array = header;
+    const rest: Uint8Array[] = [];
+    if (this.#magicPending) head = Buffer.concat([MAGIC, header]);
+    if (fds.length > 0 && body.length > 0) {
+      head = Buffer.concat([head, body[0]!]);
+      rest.push(...body.slice(1));
+    } else rest.push(...body);
+    rest.push(trailer);
+    try {
+      await this.channel.writeFrame(head, rest, fds);
+    } catch (err) {
+      const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, 'writing the stream');
+      // A refusal before any byte went (fds on a channel that cannot carry them) leaves the stream intact.
+      if (e.code !== ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS) this.#error = e;
+      throw e;
+    }
+    this.#magicPending = false;
+    this.#fdSeq += fds.length;
+    const bytes = head.length + rest.reduce((n, r) => n + r.length, 0);
+    this.totals.frames++;
+    this.totals.bytes += bytes;
+    this.#onFrame?.({ type, bytes, fds: fds.length, payloadBytes });
+  }
+}
+
+/** A sealed memfd holding `data` (F_SEAL_SHRINK | GROW | WRITE | SEAL). */
+export function fillMemfd(data: Uint8Array, name = 'bt-payload'): number {
+  const fd = native.memfd_create(name);
+  try {
+    let off = 0;
+    while (off < data.length) off += writeSync(fd, data, off, data.length - off, off);
+    native.fcntl_add_seals(fd, SEALS_REQUIRED | native.F_SEAL_SEAL);
+    return fd;
+  } catch (err) {
+    closeFd(fd);
+    throw BackendTransferError.fromSystem(err, 'filling a payload memfd');
+  }
+}
+
+function memfdCrc(fd: number, length: number): number {
+  const buf = Buffer.allocUnsafe(Math.min(length, 1 << 20));
+  let crc = 0;
+  for (let off = 0; off < length; ) {
+    const n = readSync(fd, buf, 0, Math.min(buf.length, length - off), off);
+    if (n <= 0) break;
+    crc = crc32(buf.subarray(0, n), crc);
+    off += n;
+  }
+  return crc;
+}
