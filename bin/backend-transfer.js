@@ -3,10 +3,9 @@
 // by `npm install` through the prepare script).
 import { existsSync } from 'node:fs';
 
-const main = new URL('../dist/cli/main.js', import.meta.url);
-if (!existsSync(main)) {
+const entry = new URL('../dist/cli/bin.js', import.meta.url);
+if (!existsSync(entry)) {
   console.error('backend-transfer: dist/ is missing. Run `npm install` (or `npm run build:ts`) in the package first.');
   process.exit(2);
 }
-const { run } = await import(main.href);
-process.exitCode = await run(process.argv.slice(2));
+await import(entry.href);

@@ -4,6 +4,7 @@ import type { Writable, Readable } from 'node:stream';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFds, dupFd } from '../fd/index.js';
 import type { FdSocket } from '../transport/fd-socket.js';
+import type { StreamItem, StreamReader } from './reader.js';
 
 /** Where a StreamWriter puts frames. */
 export interface StreamChannel {
@@ -85,4 +86,65 @@ export class MemoryChannel implements StreamChannel {
 /** Feeds a Node readable (a file, a TCP socket) into `feed` chunk by chunk; resolves at its end. */
 export async function pumpReadable(r: Readable, feed: (chunk: Buffer) => void): Promise<void> {
   for await (const chunk of r) feed(chunk as Buffer);
+}
+
+/**
+ * Reads a stream from an FdSocket into `reader`, in push mode: each chunk's bytes
+ * and fds go to reader.feed(), the items to `onItems` (synchronously, in order).
+ * Resolves after the stream's EOF frame (or at the socket's EOF, if reader.end()
+ * accepts it there); rejects with the first error (the reader's, the socket's, or what onItems threw), having closed
+ * the reader's fds. onItems may return 'stop' to stop reading (the socket stays open).
+ */
+export function pumpFdSocket(sock: FdSocket, reader: StreamReader, onItems: (items: StreamItem[]) => void | 'stop'): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let done = false;
+    const finish = (err: unknown) => {
+      if (done) return;
+      done = true;
+      if (err) {
+        reader.close();
+        reject(err);
+      } else resolve();
+    };
+    sock
+      .consume((chunk) => {
+        if (done) {
+          closeFds(chunk.fds);
+          return;
+        }
+        let items: StreamItem[];
+        try {
+          items = reader.feed(chunk.data, chunk.fds);
+        } catch (err) {
+          finish(err);
+          sock.pause();
+          return;
+        }
+        let verdict: void | 'stop';
+        try {
+          verdict = onItems(items);
+        } catch (err) {
+          finish(err);
+          sock.pause();
+          return;
+        }
+        // The EOF frame ends this direction; the socket may still carry the other one.
+        if (verdict === 'stop' || reader.finished) {
+          sock.pause();
+          finish(null);
+        }
+      })
+      .then(
+        () => {
+          if (done) return;
+          try {
+            reader.end();
+            finish(null);
+          } catch (err) {
+            finish(err);
+          }
+        },
+        (err: unknown) => finish(err),
+      );
+  });
 }

@@ -3,7 +3,7 @@ export { StreamReader, kindMatches } from './reader.js';
 export type { StreamReaderOptions, StreamItem, SectionItem, ReceivedAttachment, ReaderRole, SectionFrameName } from './reader.js';
 export { StreamWriter, fillMemfd } from './writer.js';
 export type { StreamWriterOptions, OutgoingAttachment, MemfdPayload, SectionPayload, SectionDevice, WriterTotals } from './writer.js';
-export { fdSocketChannel, writableChannel, MemoryChannel, pumpReadable } from './channel.js';
+export { fdSocketChannel, writableChannel, MemoryChannel, pumpReadable, pumpFdSocket } from './channel.js';
 export type { StreamChannel } from './channel.js';
 export { answerOffers, computePlan, chooseVersion, samePlan, FD_BUDGET_RESERVE } from './negotiate.js';
 export type { AcceptFn, DeviceSupport } from './negotiate.js';

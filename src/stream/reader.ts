@@ -118,6 +118,12 @@ export interface StreamReaderOptions {
   crc?: 'throw' | 'report';
   /** Expect the 8-byte magic first (default true). */
   magic?: boolean;
+  /**
+   * The bytes come without their fds (a stream recorded to a file): frames may
+   * declare fds, attachments come out with fd -1, and fd checks are skipped.
+   * Inspect role only.
+   */
+  fdsAbsent?: boolean;
 }
 
 interface QueuedFd {
@@ -147,6 +153,7 @@ export class StreamReader {
   readonly #verifyKinds: boolean;
   readonly #memfdMode: 'read' | 'keep';
   readonly #crcMode: 'throw' | 'report';
+  readonly #fdsAbsent: boolean;
 
   #error: BackendTransferError | null = null;
   #closed = false;
@@ -190,6 +197,7 @@ export class StreamReader {
     this.#memfdMode = options.memfdPayload ?? 'read';
     this.#crcMode = options.role === 'inspect' ? (options.crc ?? 'throw') : 'throw';
     this.#phase = options.magic === false ? 'handshake' : 'magic';
+    this.#fdsAbsent = options.role === 'inspect' && options.fdsAbsent === true;
   }
 
   get error(): BackendTransferError | null {
@@ -544,6 +552,7 @@ export class StreamReader {
   }
 
   #claimFds(h: FrameHeader, frameEnd: number): number[] {
+    if (this.#fdsAbsent) return new Array<number>(h.fdCount).fill(-1);
     const available = this.#fdQueue.length - this.#fdHead;
     if (h.fdCount > 0 || available > 0) {
       if (h.fdCount > 0 && h.firstFdSeq !== this.#claimedSeq) {
@@ -673,7 +682,7 @@ export class StreamReader {
         { details: { id: dev.device.id, planned: dev.device.fdCount, seen: dev.fdsSeen } },
       );
     }
-    if (this.#verifyKinds) {
+    if (this.#verifyKinds && !this.#fdsAbsent) {
       for (const a of deviceAtts) this.#checkKind(a);
     }
     if (h.type === FrameType.SECTION_END || h.type === FrameType.SECTION_FULL) {
@@ -688,13 +697,13 @@ export class StreamReader {
     }
     let payload: Buffer = EMPTY;
     if (inMemfd) {
-      payload = this.#memfdPayload(payloadFd!, s.payloadLength, s.payloadCrc ?? 0);
+      if (!this.#fdsAbsent) payload = this.#memfdPayload(payloadFd!, s.payloadLength, s.payloadCrc ?? 0);
     } else {
       payload = body.subarray(c.pos, c.pos + s.payloadLength);
     }
     // Nothing below throws: the item takes the fds.
-    if (inMemfd && this.#memfdMode === 'read') {
-      closeFd(payloadFd!);
+    if (inMemfd && (this.#memfdMode === 'read' || this.#fdsAbsent)) {
+      if (!this.#fdsAbsent) closeFd(payloadFd!);
       payloadFd = undefined;
     }
     this.#payloadBytes += BigInt(s.payloadLength);
