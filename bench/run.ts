@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { BENCH, ROOT, buildC, machine, stats, type Stats } from './lib/harness.js';
 import { renderMarkdown, renderSvg, type Report, type ReportRow } from './lib/report.js';
 import { transportCases } from './cases/transport.js';
+import { streamCases } from './cases/stream.js';
 import type { Case, Scale } from './cases/types.js';
 
 const { values } = parseArgs({
@@ -26,7 +27,10 @@ const scale: Scale = quick
   : { quick, bulkBytes: 1024 * MiB, fdMessages1: 200_000, fdMessages253: 2_000, pingpongs: 20_000, ipcHandles: 10_000, usocketFds: 50_000 };
 
 buildC();
-let cases: Case[] = [...transportCases(scale)];
+let cases: Case[] = [...transportCases(scale), ...streamCases(scale)];
+// Keep each group together in the report, whatever file its cases come from.
+const groupOrder = [...new Set(cases.map((c) => c.group))];
+cases.sort((a, b) => groupOrder.indexOf(a.group) - groupOrder.indexOf(b.group));
 if (values.only) cases = cases.filter((c) => `${c.group} ${c.name}`.includes(values.only!));
 
 const results = new Map<Case, number[]>();

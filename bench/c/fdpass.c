@@ -72,6 +72,13 @@ int main(int argc, char** argv) {
   if (k < 1 || k > SCM_MAX_FD) k = 1;
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) { perror("socketpair"); return 1; }
+  // Same socket buffer sizes as the library side under test (BT_SNDBUF, 0 = kernel default).
+  const char* sb = getenv("BT_SNDBUF");
+  if (sb && atoi(sb) > 0) {
+    int v = atoi(sb);
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+    setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+  }
   int efd = eventfd(0, EFD_CLOEXEC);
   int fds[SCM_MAX_FD];
   for (int i = 0; i < k; i++) fds[i] = efd;

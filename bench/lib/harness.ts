@@ -5,6 +5,7 @@ import { cpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FdSocket, closeFd, native, type SocketType } from '../../src/index.js';
+import { withDefaults } from '../../src/transport/fd-socket.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const BENCH = join(ROOT, 'bench');
@@ -25,7 +26,8 @@ export function buildC(): void {
 
 /** Runs a C baseline and parses the JSON line it prints. */
 export function runC<T = Record<string, number>>(name: string, args: (string | number)[], env: Record<string, string> = {}): T {
-  const out = execFileSync(join(BIN, name), args.map(String), { encoding: 'utf8', env: { ...process.env, ...env } });
+  // The same SO_SNDBUF as the library's own sockets, so both sides of a ratio use the same socket setup.
+  const out = execFileSync(join(BIN, name), args.map(String), { encoding: 'utf8', env: { ...process.env, BT_SNDBUF: String(1 << 20), ...env } });
   return JSON.parse(out.trim().split('\n').pop()!) as T;
 }
 
@@ -46,7 +48,7 @@ export async function startPeer(script: string, args: (string | number)[], type:
   });
   closeFd(b);
   const exited = new Promise<number | null>((res) => proc.on('close', (code) => res(code)));
-  const sock = new FdSocket(a, type);
+  const sock = new FdSocket(a, type, withDefaults({})); // as FdSocket.pair() would make it
   const ready = await sock.read();
   if (!ready || ready.data[0] !== 0x52) throw new Error(`peer ${script} did not start`);
   return { proc, sock, exited };

@@ -133,7 +133,7 @@ export function pumpFdSocket(sock: FdSocket, reader: StreamReader, onItems: (ite
           sock.pause();
           finish(null);
         }
-      })
+      }, { target: () => reader.readTarget() })
       .then(
         () => {
           if (done) return;

@@ -124,6 +124,12 @@ export interface StreamReaderOptions {
    * Inspect role only.
    */
   fdsAbsent?: boolean;
+  /**
+   * Assemble frames that span several chunks in one reused buffer: a section's
+   * payload is then valid only until the next feed() (copy what you keep). Spares
+   * a fresh allocation, and its page faults, per frame. Default false.
+   */
+  reuseBuffers?: boolean;
 }
 
 interface QueuedFd {
@@ -146,6 +152,8 @@ interface DeviceState {
 type Phase = 'magic' | 'handshake' | 'planned' | 'state-done' | 'finished';
 
 const EMPTY = Buffer.alloc(0);
+/** Bodies with at least this much still to come are read in place (readTarget). */
+const TARGET_MIN = 16 * 1024;
 
 export class StreamReader {
   readonly role: ReaderRole;
@@ -154,6 +162,8 @@ export class StreamReader {
   readonly #memfdMode: 'read' | 'keep';
   readonly #crcMode: 'throw' | 'report';
   readonly #fdsAbsent: boolean;
+  readonly #reuse: boolean;
+  #spare: Buffer | null = null;
 
   #error: BackendTransferError | null = null;
   #closed = false;
@@ -198,6 +208,7 @@ export class StreamReader {
     this.#crcMode = options.role === 'inspect' ? (options.crc ?? 'throw') : 'throw';
     this.#phase = options.magic === false ? 'handshake' : 'magic';
     this.#fdsAbsent = options.role === 'inspect' && options.fdsAbsent === true;
+    this.#reuse = options.reuseBuffers ?? false;
   }
 
   get error(): BackendTransferError | null {
@@ -362,22 +373,48 @@ export class StreamReader {
         this.#finishFrame(h, body, items);
         continue;
       }
-      if (this.#body === null) {
-        this.#body = Buffer.allocUnsafe(need);
-        this.#bodyFill = 0;
-      }
+      if (this.#body === null) this.#allocBody(need);
       const take = Math.min(need - this.#bodyFill, len - pos);
-      b.copy(this.#body, this.#bodyFill, pos, pos + take);
+      // Bytes received straight into the body (readTarget) are in place already.
+      const inPlace = b.buffer === this.#body!.buffer && b.byteOffset + pos === this.#body!.byteOffset + this.#bodyFill;
+      if (!inPlace) b.copy(this.#body!, this.#bodyFill, pos, pos + take);
       this.#bodyFill += take;
       pos += take;
       this.#offset += take;
       if (this.#bodyFill === need) {
-        const body = this.#body;
+        const body = this.#body!;
         this.#body = null;
         this.#bodyFill = 0;
         this.#finishFrame(h, body, items);
       }
     }
+  }
+
+  /**
+   * With reuseBuffers one assembly buffer serves every frame (its payloads are
+   * valid until the next feed); otherwise each frame gets its own.
+   */
+  #allocBody(need: number): void {
+    if (this.#reuse) {
+      if (this.#spare === null || this.#spare.length < need) this.#spare = Buffer.allocUnsafe(Math.max(need, 64 * 1024));
+      this.#body = this.#spare.subarray(0, need);
+    } else this.#body = Buffer.allocUnsafe(need);
+    this.#bodyFill = 0;
+  }
+
+  /**
+   * Where the next bytes belong when they are the rest of a large frame body: a
+   * receiver that can read straight into it (FdSocket consume's `target`) saves a
+   * copy; feed() then sees the bytes are in place. null when the next bytes are
+   * better read into the channel's own buffer.
+   */
+  readTarget(): Buffer | null {
+    const h = this.#header;
+    if (h === null || this.#error || this.#closed) return null;
+    const need = h.bodyLength + TRAILER_SIZE;
+    if (need - this.#bodyFill < TARGET_MIN) return null;
+    if (this.#body === null) this.#allocBody(need);
+    return this.#body!.subarray(this.#bodyFill);
   }
 
   /** A header arrived: check it against limits and the protocol state before allocating. */

@@ -46,12 +46,29 @@ export interface FdSocketOptions {
   highWaterMark?: number;
   /** Stop reading from the kernel while this many fds are buffered unread. Default 16384. */
   fdHighWaterMark?: number;
+  /**
+   * SO_SNDBUF for this socket. Sockets this library creates (pair, connect,
+   * accept) default to 1 MiB, which lets a bulk sender and its reader overlap
+   * instead of waking each other every ~50 KiB; fromFd() changes nothing unless
+   * asked, since a received socket's buffer is shared with its other owners.
+   * The kernel caps it at net.core.wmem_max.
+   */
+  sendBufferSize?: number;
   /** write() returns false once this many bytes are queued. Default 1 MiB. */
   writableHighWaterMark?: number;
   /** seqpacket only: the largest record this side sends. Default 64 KiB. */
   recordSize?: number;
   /** The native poller class (tests may pass their own). */
   poller?: PollerConstructor;
+}
+
+export interface ConsumeOptions {
+  /**
+   * Stream sockets: called before each receive; a non-empty region returned gets
+   * the next bytes directly (the chunk is then a view of it), saving a copy when
+   * the consumer knows where they belong. Return null for the normal receive buffer.
+   */
+  target?: () => Uint8Array | null;
 }
 
 /** One recvmsg worth of input. */
@@ -143,6 +160,7 @@ export class FdSocket extends EventEmitter {
   #eof = false;
   #readWaiters: { resolve: (c: ReceivedChunk | null) => void; reject: (e: Error) => void }[] = [];
   #consumer: ((chunk: ReceivedChunk) => void) | null = null;
+  #target: (() => Uint8Array | null) | null = null;
   #consumeDone: { resolve: () => void; reject: (e: Error) => void } | null = null;
   #paused = false;
   #slab: Slab;
@@ -190,6 +208,13 @@ export class FdSocket extends EventEmitter {
     this.#slabSize = Math.max(readBufferSize, this.#minSpace * 2);
     this.#recycle = options.recycleReadBuffers ?? false;
     this.#slab = { buf: Buffer.allocUnsafe(this.#slabSize), pos: 0, live: 0 };
+    if (options.sendBufferSize !== undefined && options.sendBufferSize > 0) {
+      try {
+        native.setsockopt(fd, native.SOL_SOCKET, native.SO_SNDBUF, options.sendBufferSize);
+      } catch {
+        /* the kernel default stays: a tuning, not a requirement */
+      }
+    }
     this.#poller = new FdPoller(fd, (events, err) => this.#onPoll(events, err), options.poller);
     this.#updatePoll();
   }
@@ -576,7 +601,7 @@ export class FdSocket extends EventEmitter {
    * handler threw (which also fails the socket). pause()/resume() apply
    * backpressure. read()/tryRead() may not be used meanwhile.
    */
-  consume(onChunk: (chunk: ReceivedChunk) => void): Promise<void> {
+  consume(onChunk: (chunk: ReceivedChunk) => void, options: ConsumeOptions = {}): Promise<void> {
     if (this.#consumer) return Promise.reject(BackendTransferError.invalidArgument('consume() is already active'));
     if (this.#readWaiters.length > 0) return Promise.reject(BackendTransferError.invalidArgument('a read() is pending'));
     if (this.#error) return Promise.reject(this.#error);
@@ -584,6 +609,7 @@ export class FdSocket extends EventEmitter {
     return new Promise<void>((resolve, reject) => {
       this.#consumer = onChunk;
       this.#consumeDone = { resolve, reject };
+      this.#target = this.type === 'stream' ? (options.target ?? null) : null;
       this.#afterDelivery();
     });
   }
@@ -629,6 +655,7 @@ export class FdSocket extends EventEmitter {
   #finishConsume(err: BackendTransferError | null): void {
     const done = this.#consumeDone;
     this.#consumer = null;
+    this.#target = null;
     this.#consumeDone = null;
     if (!done) return;
     if (err) done.reject(err);
@@ -666,6 +693,25 @@ export class FdSocket extends EventEmitter {
       if (this.#slabSize - slab.pos < need) {
         slab = this.#slab = { buf: (this.#recycle && this.#pool.pop()) || Buffer.allocUnsafe(this.#slabSize), pos: 0, live: 0 };
       }
+      // Push mode with a target: the consumer knows where the next bytes belong
+      // (say, the rest of a frame body) and they go straight there, one copy less.
+      if (this.#target !== null && !this.#paused) {
+        const region = this.#target();
+        if (region !== null && region.length > 0) {
+          let n: number;
+          try {
+            this.stats.recvmsgCalls++;
+            n = native.recvmsg(this.fd, region, 0, region.length, meta);
+          } catch (e) {
+            this.#fail(BackendTransferError.fromSystem(e, `recvmsg on fd ${this.fd}`));
+            return;
+          }
+          if (n < 0) break;
+          const buf = Buffer.isBuffer(region) ? region : Buffer.from(region.buffer, region.byteOffset, region.length);
+          if (!this.#ingest(null, buf, 0, n, meta, 2, meta[0]!, meta[1]!, region.length)) return;
+          continue;
+        }
+      }
       if (this.#batchRecv) {
         if (!this.#recvBatch(slab)) break;
         continue;
@@ -683,7 +729,7 @@ export class FdSocket extends EventEmitter {
       // Small fd-carrying messages come one per recvmsg (the kernel stops after each
       // one); take the next ones with recvmmsg, many per syscall.
       if (nfds > 0 && n <= BATCH_SLICE && this.type === 'stream') this.#batchRecv = true;
-      if (!this.#ingest(slab, slab.pos, n, meta, 2, nfds, meta[1]!, this.#slabSize - slab.pos)) return;
+      if (!this.#ingest(slab, slab.buf, slab.pos, n, meta, 2, nfds, meta[1]!, this.#slabSize - slab.pos)) return;
       slab.pos += n;
     }
     this.#updatePoll();
@@ -709,7 +755,7 @@ export class FdSocket extends EventEmitter {
       const nfds = bm[at + 2]!;
       // Bulk data or data without fds: back to one recvmsg per call, with the whole buffer.
       if (n === BATCH_SLICE || nfds === 0) this.#batchRecv = false;
-      if (!this.#ingest(slab, base + m * BATCH_SLICE, n, bm, at + 3, nfds, flags, BATCH_SLICE)) return false;
+      if (!this.#ingest(slab, slab.buf, base + m * BATCH_SLICE, n, bm, at + 3, nfds, flags, BATCH_SLICE)) return false;
       at += 3 + nfds;
     }
     slab.pos = base + count * BATCH_SLICE;
@@ -721,7 +767,7 @@ export class FdSocket extends EventEmitter {
    * it on (consumer, waiting reader, or the buffer). false when reading must stop
    * (EOF, truncation, a failing consumer).
    */
-  #ingest(slab: Slab, at: number, n: number, meta: Int32Array, fdsAt: number, nfds: number, flags: number, space: number): boolean {
+  #ingest(slab: Slab | null, buf: Buffer, at: number, n: number, meta: Int32Array, fdsAt: number, nfds: number, flags: number, space: number): boolean {
     let fds = EMPTY_FDS;
     if (nfds > 0) {
       fds = new Array<number>(nfds);
@@ -755,7 +801,7 @@ export class FdSocket extends EventEmitter {
       this.emit('end');
       return false;
     }
-    const chunk: ReceivedChunk = { data: slab.buf.subarray(at, at + n), fds, fdSeq: this.#rxFdSeq, offset: this.#rxOffset };
+    const chunk: ReceivedChunk = { data: buf.subarray(at, at + n), fds, fdSeq: this.#rxFdSeq, offset: this.#rxOffset };
     this.#rxOffset += n;
     this.#rxFdSeq += nfds;
     this.stats.bytesReceived += n;
@@ -764,10 +810,10 @@ export class FdSocket extends EventEmitter {
       // Push mode: the handler has it now; with recycling the memory is free again on return.
       return this.#deliver(chunk);
     }
-    if (this.#recycle) slab.live++;
+    if (this.#recycle && slab) slab.live++;
     const w = this.#readWaiters.shift();
     if (w) {
-      if (this.#recycle) {
+      if (this.#recycle && slab) {
         this.#releaseLent();
         this.#lent.push(slab);
       }
@@ -959,7 +1005,7 @@ export class FdSocket extends EventEmitter {
       closeFds([fd]);
       throw BackendTransferError.fromSystem(err, `connect to ${printable(address)}`);
     }
-    const sock = new FdSocket(fd, type, options);
+    const sock = new FdSocket(fd, type, withDefaults(options));
     sock.peer = cred;
     return sock;
   }
@@ -977,7 +1023,8 @@ export class FdSocket extends EventEmitter {
     } catch (err) {
       throw BackendTransferError.fromSystem(err, 'socketpair');
     }
-    return [new FdSocket(fds[0], type, options), new FdSocket(fds[1], type, options)];
+    const o = withDefaults(options);
+    return [new FdSocket(fds[0], type, o), new FdSocket(fds[1], type, o)];
   }
 
   /**
@@ -991,6 +1038,13 @@ export class FdSocket extends EventEmitter {
     return new FdSocket(fd, type, options);
   }
 }
+
+/** Options for sockets this library creates itself. */
+export function withDefaults(options: FdSocketOptions): FdSocketOptions {
+  return options.sendBufferSize === undefined ? { ...options, sendBufferSize: DEFAULT_SEND_BUFFER } : options;
+}
+
+const DEFAULT_SEND_BUFFER = 1024 * 1024;
 
 /** Throws ERR_NOT_UNIX_SOCKET unless fd is a connected AF_UNIX stream or seqpacket socket; returns its type. */
 export function checkUnixSocket(fd: number): SocketType {

@@ -6,7 +6,7 @@ import { native, type PeerCred } from '../native.js';
 import { BackendTransferError } from '../errors.js';
 import { closeFd } from '../fd/index.js';
 import { FdPoller, READABLE } from './poller.js';
-import { FdSocket, type FdSocketOptions, type SocketType } from './fd-socket.js';
+import { FdSocket, withDefaults, type FdSocketOptions, type SocketType } from './fd-socket.js';
 import { checkPeer, type PeerPolicy } from './peer.js';
 
 export interface ListenOptions extends FdSocketOptions {
@@ -156,7 +156,7 @@ export class FdServer extends EventEmitter {
         this.emit('reject', { cred, error } satisfies RejectedPeer);
         continue;
       }
-      const sock = new FdSocket(c, this.type, this.#options);
+      const sock = new FdSocket(c, this.type, withDefaults(this.#options));
       sock.peer = cred;
       const w = this.#waiters.shift();
       if (w) w.resolve(sock);

@@ -1,0 +1,111 @@
+// Stream benchmarks: the codec alone, and device state through the full stack
+// (sections, CRC, FdSocket) between two processes, inline and by sealed memfd.
+import {
+  Features,
+  StreamReader,
+  StreamWriter,
+  fdSocketChannel,
+  type Hello,
+  type Plan,
+  type StreamChannel,
+} from '../../src/index.js';
+import { startPeer } from '../lib/harness.js';
+import type { Case, Scale } from './types.js';
+
+const MiB = 1 << 20;
+
+function stateHandshake(features: number): { hello: Hello; plan: Plan } {
+  const hello: Hello = {
+    minVersion: 1,
+    maxVersion: 1,
+    features,
+    canPassFds: true,
+    fdBudget: 0xffffffff,
+    offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
+    info: null,
+  };
+  const plan: Plan = { version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] };
+  return { hello, plan };
+}
+
+/** `total` bytes of state as `part`-sized pieces of one reused buffer (memory stays flat). */
+function* parts(total: number, part: number): Generator<Uint8Array> {
+  const buf = Buffer.alloc(part);
+  for (let i = 0; i < part; i++) buf[i] = (i * 7) & 0xff;
+  for (let sent = 0; sent < total; sent += part) yield total - sent >= part ? buf : buf.subarray(0, total - sent);
+}
+
+const discard: StreamChannel = { canPassFds: true, writeFrame: () => Promise.resolve() };
+
+/** Encoding only (frames built and CRC'd, then dropped): GB/s. */
+async function encodeOnly(total: number, part: number, crc: boolean): Promise<number> {
+  const { hello, plan } = stateHandshake(crc ? Features.BODY_CRC : 0);
+  const w = new StreamWriter(discard, { partSize: part });
+  await w.hello(hello);
+  await w.plan(plan);
+  const t0 = performance.now();
+  await w.section({ id: 'ram', instance: 0, version: 1 }, [], parts(total, part));
+  return total / ((performance.now() - t0) / 1000) / 1e9;
+}
+
+/** Decoding only (header checks, CRC, payload slices) of frames fed whole: GB/s. */
+async function decodeOnly(total: number, part: number, crc: boolean): Promise<number> {
+  const { hello, plan } = stateHandshake(crc ? Features.BODY_CRC : 0);
+  // Record one START, one PART and one END frame, then feed START, PART x n, END.
+  const frames: Buffer[] = [];
+  const rec: StreamChannel = { canPassFds: true, writeFrame: async (h, rest) => void frames.push(Buffer.concat([h, ...rest])) };
+  const w = new StreamWriter(rec, { partSize: part });
+  await w.hello(hello);
+  await w.plan(plan);
+  await w.section({ id: 'ram', instance: 0, version: 1 }, [], parts(3 * part, part));
+  const [helloF, planF, start, middle, end] = frames as [Buffer, Buffer, Buffer, Buffer, Buffer];
+  const r = new StreamReader({ role: 'inspect' });
+  r.feed(helloF);
+  r.feed(planF);
+  const n = Math.max(3, Math.round(total / part));
+  let bytes = 0;
+  const t0 = performance.now();
+  for (const it of r.feed(start)) if (it.type === 'section') bytes += it.payload.length;
+  for (let i = 0; i < n - 2; i++) for (const it of r.feed(middle)) if (it.type === 'section') bytes += it.payload.length;
+  for (const it of r.feed(end)) if (it.type === 'section') bytes += it.payload.length;
+  const s = (performance.now() - t0) / 1000;
+  r.close();
+  return bytes / s / 1e9;
+}
+
+/** The full stack between two processes: StreamWriter → FdSocket → StreamReader. GB/s. */
+async function fullStack(total: number, part: number, opts: { crc: boolean; memfd?: boolean; type?: 'stream' | 'seqpacket' }): Promise<number> {
+  const features = (opts.crc ? Features.BODY_CRC : 0) | (opts.memfd ? Features.MEMFD_PAYLOAD | Features.FDS : 0);
+  const { hello, plan } = stateHandshake(features);
+  const peer = await startPeer('stream-sink.ts', [], opts.type ?? 'stream');
+  const w = new StreamWriter(fdSocketChannel(peer.sock), { partSize: part, memfdThreshold: opts.memfd ? 1 : Number.MAX_SAFE_INTEGER });
+  const t0 = performance.now();
+  await w.hello(hello);
+  await w.plan(plan);
+  await w.section({ id: 'ram', instance: 0, version: 1 }, [], parts(total, part));
+  await w.endOfState();
+  await w.eof();
+  const ack = await peer.sock.read();
+  const t1 = performance.now();
+  const got = Number(ack!.data.toString().split(' ')[0]);
+  peer.sock.close();
+  await peer.exited;
+  if (got !== total) throw new Error(`stream sink got ${got} of ${total} bytes`);
+  return total / ((t1 - t0) / 1000) / 1e9;
+}
+
+export function streamCases(s: Scale): Case[] {
+  const G1 = 'bulk: stream socket, 1 MiB writes';
+  const GS = 'bulk: seqpacket socket, 64 KiB records';
+  return [
+    { group: G1, name: 'migration stream, 1 MiB parts, CRC', unit: 'GB/s', target: 0.9, run: () => fullStack(s.bulkBytes, MiB, { crc: true }) },
+    { group: G1, name: 'migration stream, 1 MiB parts, no CRC', unit: 'GB/s', target: 0.9, run: () => fullStack(s.bulkBytes, MiB, { crc: false }) },
+    { group: G1, name: 'migration stream, 1 MiB parts by sealed memfd, CRC', unit: 'GB/s', run: () => fullStack(s.bulkBytes, MiB, { crc: true, memfd: true }) },
+    { group: G1, name: 'migration stream, 1 MiB parts by sealed memfd, no CRC', unit: 'GB/s', run: () => fullStack(s.bulkBytes, MiB, { crc: false, memfd: true }) },
+    { group: GS, name: 'migration stream, 1 MiB parts, CRC', unit: 'GB/s', target: 0.9, run: () => fullStack(s.bulkBytes, MiB, { crc: true, type: 'seqpacket' }) },
+    { group: 'codec alone (no socket), 1 MiB parts', name: 'encode, CRC', unit: 'GB/s', run: () => encodeOnly(s.bulkBytes, MiB, true) },
+    { group: 'codec alone (no socket), 1 MiB parts', name: 'encode, no CRC', unit: 'GB/s', run: () => encodeOnly(s.bulkBytes, MiB, false) },
+    { group: 'codec alone (no socket), 1 MiB parts', name: 'decode, CRC', unit: 'GB/s', run: () => decodeOnly(s.bulkBytes, MiB, true) },
+    { group: 'codec alone (no socket), 1 MiB parts', name: 'decode, no CRC', unit: 'GB/s', run: () => decodeOnly(s.bulkBytes, MiB, false) },
+  ];
+}
