@@ -104,10 +104,10 @@ describe('FdSocket poll interest', () => {
   });
 
   it('stops polling for input at the high-water mark and resumes after read()', async () => {
-    const [a, b] = FdSocket.pair('stream', { poller: FakePoller, highWaterMark: 64 * 1024 });
+    const [a, b] = FdSocket.pair('stream', { poller: FakePoller, highWaterMark: 64 * 1024, sendBufferSize: 64 * 1024 });
     const pb = pollerOf(b);
     // Real data waits in the kernel; the reader takes it only when "readable" fires.
-    const pending = a.send(Buffer.alloc(300 * 1024)).catch((e: unknown) => e);
+    const pending = a.send(Buffer.alloc(1024 * 1024)).catch((e: unknown) => e);
     pollerOf(a).fire(W);
     pb.fire(R);
     expect(b.readableLength).toBeGreaterThanOrEqual(64 * 1024);
