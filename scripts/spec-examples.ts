@@ -55,7 +55,7 @@ print('recorded-state-only', [
   MAGIC,
   ...frame('HELLO', 0x01, [
     u16(1, 'minVersion'), u16(1, 'maxVersion'), u32(BODY_CRC, 'features BODY_CRC'), u8(0, 'canPassFds'), u8(0, 'reserved'),
-    u32(0xffffffff, 'fdBudget unknown'), u32(1, 'offerCount'),
+    u32(0xffffffff, 'fdBudget unknown'), ...blob(Buffer.alloc(0), 'probe'), u32(1, 'offerCount'),
     ...str('state', 'kind'), ...str('cpu0', 'id'), u32(0, 'instance'), u32(1, 'version'), u32(0, 'fdCount'), u8(2, 'flags REQUIRED'),
     ...blob(Buffer.alloc(0), 'info'),
   ]),
@@ -76,7 +76,7 @@ print('section-with-fd', [
   MAGIC,
   ...frame('HELLO', 0x01, [
     u16(1, 'minVersion'), u16(1, 'maxVersion'), u32(FDS | BODY_CRC, 'features FDS|BODY_CRC'), u8(1, 'canPassFds'), u8(0, 'reserved'),
-    u32(0xffffffff, 'fdBudget unknown'), u32(1, 'offerCount'),
+    u32(0xffffffff, 'fdBudget unknown'), ...blob(Buffer.alloc(0), 'probe'), u32(1, 'offerCount'),
     ...str('generic', 'kind'), ...str('kick', 'id'), u32(0, 'instance'), u32(1, 'version'), u32(1, 'fdCount'), u8(1, 'flags WANTS_FDS'),
     ...blob(Buffer.alloc(0), 'info'),
   ]),

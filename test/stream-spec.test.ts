@@ -35,6 +35,7 @@ describe('docs/stream-format.md examples', () => {
       features: Features.BODY_CRC,
       canPassFds: false,
       fdBudget: 0xffffffff,
+      probe: null,
       offers: [{ kind: 'state', id: 'cpu0', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
       info: null,
     });

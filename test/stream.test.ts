@@ -143,6 +143,42 @@ describe('round trip', () => {
   });
 });
 
+describe('the HELLO probe: do fds survive the way?', () => {
+  const probeHello = (canPassFds: boolean) => ({
+    minVersion: 1,
+    maxVersion: 1,
+    features: Features.FDS,
+    canPassFds,
+    fdBudget: 10,
+    probe: Buffer.from('0123456789abcdef'),
+    offers: [],
+    info: null,
+  });
+
+  it('ok when the memfd arrives with the bytes, missing when the way dropped it', async () => {
+    const ch = new MemoryChannel();
+    const w = new StreamWriter(ch);
+    await w.hello(probeHello(true));
+    expect(ch.writes[0]!.fds.length).toBe(1);
+    const ok = new StreamReader({ role: 'target' }).feed(ch.bytes(), ch.writes[0]!.fds.map((fd) => native.dup(fd)));
+    expect(ok[0]).toMatchObject({ type: 'hello', probe: 'ok' });
+    // The same bytes without the fd: what a relay that drops SCM_RIGHTS delivers.
+    const r = new StreamReader({ role: 'target' });
+    expect(r.feed(ch.bytes())[0]).toMatchObject({ type: 'hello', probe: 'missing' });
+    // A wrong fd in its place.
+    const efd = native.eventfd(0);
+    expect(new StreamReader({ role: 'target' }).feed(ch.bytes(), [efd])[0]).toMatchObject({ type: 'hello', probe: 'bad' });
+    expect(() => native.close(efd)).toThrow(/EBADF/); // the reader closed it
+    ch.close();
+  });
+
+  it('is refused on a channel that cannot carry fds, before anything is written', async () => {
+    const ch = new MemoryChannel(false);
+    await expectCode(() => new StreamWriter(ch).hello(probeHello(false)), 'ERR_CHANNEL_CANNOT_PASS_FDS');
+    expect(ch.writes.length).toBe(0);
+  });
+});
+
 describe('state-only channels', () => {
   it('a stream without fds goes over a byte channel (a Node stream) and reads back', async () => {
     const pass = new PassThrough();

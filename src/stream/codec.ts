@@ -8,6 +8,7 @@ import {
   AttachmentRole,
   DEFAULT_LIMITS,
   FrameType,
+  PROBE_SIZE,
   HEADER_SIZE,
   attachmentKindCode,
   attachmentKindName,
@@ -136,7 +137,9 @@ function jsonBytes(v: Record<string, unknown> | null | undefined, what: string):
 export function encodeHello(h: Hello): Buffer {
   const offers = h.offers.map((o) => ({ o, kind: utf8(o.kind, 'offer kind'), id: utf8(o.id, 'device id') }));
   const info = jsonBytes(h.info, 'info');
-  let size = 2 + 2 + 4 + 1 + 1 + 4 + 4 + 4 + info.length;
+  const probe = h.probe ? Buffer.from(h.probe) : Buffer.alloc(0);
+  if (probe.length !== 0 && probe.length !== PROBE_SIZE) throw BackendTransferError.invalidArgument(`the HELLO probe is ${PROBE_SIZE} bytes`);
+  let size = 2 + 2 + 4 + 1 + 1 + 4 + 4 + probe.length + 4 + 4 + info.length;
   for (const x of offers) size += 2 + x.kind.length + 2 + x.id.length + 4 + 4 + 4 + 1;
   const w = new BodyWriter(size);
   w.u16(h.minVersion);
@@ -145,6 +148,7 @@ export function encodeHello(h: Hello): Buffer {
   w.u8(h.canPassFds ? 1 : 0);
   w.u8(0);
   w.u32(h.fdBudget);
+  w.blob(probe);
   w.u32(offers.length);
   for (const { o, kind, id } of offers) {
     w.str(kind);
@@ -352,6 +356,11 @@ export function decodeHello(c: Cursor): Hello {
   const canPassFds = c.u8('canPassFds') === 1;
   c.u8('reserved');
   const fdBudget = c.u32('fdBudget');
+  const probeLen = c.u32('probe length');
+  if (probeLen !== 0 && probeLen !== PROBE_SIZE) throw protocolError(`HELLO probe of ${probeLen} bytes (must be 0 or ${PROBE_SIZE})`);
+  c.need(probeLen, 'probe');
+  const probe = probeLen ? Buffer.from(c.buf.subarray(c.pos, c.pos + probeLen)) : null;
+  c.pos += probeLen;
   const n = c.count('offer', c.limits.maxDevices, 17);
   const offers = [];
   for (let i = 0; i < n; i++) {
@@ -365,7 +374,7 @@ export function decodeHello(c: Cursor): Hello {
   }
   const info = c.json('info', c.limits.maxMeta);
   c.finish('HELLO');
-  return { minVersion, maxVersion, features, canPassFds, fdBudget, offers, info };
+  return { minVersion, maxVersion, features, canPassFds, fdBudget, probe, offers, info };
 }
 
 export function decodeWelcome(c: Cursor): Welcome {

@@ -57,6 +57,7 @@ import {
 } from './wire.js';
 
 export type ReaderRole = 'target' | 'source' | 'inspect';
+export type ProbeResult = 'none' | 'ok' | 'missing' | 'bad';
 
 export interface ReceivedAttachment extends AttachmentHeader {
   /** Owned by the caller once the item is returned. */
@@ -89,7 +90,12 @@ export interface SectionItem {
 }
 
 export type StreamItem =
-  | { type: 'hello'; hello: Hello }
+  | {
+      type: 'hello';
+      hello: Hello;
+      /** The fd probe: 'ok' it came with the right bytes, 'missing' it did not come (SCM_RIGHTS dropped on the way), 'bad' it came wrong, 'none' not sent. */
+      probe: ProbeResult;
+    }
   | { type: 'welcome'; welcome: Welcome }
   | { type: 'plan'; plan: Plan }
   | SectionItem
@@ -424,7 +430,8 @@ export class StreamReader {
     if (h.fdCount > this.limits.maxFdsPerFrame) throw tooLarge(`fds of one ${FRAME_NAMES[h.type]} frame`, h.fdCount, this.limits.maxFdsPerFrame);
     if ((h.flags & ~FrameFlags.PAYLOAD_IN_MEMFD) !== 0) throw protocolError(`unknown frame flags 0x${h.flags.toString(16)}`);
     if (!isSectionFrame(h.type)) {
-      if (h.fdCount !== 0) throw protocolError(`${FRAME_NAMES[h.type]} frames carry no fds, this one declares ${h.fdCount}`);
+      const allowed = h.type === FrameType.HELLO ? 1 : 0; // HELLO may carry its probe fd
+      if (h.fdCount > allowed) throw protocolError(`${FRAME_NAMES[h.type]} frames carry ${allowed ? 'at most one fd' : 'no fds'}, this one declares ${h.fdCount}`);
       if (h.flags !== 0) throw protocolError(`${FRAME_NAMES[h.type]} frames have no flags`);
     }
     this.#checkOrder(h.type);
@@ -511,7 +518,8 @@ export class StreamReader {
       }
     }
     // The frame's fds: exactly fdCount, starting at firstFdSeq, none left behind.
-    const fds = this.#claimFds(h, frameEnd);
+    // (HELLO's probe fd may be missing: that is what the probe finds out.)
+    const fds = h.type === FrameType.HELLO && h.fdCount === 1 && this.pendingFds === 0 && !this.#fdsAbsent ? this.#skipProbe(h) : this.#claimFds(h, frameEnd);
     try {
       this.#decodeFrame(h, body, fds, crcOk, items);
     } catch (err) {
@@ -527,8 +535,10 @@ export class StreamReader {
       case FrameType.HELLO: {
         const hello = decodeHello(c);
         chooseVersion(hello.minVersion, hello.maxVersion); // ERR_STREAM_VERSION when none in common
+        if ((hello.probe ? 1 : 0) !== h.fdCount) throw protocolError(`HELLO with ${hello.probe ? 'a' : 'no'} probe declares ${h.fdCount} fd(s)`);
+        const probe = hello.probe ? this.#checkProbe(fds[0]!, hello.probe) : 'none';
         this.#hello = hello;
-        items.push({ type: 'hello', hello });
+        items.push({ type: 'hello', hello, probe });
         break;
       }
       case FrameType.WELCOME: {
@@ -586,6 +596,15 @@ export class StreamReader {
         items.push({ type: 'eof' });
         break;
     }
+  }
+
+  /** HELLO's probe fd did not arrive: the sender counted it, so the numbering moves on. */
+  #skipProbe(h: FrameHeader): number[] {
+    if (h.firstFdSeq !== this.#claimedSeq) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_SEQUENCE, `HELLO says its probe fd is #${h.firstFdSeq}, the reader is at #${this.#claimedSeq}`);
+    }
+    this.#claimedSeq += 1;
+    return [-1];
   }
 
   #claimFds(h: FrameHeader, frameEnd: number): number[] {
@@ -764,6 +783,21 @@ export class StreamReader {
     };
     if (payloadFd !== undefined) item.payloadFd = payloadFd;
     return item;
+  }
+
+  /** Whether the probe fd is a memfd holding the probe bytes. Closes it. */
+  #checkProbe(fd: number, nonce: Uint8Array): ProbeResult {
+    if (fd < 0) return this.#fdsAbsent ? 'none' : 'missing';
+    try {
+      native.fcntl_get_seals(fd);
+      const got = Buffer.alloc(nonce.length + 1);
+      const n = readSync(fd, got, 0, got.length, 0);
+      return n === nonce.length && got.subarray(0, n).equals(nonce) ? 'ok' : 'bad';
+    } catch {
+      return 'bad';
+    } finally {
+      closeFd(fd);
+    }
   }
 
   #checkKind(a: ReceivedAttachment): void {

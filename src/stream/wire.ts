@@ -6,6 +6,7 @@ export const HEADER_SIZE = 20;
 export const TRAILER_SIZE = 4;
 export const NO_SECTION = 0xffffffff;
 export const UNKNOWN_BUDGET = 0xffffffff;
+export const PROBE_SIZE = 16;
 
 export const FrameType = {
   HELLO: 0x01,
@@ -128,6 +129,12 @@ export interface Hello {
   features: number;
   canPassFds: boolean;
   fdBudget: number;
+  /**
+   * 16 random bytes, or null. When set, HELLO carries one fd: a sealed memfd
+   * holding these bytes. A target that does not receive it knows that something
+   * between the two (a relay, a proxy) drops SCM_RIGHTS.
+   */
+  probe?: Uint8Array | null;
   offers: Offer[];
   info: Record<string, unknown> | null;
 }

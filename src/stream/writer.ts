@@ -127,8 +127,21 @@ export class StreamWriter {
 
   // ---------------------------------------------------------------- handshake
 
+  /**
+   * With h.probe set, HELLO carries a sealed memfd holding the probe bytes: the
+   * target learns whether fds survive the way between the two (docs/stream-format.md).
+   */
   hello(h: Hello): Promise<void> {
-    return this.#serial(() => this.#frame(FrameType.HELLO, 0, [encodeHello(h)], []));
+    return this.#serial(async () => {
+      if (!h.probe) return this.#frame(FrameType.HELLO, 0, [encodeHello(h)], []);
+      if (!this.channel.canPassFds) throw new BackendTransferError(ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS, 'a HELLO probe needs a channel that can carry fds; nothing was written');
+      const probe = fillMemfd(h.probe, 'bt-probe');
+      try {
+        await this.#frame(FrameType.HELLO, 0, [encodeHello(h)], [probe]);
+      } finally {
+        closeFd(probe);
+      }
+    });
   }
 
   /** Target side: the answer; its features apply to the return path from now on. */
