@@ -76,6 +76,20 @@ export const ErrorCodes = {
   ERR_DEVICE_REFUSED: 'ERR_DEVICE_REFUSED',
   /** The writer failed earlier; every later write reports that first error. */
   ERR_STREAM_WRITER_FAILED: 'ERR_STREAM_WRITER_FAILED',
+  // ---- backends
+  /** A received fd is not what its metadata says (wrong kind, other TAP, other flags, wrong size...). */
+  ERR_BACKEND_VERIFY: 'ERR_BACKEND_VERIFY',
+  /** This backend may never move (TLS/telnet/websocket chardev, a socket marked never to move). */
+  ERR_BACKEND_NOT_MOVABLE: 'ERR_BACKEND_NOT_MOVABLE',
+  /** A backend described wrongly on the source (no fds, unknown role ...). */
+  ERR_BACKEND_INVALID: 'ERR_BACKEND_INVALID',
+  // ---- the handover session
+  /** The target refused or failed (a NACK); .details has its code and reason. */
+  ERR_HANDOVER_REFUSED: 'ERR_HANDOVER_REFUSED',
+  /** The source aborted the handover (an ABORT frame, or a local abort). */
+  ERR_HANDOVER_ABORTED: 'ERR_HANDOVER_ABORTED',
+  /** fds were to move but they do not survive the way to the target (a relay drops SCM_RIGHTS). */
+  ERR_CHANNEL_DROPS_FDS: 'ERR_CHANNEL_DROPS_FDS',
   /** Any other system error; .cause has the errno error. */
   ERR_SYSTEM: 'ERR_SYSTEM',
 } as const;
@@ -94,8 +108,8 @@ export class BackendTransferError extends Error {
   readonly errno?: number;
   /** The syscall that failed, when there is one. */
   readonly syscall?: string;
-  /** Extra structured facts (counts, names) for callers and logs. */
-  readonly details?: Record<string, unknown>;
+  /** Extra structured facts (counts, names, the phase it happened in) for callers and logs. */
+  details?: Record<string, unknown>;
 
   constructor(code: ErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}) {
     super(`${code}: ${message}`, options.cause === undefined ? undefined : { cause: options.cause });

@@ -7,3 +7,5 @@ export type { FdInfo, FdKind } from './fd/index.js';
 export { native } from './native.js';
 export type { NativeBinding, PeerCred, NativeStat, IfReq } from './native.js';
 export * from './stream/index.js';
+export * from './backends/index.js';
+export * from './handover/index.js';

@@ -14,6 +14,8 @@ export interface PeerEvent {
 }
 
 export interface SpawnOptions {
+  /** The fixture file under test/fixtures (default peer.ts). */
+  fixture?: string;
   /** Give the child one end of a socketpair of this type as fd 3; the other end is `peer.sock`. */
   socket?: SocketType | false;
   uid?: number;
@@ -43,7 +45,8 @@ export class Peer {
       childFd = b;
     }
     let cmd = process.execPath;
-    let argv = ['--import', TSX, FIXTURE, scenario, ...args];
+    const fixture = options.fixture ? fileURLToPath(new URL(`../fixtures/${options.fixture}`, import.meta.url)) : FIXTURE;
+    let argv = ['--import', TSX, fixture, scenario, ...args];
     if (options.nofile !== undefined) {
       argv = [`--nofile=${options.nofile}:${options.nofile}`, '--', cmd, ...argv];
       cmd = 'prlimit';
@@ -53,7 +56,7 @@ export class Peer {
       cmd = 'ip';
     }
     this.proc = spawn(cmd, argv, {
-      stdio: ['ignore', 'pipe', 'pipe', childFd >= 0 ? childFd : 'ignore'],
+      stdio: ['pipe', 'pipe', 'pipe', childFd >= 0 ? childFd : 'ignore'],
       uid: options.uid,
       gid: options.gid,
       env: { ...process.env, ...options.env },
@@ -82,6 +85,29 @@ export class Peer {
       if (i >= 0) this.#waiters.splice(i, 1)[0]!.resolve(ev);
     });
     this.proc.stderr!.on('data', (d: Buffer) => this.stderr.push(d.toString()));
+  }
+
+  /** Sends a command line (JSON) to the child's stdin. */
+  command(cmd: Record<string, unknown>): void {
+    this.proc.stdin!.write(JSON.stringify(cmd) + '\n');
+  }
+
+  /** Sends a command and waits for the event it answers with. */
+  async ask(cmd: Record<string, unknown>, answer: string, timeoutMs = 30_000): Promise<PeerEvent> {
+    const seen = this.events.length;
+    const p = new Promise<PeerEvent>((resolve, reject) => {
+      const started = Date.now();
+      const check = (): void => {
+        const ev = this.events.slice(seen).find((e) => e.event === answer || e.event === 'fatal');
+        if (ev) return ev.event === 'fatal' ? reject(new Error(`peer failed: ${String(ev.message)}`)) : resolve(ev);
+        if (this.#exitInfo) return reject(new Error(`peer exited before '${answer}'; stderr:\n${this.stderr.join('')}`));
+        if (Date.now() - started > timeoutMs) return reject(new Error(`timed out waiting for '${answer}'; stderr:\n${this.stderr.join('')}`));
+        setTimeout(check, 5);
+      };
+      check();
+    });
+    this.command(cmd);
+    return p;
   }
 
   /** The first event called `name` (already printed or still to come). */

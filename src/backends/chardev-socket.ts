@@ -1,0 +1,190 @@
+// chardev-socket backends: a connected client or accepted socket, or the
+// listening socket of a server-mode chardev. Chardevs whose protocol state cannot
+// travel (TLS, telnet, websocket) are refused, and so are sockets marked never to
+// move (a management/QMP connection): both before anything is sent.
+import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { closeFd, inspectFd } from '../fd/index.js';
+import { FdSocket } from '../transport/fd-socket.js';
+import { FdServer } from '../transport/server.js';
+import { decodeState, encodeState, expectFd, requireString, verifyError } from './common.js';
+import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
+
+export type ChardevRole = 'client' | 'server' | 'listener';
+
+export interface ChardevMeta {
+  id: string;
+  /** The chardev's address: a socket path, "\0name", or host:port. */
+  address: string;
+  role: ChardevRole;
+}
+
+export interface ChardevSourceOptions {
+  id: string;
+  instance?: number;
+  version?: number;
+  transfer?: boolean;
+  required?: boolean;
+  /** The connected socket ('client', 'server' = an accepted connection) or the listener ('listener'). */
+  fd: number;
+  role: ChardevRole;
+  address: string;
+  /** Protocol layers whose state lives in this process and cannot travel. */
+  tls?: boolean;
+  telnet?: boolean;
+  websocket?: boolean;
+  /** A socket that must never move (a management/QMP connection): always refused. */
+  neverMove?: boolean;
+  /** Opaque chardev state (buffered bytes, options). */
+  state?: Uint8Array;
+  closeOnRelease?: boolean;
+}
+
+export class ChardevSocketSource implements SourceDevice {
+  readonly kind = 'chardev-socket' as const;
+  readonly id: string;
+  readonly instance: number;
+  readonly version: number;
+  readonly transfer: boolean;
+  readonly required: boolean;
+  readonly #o: ChardevSourceOptions;
+  #released = false;
+
+  constructor(o: ChardevSourceOptions) {
+    this.#o = o;
+    this.id = o.id;
+    this.instance = o.instance ?? 0;
+    this.version = o.version ?? 1;
+    this.transfer = o.transfer ?? false;
+    this.required = o.required ?? false;
+  }
+
+  fdCount(): number {
+    return 1;
+  }
+
+  /** Refuses what may never move; checks the fd is the socket its role says. */
+  check(): void {
+    const o = this.#o;
+    if (o.transfer) {
+      const layers = [o.tls && 'TLS', o.telnet && 'telnet', o.websocket && 'websocket'].filter(Boolean);
+      if (layers.length) {
+        throw new BackendTransferError(
+          ErrorCodes.ERR_BACKEND_NOT_MOVABLE,
+          `chardev ${o.id} uses ${layers.join('+')}: that protocol state lives in this process and cannot travel with the socket; refused (move it state-only and let the target reconnect)`,
+          { details: { id: o.id, layers } },
+        );
+      }
+      if (o.neverMove) {
+        throw new BackendTransferError(ErrorCodes.ERR_BACKEND_NOT_MOVABLE, `chardev ${o.id} is marked never to move (a management connection stays with its process); refused`, {
+          details: { id: o.id },
+        });
+      }
+    }
+    const info = inspectFd(o.fd);
+    const listening = info.socket?.listening === true;
+    if (info.fileType !== 'socket') throw new BackendTransferError(ErrorCodes.ERR_BACKEND_INVALID, `chardev ${o.id}: fd ${o.fd} is ${info.kind}, not a socket`);
+    if ((o.role === 'listener') !== listening) {
+      throw new BackendTransferError(ErrorCodes.ERR_BACKEND_INVALID, `chardev ${o.id}: role ${o.role} but the fd is ${listening ? 'a listening' : 'a connected'} socket`);
+    }
+  }
+
+  capture(withFds: boolean): Captured {
+    this.check();
+    const o = this.#o;
+    const meta: ChardevMeta = { id: o.id, address: o.address, role: o.role };
+    return {
+      attachments: withFds ? [{ kind: o.role === 'listener' ? 'listener' : 'chardev-socket', name: 'socket', meta: { role: o.role }, fd: o.fd }] : [],
+      state: encodeState({ ...meta }, o.state),
+    };
+  }
+
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    if (this.#o.closeOnRelease ?? true) closeFd(this.#o.fd);
+  }
+}
+
+export class ChardevBackend {
+  #fd: number;
+  constructor(
+    readonly meta: ChardevMeta,
+    fd: number,
+    readonly state: Buffer,
+  ) {
+    this.#fd = fd;
+  }
+
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** A connected unix chardev as an FdSocket (which takes the fd over; flags untouched). */
+  toFdSocket(): FdSocket {
+    if (this.meta.role === 'listener') throw BackendTransferError.invalidArgument(`chardev ${this.meta.id} is a listener; use toServer()`);
+    const s = FdSocket.fromFd(this.#fd);
+    this.#fd = -1;
+    return s;
+  }
+
+  /** A listening unix chardev as an FdServer (which takes the fd over). */
+  toServer(): FdServer {
+    if (this.meta.role !== 'listener') throw BackendTransferError.invalidArgument(`chardev ${this.meta.id} is not a listener`);
+    const s = FdServer.fromFd(this.#fd);
+    this.#fd = -1;
+    return s;
+  }
+
+  close(): void {
+    if (this.#fd >= 0) closeFd(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+export interface ChardevTargetOptions {
+  id: string;
+  instance?: number;
+  minVersion?: number;
+  maxVersion?: number;
+  acceptFds?: boolean;
+  open?: (meta: ChardevMeta | null) => ChardevBackend | Promise<ChardevBackend>;
+}
+
+export class ChardevSocketTarget implements TargetDevice<ChardevBackend> {
+  readonly kind = 'chardev-socket' as const;
+  readonly id: string;
+  readonly instance: number;
+  readonly minVersion: number;
+  readonly maxVersion: number;
+  readonly acceptFds: boolean;
+  readonly open?: (state: Buffer | null) => ChardevBackend | Promise<ChardevBackend>;
+
+  constructor(o: ChardevTargetOptions) {
+    this.id = o.id;
+    this.instance = o.instance ?? 0;
+    this.minVersion = o.minVersion ?? 1;
+    this.maxVersion = o.maxVersion ?? 1;
+    this.acceptFds = o.acceptFds ?? true;
+    if (o.open) {
+      const opener = o.open;
+      this.open = (state) => opener(state ? (decodeState(this.id, state).meta as unknown as ChardevMeta) : null);
+    }
+  }
+
+  verify(arrival: Arrival): void {
+    const meta = decodeState(this.id, arrival.state).meta;
+    const role = requireString(this.id, meta, 'role');
+    if (arrival.attachments.length !== 1) throw verifyError(this.id, `${arrival.attachments.length} fds arrived, a chardev socket has one`);
+    const a = arrival.attachments[0]!;
+    const info = expectFd(this.id, a, role === 'listener' ? ['unix-listener', 'socket'] : ['unix-stream', 'unix-seqpacket', 'socket']);
+    const listening = info.socket?.listening === true;
+    if ((role === 'listener') !== listening) {
+      throw verifyError(this.id, `the socket is ${listening ? 'listening' : 'connected'}, the source declared a ${role}`, { attachment: a.name });
+    }
+  }
+
+  adopt(arrival: Arrival): ChardevBackend {
+    const { meta, blob } = decodeState(this.id, arrival.state);
+    return new ChardevBackend(meta as unknown as ChardevMeta, arrival.attachments[0]!.fd, blob);
+  }
+}

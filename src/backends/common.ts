@@ -1,0 +1,81 @@
+// Shared pieces of the backend kinds: verification failures, fd checks, state encoding.
+import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { closeFds, inspectFd, type FdInfo, type FdKind } from '../fd/index.js';
+import type { Arrival } from './types.js';
+import type { ReceivedAttachment } from '../stream/reader.js';
+
+export function verifyError(deviceId: string, what: string, details: Record<string, unknown> = {}): BackendTransferError {
+  return new BackendTransferError(ErrorCodes.ERR_BACKEND_VERIFY, `device ${deviceId}: ${what}`, { details: { device: deviceId, ...details } });
+}
+
+export function invalid(deviceId: string, what: string): BackendTransferError {
+  return new BackendTransferError(ErrorCodes.ERR_BACKEND_INVALID, `device ${deviceId}: ${what}`);
+}
+
+/** inspectFd, expecting one of `kinds`. */
+export function expectFd(deviceId: string, a: ReceivedAttachment, kinds: FdKind[]): FdInfo {
+  let info: FdInfo;
+  try {
+    info = inspectFd(a.fd);
+  } catch (err) {
+    throw verifyError(deviceId, `attachment ${a.name} cannot be inspected (${(err as Error).message})`, { attachment: a.name });
+  }
+  if (!kinds.includes(info.kind)) {
+    throw verifyError(deviceId, `attachment ${a.name} should be ${kinds.join(' or ')} but is ${info.kind}${info.link ? ` (${info.link})` : ''}`, {
+      attachment: a.name,
+      expected: kinds,
+      actual: info.kind,
+    });
+  }
+  return info;
+}
+
+/** The attachments named by role, each required exactly once unless optional. */
+export function byName(arrival: Arrival): Map<string, ReceivedAttachment> {
+  const m = new Map<string, ReceivedAttachment>();
+  for (const a of arrival.attachments) {
+    if (m.has(a.name)) throw verifyError(arrival.device.id, `attachment name ${a.name} appears twice`);
+    m.set(a.name, a);
+  }
+  return m;
+}
+
+export function takeFds(arrival: Arrival): number[] {
+  return arrival.attachments.map((a) => a.fd);
+}
+
+export function closeArrival(arrival: Arrival): void {
+  closeFds(takeFds(arrival));
+}
+
+/** State as JSON bytes (+ an optional opaque blob after a NUL). */
+export function encodeState(meta: Record<string, unknown>, blob?: Uint8Array): Buffer {
+  const json = Buffer.from(JSON.stringify(meta), 'utf8');
+  return blob && blob.length ? Buffer.concat([json, Buffer.from([0]), blob]) : json;
+}
+
+export function decodeState(deviceId: string, state: Buffer): { meta: Record<string, unknown>; blob: Buffer } {
+  const nul = state.indexOf(0);
+  const json = nul < 0 ? state : state.subarray(0, nul);
+  const blob = nul < 0 ? Buffer.alloc(0) : state.subarray(nul + 1);
+  let meta: unknown;
+  try {
+    meta = json.length ? JSON.parse(json.toString('utf8')) : {};
+  } catch {
+    throw verifyError(deviceId, 'its state is not the JSON this backend kind writes');
+  }
+  if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) throw verifyError(deviceId, 'its state is not a JSON object');
+  return { meta: meta as Record<string, unknown>, blob };
+}
+
+export function requireNumber(deviceId: string, meta: Record<string, unknown> | null, key: string): number {
+  const v = meta?.[key];
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw verifyError(deviceId, `metadata ${key} is missing or not a number`);
+  return v;
+}
+
+export function requireString(deviceId: string, meta: Record<string, unknown> | null, key: string): string {
+  const v = meta?.[key];
+  if (typeof v !== 'string') throw verifyError(deviceId, `metadata ${key} is missing or not a string`);
+  return v;
+}

@@ -1,0 +1,11 @@
+export * from './types.js';
+export { supported, offersFor, acceptFor } from './policy.js';
+export type { Supported } from './policy.js';
+export { TapSource, TapTarget, TapBackend, openTap, describeTap } from './tap.js';
+export type { TapMeta, TapSourceOptions, TapTargetOptions } from './tap.js';
+export { VhostUserSource, VhostUserTarget, VhostUserBackend } from './vhost-user.js';
+export type { VhostUserMeta, VhostUserSourceOptions, VhostUserTargetOptions, InflightInfo } from './vhost-user.js';
+export { ChardevSocketSource, ChardevSocketTarget, ChardevBackend } from './chardev-socket.js';
+export type { ChardevMeta, ChardevRole, ChardevSourceOptions, ChardevTargetOptions } from './chardev-socket.js';
+export { GenericSource, GenericTarget, GenericBackend } from './generic.js';
+export type { GenericFd, GenericSourceOptions, GenericTargetOptions } from './generic.js';

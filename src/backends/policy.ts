@@ -1,0 +1,64 @@
+// The two-level policy of the QEMU design discussion: a session promise that this
+// is a local migration (backendTransfer) and a per-device opt-in. Neither alone
+// moves an fd. What moves is the intersection of the source's offer and the
+// target's answer.
+import { existsSync } from 'node:fs';
+import { native } from '../native.js';
+import type { AcceptFn, DeviceSupport } from '../stream/negotiate.js';
+import type { Offer } from '../stream/wire.js';
+import { BACKEND_KINDS, type BackendKind, type SourceDevice, type TargetDevice } from './types.js';
+
+export interface Supported {
+  /** Backend kinds this build can transfer. */
+  kinds: BackendKind[];
+  /** What this machine offers for them. */
+  machine: { tun: boolean; vhostNet: boolean; memfd: boolean; peerPidfd: boolean };
+}
+
+/** The kinds this build can transfer, and what this machine has for them. */
+export function supported(): Supported {
+  let peerPidfd = false;
+  try {
+    const [a, b] = native.socketpair(native.SOCK_STREAM);
+    try {
+      native.close(native.getpeerpidfd(a));
+      peerPidfd = true;
+    } catch {
+      peerPidfd = false;
+    } finally {
+      native.close(a);
+      native.close(b);
+    }
+  } catch {
+    peerPidfd = false;
+  }
+  let memfd = true;
+  try {
+    native.close(native.memfd_create('bt-supported'));
+  } catch {
+    memfd = false;
+  }
+  return { kinds: [...BACKEND_KINDS], machine: { tun: existsSync('/dev/net/tun'), vhostNet: existsSync('/dev/vhost-net'), memfd, peerPidfd } };
+}
+
+/** The source's offers: a device wants its fds moved only with both the session promise and its own opt-in. */
+export function offersFor(devices: readonly SourceDevice[], o: { backendTransfer: boolean }): Offer[] {
+  return devices.map((d) => ({
+    kind: d.kind,
+    id: d.id,
+    instance: d.instance,
+    version: d.version,
+    fdCount: d.fdCount(),
+    wantsFds: o.backendTransfer && d.transfer && d.fdCount() > 0,
+    required: d.required,
+  }));
+}
+
+/** The target's answers: the devices it knows, their version windows, and fds only with both levels of consent. */
+export function acceptFor(targets: readonly TargetDevice[], o: { backendTransfer: boolean }, extra?: AcceptFn): AcceptFn {
+  return (offer: Offer): DeviceSupport | null | 'not-wanted' => {
+    const t = targets.find((x) => x.id === offer.id && x.instance === offer.instance);
+    if (!t) return extra ? extra(offer) : null;
+    return { kind: t.kind, minVersion: t.minVersion, maxVersion: t.maxVersion, acceptFds: o.backendTransfer && t.acceptFds };
+  };
+}

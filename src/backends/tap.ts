@@ -1,0 +1,336 @@
+// TAP backends: one fd per queue of a (multi-queue, vnet_hdr) TAP, plus optional
+// vhost-net fds. The source describes the device (TUNGETIFF, vnet header size,
+// queue states, its network namespace); the target proves each fd is that very
+// device before adopting it. Neither side ever touches a queue fd's file status
+// flags: they are shared with the other owner.
+import { constants as fsc, openSync, readSync, readlinkSync, writeSync } from 'node:fs';
+import { native } from '../native.js';
+import { BackendTransferError } from '../errors.js';
+import { closeFd, closeFds, inspectFd } from '../fd/index.js';
+import { FdPoller, READABLE } from '../transport/poller.js';
+import type { OutgoingAttachment } from '../stream/writer.js';
+import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, requireString, verifyError } from './common.js';
+import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
+
+/** The TUNSETIFF flags that define a TAP (TUNGETIFF also reports queue state bits). */
+const FLAG_MASK = native.IFF_TAP | native.IFF_TUN | native.IFF_NO_PI | native.IFF_VNET_HDR | native.IFF_MULTI_QUEUE;
+
+export interface TapMeta {
+  ifname: string;
+  ifindex: number | null;
+  flags: number;
+  vnetHdrSize: number;
+  offloads: number | null;
+  queues: number;
+  enabled: boolean[];
+  vhost: number;
+  /** Inode of the device's network namespace (TUNGETDEVNETNS), when the kernel tells. */
+  netnsIno: number | null;
+}
+
+function netnsInoOf(queueFd: number): number | null {
+  try {
+    const ns = native.tungetdevnetns(queueFd);
+    try {
+      return native.fstat(ns).ino;
+    } finally {
+      closeFd(ns);
+    }
+  } catch {
+    return null;
+  }
+}
+
+function ownNetnsIno(): number | null {
+  try {
+    // /proc/self/ns/net is a link "net:[ino]".
+    const m = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/net'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Reads the TAP's description from its queue fds (and what the caller knows). */
+export function describeTap(queues: readonly number[], vhostFds: readonly number[] = [], known: { offloads?: number; ifindex?: number } = {}): TapMeta {
+  if (queues.length === 0) throw invalid('tap', 'no queue fds');
+  let ifname = '';
+  let flags = 0;
+  const enabled: boolean[] = [];
+  queues.forEach((fd, i) => {
+    const info = inspectFd(fd);
+    if (info.kind !== 'tap' || !info.tun) throw invalid('tap', `queue ${i} (fd ${fd}) is not a TAP queue but ${info.kind}`);
+    if (i === 0) {
+      ifname = info.tun.name;
+      flags = info.tun.flags & FLAG_MASK;
+    } else if (info.tun.name !== ifname || (info.tun.flags & FLAG_MASK) !== flags) {
+      throw invalid('tap', `queue ${i} belongs to ${info.tun.name} (flags 0x${info.tun.flags.toString(16)}), queue 0 to ${ifname}`);
+    }
+    enabled.push((info.tun.flags & native.IFF_DETACH_QUEUE) === 0);
+  });
+  for (const [i, fd] of vhostFds.entries()) {
+    if (inspectFd(fd).kind !== 'vhost-net') throw invalid('tap', `vhost fd ${i} (fd ${fd}) is not /dev/vhost-net`);
+  }
+  const netnsIno = netnsInoOf(queues[0]!);
+  let ifindex: number | null = known.ifindex ?? null;
+  if (ifindex === null && netnsIno !== null && netnsIno === ownNetnsIno()) {
+    const idx = native.if_nametoindex(ifname);
+    ifindex = idx > 0 ? idx : null;
+  }
+  return {
+    ifname,
+    ifindex,
+    flags,
+    vnetHdrSize: (flags & native.IFF_VNET_HDR) !== 0 ? native.tungetvnethdrsz(queues[0]!) : 0,
+    offloads: known.offloads ?? null,
+    queues: queues.length,
+    enabled,
+    vhost: vhostFds.length,
+    netnsIno,
+  };
+}
+
+export interface TapSourceOptions {
+  id: string;
+  instance?: number;
+  /** Version of the device state format. Default 1. */
+  version?: number;
+  /** Per-device opt-in. Default false: the TAP stays with the source. */
+  transfer?: boolean;
+  required?: boolean;
+  /** Queue fds, in queue order. They stay the caller's until release(). */
+  queues: number[];
+  vhostFds?: number[];
+  /** TUN_F_* offloads the owner set (the kernel has no getter). */
+  offloads?: number;
+  /** The ifindex, when this process is not in the device's network namespace. */
+  ifindex?: number;
+  /** Opaque device state (the virtio-net device's own). */
+  state?: Uint8Array;
+  /** release() closes the fds (default true). */
+  closeOnRelease?: boolean;
+}
+
+export class TapSource implements SourceDevice {
+  readonly kind = 'tap' as const;
+  readonly id: string;
+  readonly instance: number;
+  readonly version: number;
+  readonly transfer: boolean;
+  readonly required: boolean;
+  readonly #o: TapSourceOptions;
+  #released = false;
+
+  constructor(o: TapSourceOptions) {
+    this.#o = o;
+    this.id = o.id;
+    this.instance = o.instance ?? 0;
+    this.version = o.version ?? 1;
+    this.transfer = o.transfer ?? false;
+    this.required = o.required ?? false;
+  }
+
+  fdCount(): number {
+    return this.#o.queues.length + (this.#o.vhostFds?.length ?? 0);
+  }
+
+  check(): void {
+    describeTap(this.#o.queues, this.#o.vhostFds ?? [], this.#o);
+  }
+
+  capture(withFds: boolean): Captured {
+    const meta = describeTap(this.#o.queues, this.#o.vhostFds ?? [], this.#o);
+    const attachments: OutgoingAttachment[] = [];
+    if (withFds) {
+      this.#o.queues.forEach((fd, i) => attachments.push({ kind: 'tap', name: `queue${i}`, meta: { index: i, enabled: meta.enabled[i] }, fd }));
+      (this.#o.vhostFds ?? []).forEach((fd, i) => attachments.push({ kind: 'vhost-net', name: `vhost${i}`, meta: { index: i }, fd }));
+    }
+    return { attachments, state: encodeState({ ...meta }, this.#o.state) };
+  }
+
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    if (this.#o.closeOnRelease ?? true) closeFds([...this.#o.queues, ...(this.#o.vhostFds ?? [])]);
+  }
+}
+
+/** An adopted (or opened) TAP: the queue fds and what is known of the device. */
+export class TapBackend {
+  readonly meta: TapMeta;
+  readonly queues: number[];
+  readonly vhostFds: number[];
+  /** The device state the source sent (opaque). */
+  readonly state: Buffer;
+  #closed = false;
+
+  constructor(meta: TapMeta, queues: number[], vhostFds: number[], state: Buffer = Buffer.alloc(0)) {
+    this.meta = meta;
+    this.queues = queues;
+    this.vhostFds = vhostFds;
+    this.state = state;
+  }
+
+  get ifname(): string {
+    return this.meta.ifname;
+  }
+
+  /** Writes one frame (with its virtio-net header when the TAP has vnet_hdr) to a queue. */
+  writeFrame(queue: number, frame: Uint8Array): number {
+    return writeSync(this.#queue(queue), frame);
+  }
+
+  /**
+   * Reads one frame from a queue, waiting up to `timeoutMs` for one. Waits with
+   * poll first, so a queue fd in blocking mode (its flags are not ours to change)
+   * does not block the event loop while nothing is there.
+   */
+  async readFrame(queue: number, timeoutMs = 1000, size = 65536 + 12): Promise<Buffer | null> {
+    const fd = this.#queue(queue);
+    const buf = Buffer.allocUnsafe(size);
+    const tryRead = (): Buffer | null => {
+      try {
+        const n = readSync(fd, buf, 0, size, null);
+        return Buffer.from(buf.subarray(0, n));
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EAGAIN') return null;
+        throw err;
+      }
+    };
+    return new Promise<Buffer | null>((resolve, reject) => {
+      let poller: FdPoller | null = null;
+      const timer = setTimeout(() => {
+        poller?.close();
+        resolve(null);
+      }, timeoutMs);
+      poller = new FdPoller(fd, (_ev, err) => {
+        poller?.close();
+        clearTimeout(timer);
+        if (err) return reject(err);
+        try {
+          resolve(tryRead());
+        } catch (e) {
+          reject(e);
+        }
+      });
+      poller.set(READABLE);
+    });
+  }
+
+  #queue(i: number): number {
+    if (this.#closed) throw BackendTransferError.socketClosed(`TAP ${this.meta.ifname}`);
+    const fd = this.queues[i];
+    if (fd === undefined) throw BackendTransferError.invalidArgument(`TAP ${this.meta.ifname} has no queue ${i}`);
+    return fd;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeFds([...this.queues, ...this.vhostFds]);
+  }
+}
+
+/** Opens a TAP queue by queue (O_NONBLOCK: these fds are ours from the start). */
+export function openTap(name: string, options: { queues?: number; vnetHdr?: boolean } = {}): TapBackend {
+  const n = options.queues ?? 1;
+  const flags = native.IFF_TAP | native.IFF_NO_PI | (options.vnetHdr ?? true ? native.IFF_VNET_HDR : 0) | (n > 1 ? native.IFF_MULTI_QUEUE : 0);
+  const fds: number[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const fd = openSync('/dev/net/tun', fsc.O_RDWR | fsc.O_NONBLOCK);
+      fds.push(fd);
+      native.tunsetiff(fd, name, flags);
+    }
+  } catch (err) {
+    closeFds(fds);
+    throw BackendTransferError.fromSystem(err, `opening TAP ${name}`);
+  }
+  return new TapBackend(describeTap(fds), fds, []);
+}
+
+export interface TapTargetOptions {
+  id: string;
+  instance?: number;
+  minVersion?: number;
+  maxVersion?: number;
+  /** Take the TAP's fds (the per-device opt-in on the target). Default true. */
+  acceptFds?: boolean;
+  /** Opens the TAP when none came (the metadata the source sent, if any). */
+  open?: (meta: TapMeta | null) => TapBackend | Promise<TapBackend>;
+}
+
+export class TapTarget implements TargetDevice<TapBackend> {
+  readonly kind = 'tap' as const;
+  readonly id: string;
+  readonly instance: number;
+  readonly minVersion: number;
+  readonly maxVersion: number;
+  readonly acceptFds: boolean;
+  readonly open?: (state: Buffer | null) => TapBackend | Promise<TapBackend>;
+
+  constructor(o: TapTargetOptions) {
+    this.id = o.id;
+    this.instance = o.instance ?? 0;
+    this.minVersion = o.minVersion ?? 1;
+    this.maxVersion = o.maxVersion ?? 1;
+    this.acceptFds = o.acceptFds ?? true;
+    if (o.open) {
+      const opener = o.open;
+      this.open = (state) => opener(state ? (decodeState(this.id, state).meta as unknown as TapMeta) : null);
+    }
+  }
+
+  verify(arrival: Arrival): void {
+    const id = this.id;
+    const meta = decodeState(id, arrival.state).meta;
+    const ifname = requireString(id, meta, 'ifname');
+    const flags = requireNumber(id, meta, 'flags');
+    const nQueues = requireNumber(id, meta, 'queues');
+    const vnetHdrSize = requireNumber(id, meta, 'vnetHdrSize');
+    const nVhost = requireNumber(id, meta, 'vhost');
+    const enabled = Array.isArray(meta.enabled) ? (meta.enabled as unknown[]) : [];
+    const atts = byName(arrival);
+    for (let i = 0; i < nQueues; i++) {
+      const a = atts.get(`queue${i}`);
+      if (!a) throw verifyError(id, `queue${i} is missing`);
+      const info = expectFd(id, a, ['tap']);
+      const tun = info.tun!;
+      if (tun.name !== ifname) throw verifyError(id, `queue${i} is a queue of ${tun.name}, not of ${ifname}`, { attachment: a.name });
+      if ((tun.flags & FLAG_MASK) !== flags) {
+        throw verifyError(id, `queue${i} has TAP flags 0x${(tun.flags & FLAG_MASK).toString(16)}, the source declared 0x${flags.toString(16)}`, { attachment: a.name });
+      }
+      const on = (tun.flags & native.IFF_DETACH_QUEUE) === 0;
+      if (enabled[i] !== undefined && enabled[i] !== on) throw verifyError(id, `queue${i} is ${on ? 'enabled' : 'detached'}, the source declared it ${on ? 'detached' : 'enabled'}`);
+      if ((flags & native.IFF_VNET_HDR) !== 0) {
+        const sz = native.tungetvnethdrsz(a.fd);
+        if (sz !== vnetHdrSize) throw verifyError(id, `queue${i} has a ${sz}-byte vnet header, the source declared ${vnetHdrSize}`);
+      }
+      if (typeof meta.netnsIno === 'number') {
+        const ns = netnsInoOf(a.fd);
+        if (ns !== null && ns !== meta.netnsIno) throw verifyError(id, `queue${i} is a ${ifname} of another network namespace (${ns}, declared ${meta.netnsIno})`);
+      }
+    }
+    for (let i = 0; i < nVhost; i++) {
+      const a = atts.get(`vhost${i}`);
+      if (!a) throw verifyError(id, `vhost${i} is missing`);
+      expectFd(id, a, ['vhost-net']);
+    }
+    const expected = nQueues + nVhost;
+    if (arrival.attachments.length !== expected) throw verifyError(id, `${arrival.attachments.length} fds arrived, the TAP has ${expected}`);
+    // The ifindex can be checked from inside the device's namespace only.
+    if (typeof meta.ifindex === 'number' && typeof meta.netnsIno === 'number' && meta.netnsIno === ownNetnsIno()) {
+      const idx = native.if_nametoindex(ifname);
+      if (idx !== meta.ifindex) throw verifyError(id, `${ifname} has ifindex ${idx} here, the source declared ${meta.ifindex}`);
+    }
+  }
+
+  adopt(arrival: Arrival): TapBackend {
+    const { meta, blob } = decodeState(this.id, arrival.state);
+    const m = meta as unknown as TapMeta;
+    const q: number[] = [];
+    const v: number[] = [];
+    for (const a of arrival.attachments) (a.kind === 'vhost-net' ? v : q).push(a.fd);
+    return new TapBackend(m, q, v, blob);
+  }
+}

@@ -1,0 +1,258 @@
+// vhost-user backends: the front-end's connected socket to the backend, the
+// backend channel if any, per-queue kick/call eventfds and the inflight memfd,
+// with the negotiated features and an opaque device state. The target proves the
+// socket is a connected AF_UNIX stream (to the declared backend socket, when the
+// kernel can tell), the eventfds are eventfds and the memfd has the declared size.
+import { native } from '../native.js';
+import { closeFds, inspectFd } from '../fd/index.js';
+import type { OutgoingAttachment } from '../stream/writer.js';
+import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, verifyError } from './common.js';
+import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
+
+export interface InflightInfo {
+  size: number;
+  offset: number;
+  queueSize: number;
+}
+
+export interface VhostUserMeta {
+  socketPath: string;
+  /** Negotiated virtio/vhost features (u64, as a decimal string in JSON). */
+  features: string;
+  protocolFeatures: string;
+  numQueues: number;
+  kick: number;
+  call: number;
+  backendChannel: boolean;
+  inflight: InflightInfo | null;
+}
+
+export interface VhostUserSourceOptions {
+  id: string;
+  instance?: number;
+  version?: number;
+  transfer?: boolean;
+  required?: boolean;
+  /** The front-end's connected socket to the backend. */
+  socket: number;
+  /** The backend channel (formerly slave channel), if one was set up. */
+  backendChannel?: number;
+  kickFds?: number[];
+  callFds?: number[];
+  /** The inflight region (a memfd), with its geometry. */
+  inflight?: { fd: number } & InflightInfo;
+  socketPath: string;
+  features: bigint;
+  protocolFeatures: bigint;
+  numQueues: number;
+  /** Opaque device state (the front-end's own). */
+  deviceState?: Uint8Array;
+  closeOnRelease?: boolean;
+}
+
+export class VhostUserSource implements SourceDevice {
+  readonly kind = 'vhost-user' as const;
+  readonly id: string;
+  readonly instance: number;
+  readonly version: number;
+  readonly transfer: boolean;
+  readonly required: boolean;
+  readonly #o: VhostUserSourceOptions;
+  #released = false;
+
+  constructor(o: VhostUserSourceOptions) {
+    this.#o = o;
+    this.id = o.id;
+    this.instance = o.instance ?? 0;
+    this.version = o.version ?? 1;
+    this.transfer = o.transfer ?? false;
+    this.required = o.required ?? false;
+  }
+
+  #fds(): number[] {
+    const o = this.#o;
+    return [o.socket, ...(o.backendChannel !== undefined ? [o.backendChannel] : []), ...(o.kickFds ?? []), ...(o.callFds ?? []), ...(o.inflight ? [o.inflight.fd] : [])];
+  }
+
+  fdCount(): number {
+    return this.#fds().length;
+  }
+
+  check(): void {
+    const info = inspectFd(this.#o.socket);
+    if (info.kind !== 'unix-stream') throw invalid(this.id, `the vhost-user socket (fd ${this.#o.socket}) is ${info.kind}, not a connected unix stream socket`);
+  }
+
+  meta(): VhostUserMeta {
+    const o = this.#o;
+    return {
+      socketPath: o.socketPath,
+      features: o.features.toString(),
+      protocolFeatures: o.protocolFeatures.toString(),
+      numQueues: o.numQueues,
+      kick: o.kickFds?.length ?? 0,
+      call: o.callFds?.length ?? 0,
+      backendChannel: o.backendChannel !== undefined,
+      inflight: o.inflight ? { size: o.inflight.size, offset: o.inflight.offset, queueSize: o.inflight.queueSize } : null,
+    };
+  }
+
+  capture(withFds: boolean): Captured {
+    this.check();
+    const o = this.#o;
+    const meta = this.meta();
+    const attachments: OutgoingAttachment[] = [];
+    if (withFds) {
+      attachments.push({ kind: 'vhost-user', name: 'socket', meta: { socketPath: o.socketPath }, fd: o.socket });
+      if (o.backendChannel !== undefined) attachments.push({ kind: 'vhost-user', name: 'backend-channel', fd: o.backendChannel });
+      (o.kickFds ?? []).forEach((fd, i) => attachments.push({ kind: 'eventfd', name: `kick${i}`, meta: { queue: i }, fd }));
+      (o.callFds ?? []).forEach((fd, i) => attachments.push({ kind: 'eventfd', name: `call${i}`, meta: { queue: i }, fd }));
+      if (o.inflight) attachments.push({ kind: 'memfd', name: 'inflight', meta: { size: o.inflight.size }, fd: o.inflight.fd });
+    }
+    return { attachments, state: encodeState({ ...meta }, o.deviceState) };
+  }
+
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    if (this.#o.closeOnRelease ?? true) closeFds(this.#fds());
+  }
+}
+
+/** An adopted vhost-user connection: the fds and the session facts. */
+export class VhostUserBackend {
+  #closed = false;
+  #socket: number;
+  constructor(
+    readonly meta: VhostUserMeta,
+    socket: number,
+    readonly backendChannel: number | null,
+    readonly kickFds: number[],
+    readonly callFds: number[],
+    readonly inflightFd: number | null,
+    readonly deviceState: Buffer,
+  ) {
+    this.#socket = socket;
+  }
+
+  /** The connected socket to the backend (-1 once taken). */
+  get socket(): number {
+    return this.#socket;
+  }
+
+  get features(): bigint {
+    return BigInt(this.meta.features);
+  }
+
+  get protocolFeatures(): bigint {
+    return BigInt(this.meta.protocolFeatures);
+  }
+
+  /** Hands the socket fd over (to a VhostUserFrontend, say); close() then leaves it alone. */
+  takeSocket(): number {
+    const fd = this.#socket;
+    this.#socket = -1;
+    return fd;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeFds([this.#socket, ...(this.backendChannel !== null ? [this.backendChannel] : []), ...this.kickFds, ...this.callFds, ...(this.inflightFd !== null ? [this.inflightFd] : [])].filter((fd) => fd >= 0));
+  }
+}
+
+export interface VhostUserTargetOptions {
+  id: string;
+  instance?: number;
+  minVersion?: number;
+  maxVersion?: number;
+  acceptFds?: boolean;
+  /** Opens (reconnects) the backend when the connection did not come. */
+  open?: (meta: VhostUserMeta | null) => VhostUserBackend | Promise<VhostUserBackend>;
+}
+
+export class VhostUserTarget implements TargetDevice<VhostUserBackend> {
+  readonly kind = 'vhost-user' as const;
+  readonly id: string;
+  readonly instance: number;
+  readonly minVersion: number;
+  readonly maxVersion: number;
+  readonly acceptFds: boolean;
+  readonly open?: (state: Buffer | null) => VhostUserBackend | Promise<VhostUserBackend>;
+
+  constructor(o: VhostUserTargetOptions) {
+    this.id = o.id;
+    this.instance = o.instance ?? 0;
+    this.minVersion = o.minVersion ?? 1;
+    this.maxVersion = o.maxVersion ?? 1;
+    this.acceptFds = o.acceptFds ?? true;
+    if (o.open) {
+      const opener = o.open;
+      this.open = (state) => opener(state ? (decodeState(this.id, state).meta as unknown as VhostUserMeta) : null);
+    }
+  }
+
+  verify(arrival: Arrival): void {
+    const id = this.id;
+    const meta = decodeState(id, arrival.state).meta as unknown as VhostUserMeta;
+    const atts = byName(arrival);
+    const sock = atts.get('socket');
+    if (!sock) throw verifyError(id, 'the vhost-user socket is missing');
+    expectFd(id, sock, ['unix-stream']);
+    // The kernel knows which socket the front-end is connected to.
+    if (meta.socketPath) {
+      let peer: string | null = null;
+      try {
+        peer = native.getpeername(sock.fd);
+      } catch {
+        peer = null;
+      }
+      if (peer !== null && peer !== '' && peer !== meta.socketPath) {
+        throw verifyError(id, `the socket is connected to ${peer}, the source declared ${meta.socketPath}`, { attachment: 'socket' });
+      }
+    }
+    let expected = 1;
+    if (meta.backendChannel) {
+      const bc = atts.get('backend-channel');
+      if (!bc) throw verifyError(id, 'the backend channel is missing');
+      expectFd(id, bc, ['unix-stream']);
+      expected++;
+    }
+    for (const [prefix, n] of [
+      ['kick', requireNumber(id, meta as unknown as Record<string, unknown>, 'kick')],
+      ['call', requireNumber(id, meta as unknown as Record<string, unknown>, 'call')],
+    ] as const) {
+      for (let i = 0; i < n; i++) {
+        const a = atts.get(`${prefix}${i}`);
+        if (!a) throw verifyError(id, `${prefix}${i} is missing`);
+        expectFd(id, a, ['eventfd']);
+        expected++;
+      }
+    }
+    if (meta.inflight) {
+      const a = atts.get('inflight');
+      if (!a) throw verifyError(id, 'the inflight memfd is missing');
+      const info = expectFd(id, a, ['memfd']);
+      if (info.size !== meta.inflight.size) throw verifyError(id, `the inflight memfd holds ${info.size} bytes, the source declared ${meta.inflight.size}`, { attachment: 'inflight' });
+      expected++;
+    }
+    if (arrival.attachments.length !== expected) throw verifyError(id, `${arrival.attachments.length} fds arrived, the connection has ${expected}`);
+  }
+
+  adopt(arrival: Arrival): VhostUserBackend {
+    const { meta, blob } = decodeState(this.id, arrival.state);
+    const m = meta as unknown as VhostUserMeta;
+    const atts = byName(arrival);
+    const list = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => atts.get(`${prefix}${i}`)!.fd);
+    return new VhostUserBackend(
+      m,
+      atts.get('socket')!.fd,
+      atts.get('backend-channel')?.fd ?? null,
+      list('kick', m.kick),
+      list('call', m.call),
+      atts.get('inflight')?.fd ?? null,
+      blob,
+    );
+  }
+}

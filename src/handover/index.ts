@@ -1,0 +1,3 @@
+export { sendHandover } from './source.js';
+export { receiveHandover } from './target.js';
+export * from './types.js';

@@ -1,0 +1,77 @@
+// A queue of stream items read in the background from an FdSocket, for the
+// session's "wait for the next frame of this kind, within this phase's time".
+import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { pumpFdSocket } from '../stream/channel.js';
+import type { StreamItem, StreamReader } from '../stream/reader.js';
+import type { FdSocket } from '../transport/fd-socket.js';
+import { closeSectionItem } from './util.js';
+
+export class ItemQueue {
+  #items: StreamItem[] = [];
+  #waiter: { resolve: (i: StreamItem) => void; reject: (e: Error) => void } | null = null;
+  #error: Error | null = null;
+  #ended = false;
+  readonly done: Promise<void>;
+
+  constructor(sock: FdSocket, reader: StreamReader, onItem?: (item: StreamItem) => void) {
+    this.done = pumpFdSocket(sock, reader, (items) => {
+      for (const it of items) {
+        onItem?.(it);
+        if (it.type === 'ping') continue; // answered by the session
+        const w = this.#waiter;
+        if (w) {
+          this.#waiter = null;
+          w.resolve(it);
+        } else this.#items.push(it);
+      }
+    }).then(
+      () => {
+        this.#ended = true;
+        this.#wake(new BackendTransferError(ErrorCodes.ERR_PEER_CLOSED, 'the peer ended the stream'));
+      },
+      (err: unknown) => {
+        this.#error = err instanceof Error ? err : new Error(String(err));
+        this.#wake(this.#error);
+      },
+    );
+    this.done.catch(() => undefined);
+  }
+
+  #wake(err: Error): void {
+    const w = this.#waiter;
+    this.#waiter = null;
+    w?.reject(err);
+  }
+
+  /** The next item, or the reader's error; rejects with ERR_TIMEOUT after `ms` (0 = no limit). */
+  next(ms: number, what: string): Promise<StreamItem> {
+    const it = this.#items.shift();
+    if (it) return Promise.resolve(it);
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#ended) return Promise.reject(new BackendTransferError(ErrorCodes.ERR_PEER_CLOSED, `the peer ended the stream while this side waited for ${what}`));
+    return new Promise<StreamItem>((resolve, reject) => {
+      const timer =
+        ms > 0
+          ? setTimeout(() => {
+              this.#waiter = null;
+              reject(BackendTransferError.timeout(`waiting for ${what}`, ms));
+            }, ms)
+          : null;
+      this.#waiter = {
+        resolve: (i) => {
+          if (timer) clearTimeout(timer);
+          resolve(i);
+        },
+        reject: (e) => {
+          if (timer) clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  /** Closes the fds of items nobody took. */
+  drain(): void {
+    for (const it of this.#items.splice(0)) closeSectionItem(it);
+  }
+}

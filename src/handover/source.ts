@@ -1,0 +1,249 @@
+// sendHandover: the old owner's side of a live handover.
+//
+// connect → authenticate the peer → handshake (HELLO with an fd probe, WELCOME,
+// PLAN) → freeze and transfer (sections with fds, VMM state) → wait until the
+// target verified and adopted every backend → COMMIT → once the target confirmed
+// the commit, release the source's copies. Any failure before COMMIT leaves the
+// source exactly as it was (its fds were only ever duplicated) and thaws it.
+import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { offersFor } from '../backends/policy.js';
+import type { SourceDevice } from '../backends/types.js';
+import { fdBudget } from '../stream/budget.js';
+import { fdSocketChannel } from '../stream/channel.js';
+import { computePlan } from '../stream/negotiate.js';
+import { StreamReader, type StreamItem } from '../stream/reader.js';
+import { AckStage, Features, STREAM_VERSION, type Hello, type Plan, type Welcome } from '../stream/wire.js';
+import { StreamWriter } from '../stream/writer.js';
+import { FdSocket } from '../transport/fd-socket.js';
+import { checkPeer } from '../transport/peer.js';
+import { ItemQueue } from './items.js';
+import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type DeviceOutcome, type SendHandoverOptions, type SendHandoverResult, type SourcePhase } from './types.js';
+import { now, randomProbe } from './util.js';
+
+function payloadSize(p: unknown): number | null {
+  if (p instanceof Uint8Array) return p.length;
+  if (p && typeof p === 'object' && 'length' in p && 'memfd' in p) return Number((p as { length: number }).length);
+  return null;
+}
+
+export async function sendHandover(o: SendHandoverOptions): Promise<SendHandoverResult> {
+  const t0 = now();
+  const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
+  const phases: Record<string, number> = {};
+  let phase: SourcePhase = 'connect';
+  let phaseStart = t0;
+  const enter = (p: SourcePhase) => {
+    const t = now();
+    phases[phase] = (phases[phase] ?? 0) + (t - phaseStart);
+    phase = p;
+    phaseStart = t;
+    o.onEvent?.({ type: 'phase', phase: p, atMs: t - t0 });
+  };
+  o.onEvent?.({ type: 'phase', phase, atMs: 0 });
+
+  let sock: FdSocket | null = null;
+  let reader: StreamReader | null = null;
+  let queue: ItemQueue | null = null;
+  let writer: StreamWriter | null = null;
+  let frozen = false;
+  let commitSent = false;
+  let tFreeze: number | null = null;
+  let tAdopted: number | null = null;
+  const moved: SourceDevice[] = [];
+
+  // Progress from the writer's frames.
+  let bytes = 0;
+  let sections = 0;
+  let fds = 0;
+  let tTransfer = 0;
+  const totalBytes: number | null = payloadSize(o.state);
+
+  const aborted = () => {
+    if (o.signal?.aborted && !commitSent) throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } });
+  };
+  const timed = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => {
+    if (!ms && !o.signal) return p;
+    return new Promise<T>((resolve, reject) => {
+      const timer = ms ? setTimeout(() => reject(BackendTransferError.timeout(`${what} (phase ${phase})`, ms)), ms) : null;
+      const onAbort = () => {
+        if (!commitSent) reject(new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } }));
+      };
+      o.signal?.addEventListener('abort', onAbort, { once: true });
+      p.then(
+        (v) => {
+          if (timer) clearTimeout(timer);
+          o.signal?.removeEventListener('abort', onAbort);
+          resolve(v);
+        },
+        (e: unknown) => {
+          if (timer) clearTimeout(timer);
+          o.signal?.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      );
+    });
+  };
+  const expect = async (what: string, ms: number, ok: (it: StreamItem) => boolean): Promise<StreamItem> => {
+    const it = await timed(queue!.next(0, what), ms, `waiting for ${what}`);
+    if (it.type === 'nack') {
+      throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${phase}: ${it.nack.code}: ${it.nack.reason}`, {
+        details: { phase, code: it.nack.code, reason: it.nack.reason },
+      });
+    }
+    if (!ok(it)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected ${what}, the target sent ${it.type}`);
+    return it;
+  };
+
+  try {
+    aborted();
+    // Fail up front: a device that may never move says so before anything is sent.
+    if (o.backendTransfer) for (const d of o.devices) if (d.transfer) d.check();
+    const ids = new Set<string>();
+    for (const d of o.devices) {
+      const key = `${d.id}/${d.instance}`;
+      if (ids.has(key) || d.id === STATE_DEVICE_ID) throw BackendTransferError.invalidArgument(`device ${key} appears twice (or uses the reserved id ${STATE_DEVICE_ID})`);
+      ids.add(key);
+    }
+
+    // connect
+    if (o.socket instanceof FdSocket) sock = o.socket;
+    else if (typeof o.socket === 'number') sock = FdSocket.fromFd(o.socket);
+    else sock = await timed(FdSocket.connect(o.socket, { peer: o.peer, timeout: timeouts.connect || undefined }), timeouts.connect, 'connect');
+
+    enter('authenticate');
+    const cred = sock.peer ?? sock.peerCredentials();
+    checkPeer(cred, o.peer, 'handover source');
+
+    enter('handshake');
+    writer = new StreamWriter(fdSocketChannel(sock), {
+      partSize: o.partSize,
+      memfdThreshold: o.memfdPayloads ? 64 * 1024 : Number.MAX_SAFE_INTEGER,
+      onFrame: (f) => {
+        bytes += f.bytes;
+        fds += f.fds;
+        if (f.type >= 0x10 && f.type <= 0x13) sections++;
+        if (phase === 'transfer') {
+          const elapsed = now() - tTransfer;
+          const sent = bytes;
+          const eta = totalBytes && sent > 0 && elapsed > 0 ? Math.max(0, ((totalBytes - sent) * elapsed) / sent) : null;
+          o.onEvent?.({ type: 'progress', bytes, totalBytes, sections, fds, etaMs: eta });
+        }
+      },
+    });
+    const w = writer;
+    reader = new StreamReader({ role: 'source' });
+    queue = new ItemQueue(sock, reader, (it) => {
+      if (it.type === 'ping') void w.pong(it.ping.token).catch(() => undefined);
+    });
+    const offers = offersFor(o.devices, { backendTransfer: o.backendTransfer });
+    if (o.state !== undefined) offers.push({ kind: 'state', id: STATE_DEVICE_ID, instance: 0, version: o.stateVersion ?? 1, fdCount: 0, wantsFds: false, required: true });
+    const wantsFds = offers.some((x) => x.wantsFds);
+    const features = (o.crc === false ? 0 : Features.BODY_CRC) | (wantsFds ? Features.FDS : 0) | (o.memfdPayloads ? Features.MEMFD_PAYLOAD | Features.FDS : 0);
+    const hello: Hello = {
+      minVersion: STREAM_VERSION,
+      maxVersion: STREAM_VERSION,
+      features,
+      canPassFds: true,
+      fdBudget: fdBudget(),
+      probe: wantsFds || o.memfdPayloads ? randomProbe() : null,
+      offers,
+      info: { pid: process.pid, program: 'backend-transfer' },
+    };
+    await timed(writer.hello(hello), timeouts.handshake, 'sending HELLO');
+    const wl = await expect('WELCOME', timeouts.handshake, (it) => it.type === 'welcome');
+    const welcome = (wl as Extract<StreamItem, { type: 'welcome' }>).welcome;
+    if ((features & Features.FDS) !== 0 && !welcome.canPassFds && welcomeSaysProbeMissing(welcome)) {
+      throw new BackendTransferError(
+        ErrorCodes.ERR_CHANNEL_DROPS_FDS,
+        'the target did not receive the probe fd sent with HELLO: something between the two processes (a relay, a proxy) drops SCM_RIGHTS, so no backend can move over this channel',
+        { details: { probe: 'missing' } },
+      );
+    }
+    const plan: Plan = computePlan(hello, welcome);
+    await timed(writer.plan(plan), timeouts.handshake, 'sending PLAN');
+
+    enter('transfer');
+    aborted();
+    await o.freeze?.();
+    frozen = true;
+    tFreeze = now();
+    tTransfer = tFreeze;
+    for (const p of plan.devices) {
+      aborted();
+      if (p.id === STATE_DEVICE_ID) {
+        await timed(writer.section({ id: p.id, instance: p.instance, version: p.version }, [], o.state ?? Buffer.alloc(0)), timeouts.transfer, `sending ${p.id}`);
+        continue;
+      }
+      const d = o.devices.find((x) => x.id === p.id && x.instance === p.instance)!;
+      const captured = d.capture(p.withFds);
+      await timed(writer.section({ id: d.id, instance: d.instance, version: d.version }, captured.attachments, captured.state), timeouts.transfer, `sending ${d.id}`);
+      if (p.withFds) moved.push(d);
+    }
+    await timed(writer.endOfState(), timeouts.transfer, 'sending END_OF_STATE');
+
+    enter('verify');
+    await expect('ACK(LOADED)', timeouts.verify, (it) => it.type === 'ack' && it.ack.stage === AckStage.LOADED);
+    await expect('ACK(VERIFIED)', timeouts.verify, (it) => it.type === 'ack' && it.ack.stage === AckStage.VERIFIED);
+    await expect('ACK(ADOPTED)', timeouts.adopt, (it) => it.type === 'ack' && it.ack.stage === AckStage.ADOPTED);
+    tAdopted = now();
+
+    enter('commit');
+    aborted();
+    commitSent = true;
+    await writer.commit();
+    await expect('ACK(COMMITTED)', timeouts.commit, (it) => it.type === 'ack' && it.ack.stage === AckStage.COMMITTED);
+
+    enter('release');
+    for (const d of moved) d.release();
+    await writer.eof().catch(() => undefined);
+    // The target ends its direction too; its EOF is a courtesy, not a condition.
+    await timed(queue.next(0, 'EOF'), 2000, 'the target EOF').catch(() => undefined);
+    enter('done');
+    const outcomes: DeviceOutcome[] = o.devices.map((d) => {
+      const p = plan.devices.find((x) => x.id === d.id && x.instance === d.instance);
+      return { id: d.id, kind: d.kind, outcome: !p ? 'refused' : p.withFds ? 'moved' : 'state-only', fds: p?.fdCount ?? 0 };
+    });
+    return {
+      devices: outcomes,
+      stateBytes: payloadSize(o.state) ?? 0,
+      bytes,
+      fds,
+      timings: { totalMs: now() - t0, downtimeMs: tFreeze !== null && tAdopted !== null ? tAdopted - tFreeze : null, phases },
+    };
+  } catch (err) {
+    const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${phase})`);
+    const failedIn = phase;
+    enter('aborted');
+    if (!commitSent && writer && !writer.error && sock && !sock.closed) {
+      // Tell the target why, so it closes what it received; never wait long for that.
+      await Promise.race([
+        writer
+          .abort(e.code, e.message)
+          .then(() => writer!.eof())
+          .catch(() => undefined),
+        new Promise((r) => setTimeout(r, 500)),
+      ]);
+    }
+    if (frozen && !(commitSent && e.code === ErrorCodes.ERR_TIMEOUT)) {
+      // Not committed (or the target is gone): the backends are still ours.
+      await Promise.resolve(o.thaw?.()).catch(() => undefined);
+    }
+    if (commitSent && e.code === ErrorCodes.ERR_TIMEOUT) {
+      throw new BackendTransferError(
+        ErrorCodes.ERR_TIMEOUT,
+        `COMMIT was sent but the target did not confirm it within ${timeouts.commit} ms: it may own the backends now. The source kept its copies and did not thaw; decide with the target before using them.`,
+        { cause: e, details: { phase: failedIn, commitSent: true, uncertain: true } },
+      );
+    }
+    e.details = { ...(e.details ?? {}), phase: failedIn, commitSent };
+    throw e;
+  } finally {
+    queue?.drain();
+    reader?.close();
+    if (sock && !(o.socket instanceof FdSocket)) sock.close();
+  }
+}
+
+function welcomeSaysProbeMissing(w: Welcome): boolean {
+  return (w.info as { probe?: string } | null)?.probe === 'missing';
+}

@@ -1,0 +1,235 @@
+// receiveHandover: the new owner's side of a live handover.
+//
+// accept → authenticate the peer → handshake (HELLO and its fd probe, WELCOME
+// from what this side accepts, PLAN) → receive sections → verify every backend →
+// adopt them → wait for COMMIT. Without COMMIT, everything received is closed.
+// After it, each accepted device resolves: the received backend, else one its
+// opener makes.
+import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { acceptFor } from '../backends/policy.js';
+import type { Arrival, Resolved, TargetDevice } from '../backends/types.js';
+import { closeFds } from '../fd/index.js';
+import { fdBudget } from '../stream/budget.js';
+import { fdSocketChannel } from '../stream/channel.js';
+import { answerOffers } from '../stream/negotiate.js';
+import { StreamReader, type StreamItem } from '../stream/reader.js';
+import { ALL_FEATURES, AckStage, type PlannedDevice } from '../stream/wire.js';
+import { StreamWriter } from '../stream/writer.js';
+import { FdSocket } from '../transport/fd-socket.js';
+import { checkPeer } from '../transport/peer.js';
+import { FdServer } from '../transport/server.js';
+import { ItemQueue } from './items.js';
+import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
+import { closeSectionItem, now } from './util.js';
+
+interface Pending {
+  planned: PlannedDevice;
+  target: TargetDevice | null;
+  arrival: Arrival;
+  parts: Buffer[];
+  complete: boolean;
+}
+
+export async function receiveHandover(o: ReceiveHandoverOptions): Promise<ReceiveHandoverResult> {
+  const t0 = now();
+  const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
+  const phases: Record<string, number> = {};
+  let phase: TargetPhase = 'accept';
+  let phaseStart = t0;
+  const enter = (p: TargetPhase) => {
+    const t = now();
+    phases[phase] = (phases[phase] ?? 0) + (t - phaseStart);
+    phase = p;
+    phaseStart = t;
+    o.onEvent?.({ type: 'phase', phase: p, atMs: t - t0 });
+  };
+  o.onEvent?.({ type: 'phase', phase, atMs: 0 });
+
+  let sock: FdSocket | null = null;
+  let queue: ItemQueue | null = null;
+  let writer: StreamWriter | null = null;
+  let committed = false;
+  const pending = new Map<string, Pending>();
+  const received: number[] = []; // every device fd that arrived, until committed
+  let stateParts: Buffer[] | null = o.onState ? null : [];
+  let stateBytes = 0;
+  let bytes = 0;
+  let fdsCount = 0;
+  let sections = 0;
+  let tFirst: number | null = null;
+  let tAdopted: number | null = null;
+  const adopted = new Map<string, unknown>();
+
+  const guard = <T>(p: Promise<T>, ms: number, what: string): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      const timer = ms ? setTimeout(() => reject(BackendTransferError.timeout(`${what} (phase ${phase})`, ms)), ms) : null;
+      const onAbort = () => {
+        if (!committed) reject(new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } }));
+      };
+      o.signal?.addEventListener('abort', onAbort, { once: true });
+      p.then(
+        (v) => {
+          if (timer) clearTimeout(timer);
+          o.signal?.removeEventListener('abort', onAbort);
+          resolve(v);
+        },
+        (e: unknown) => {
+          if (timer) clearTimeout(timer);
+          o.signal?.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      );
+    });
+  const next = async (what: string, ms: number): Promise<StreamItem> => {
+    const it = await guard(queue!.next(0, what), ms, `waiting for ${what}`);
+    if (it.type === 'abort') {
+      throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${phase}: ${it.abort.code}: ${it.abort.reason}`, {
+        details: { phase, code: it.abort.code, reason: it.abort.reason },
+      });
+    }
+    return it;
+  };
+
+  let listener: FdServer | null = null;
+  let reader: StreamReader | null = null;
+  try {
+    if (o.signal?.aborted) throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, 'handover aborted by the caller before it began');
+    if (o.socket instanceof FdSocket) sock = o.socket;
+    else if (typeof o.socket === 'number') sock = FdSocket.fromFd(o.socket);
+    else {
+      listener = FdServer.listen(o.socket, { peer: o.peer });
+      sock = await guard(listener.accept(), timeouts.connect, 'a source to connect');
+      listener.close();
+      listener = null;
+    }
+
+    enter('authenticate');
+    const cred = sock.peer ?? sock.peerCredentials();
+    checkPeer(cred, o.peer, 'handover target');
+
+    enter('handshake');
+    reader = new StreamReader({ role: 'target', verifyFdKinds: o.verifyFdKinds ?? true });
+    writer = new StreamWriter(fdSocketChannel(sock));
+    const w = writer;
+    queue = new ItemQueue(sock, reader, (it) => {
+      if (it.type === 'ping') void w.pong(it.ping.token).catch(() => undefined);
+      if (it.type === 'section') {
+        bytes += it.bodyLength;
+        fdsCount += it.attachments.length;
+      }
+    });
+    const first = await next('HELLO', timeouts.handshake);
+    if (first.type !== 'hello') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected HELLO, the source sent ${first.type}`);
+    const hello = first.hello;
+    const canPassFds = o.backendTransfer && first.probe === 'ok';
+    const stateWindow = o.stateVersions ?? [1, 1];
+    const welcome = answerOffers(
+      hello,
+      acceptFor(o.accept, { backendTransfer: o.backendTransfer }, (offer) =>
+        offer.id === STATE_DEVICE_ID && offer.kind === 'state' ? { kind: 'state', minVersion: stateWindow[0], maxVersion: stateWindow[1], acceptFds: false } : null,
+      ),
+      { canPassFds, features: ALL_FEATURES, fdBudget: fdBudget(), info: { pid: process.pid, probe: first.probe } },
+    );
+    reader.setWelcome(welcome);
+    await guard(writer.welcome(welcome), timeouts.handshake, 'sending WELCOME');
+    const planItem = await next('PLAN', timeouts.handshake);
+    if (planItem.type !== 'plan') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected PLAN, the source sent ${planItem.type}`);
+    for (const p of planItem.plan.devices) {
+      const target = o.accept.find((t) => t.id === p.id && t.instance === p.instance) ?? null;
+      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0) }, parts: [], complete: false });
+    }
+
+    enter('transfer');
+    for (;;) {
+      const it = await next('sections', timeouts.transfer);
+      if (it.type === 'end-of-state') break;
+      if (it.type !== 'section') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `unexpected ${it.type} among the sections`);
+      tFirst ??= now();
+      sections++;
+      const p = pending.get(`${it.idstr}\0${it.instanceId}`)!;
+      for (const a of it.attachments) {
+        received.push(a.fd);
+        p.arrival.attachments.push(a);
+      }
+      if (it.idstr === STATE_DEVICE_ID) {
+        stateBytes += it.payload.length;
+        if (o.onState) o.onState(it.payload);
+        else stateParts!.push(it.payload);
+      } else p.parts.push(it.payload);
+      if (it.frame === 'end' || it.frame === 'full') p.complete = true;
+      o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
+    }
+    for (const p of pending.values()) p.arrival.state = Buffer.concat(p.parts);
+    await guard(writer.ack(AckStage.LOADED, `${sections} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
+
+    enter('verify');
+    for (const p of pending.values()) {
+      if (!p.planned.withFds || !p.target) continue;
+      p.target.verify(p.arrival);
+    }
+    await guard(writer.ack(AckStage.VERIFIED), timeouts.verify, 'sending ACK(VERIFIED)');
+
+    enter('adopt');
+    for (const [key, p] of pending) {
+      if (!p.planned.withFds || !p.target) continue;
+      adopted.set(key, p.target.adopt(p.arrival));
+    }
+    tAdopted = now();
+    await guard(writer.ack(AckStage.ADOPTED), timeouts.adopt, 'sending ACK(ADOPTED)');
+
+    enter('commit');
+    const c = await next('COMMIT', timeouts.commit);
+    if (c.type !== 'commit') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected COMMIT, the source sent ${c.type}`);
+    committed = true;
+    await writer.ack(AckStage.COMMITTED).catch(() => undefined);
+    // The rest is courtesy: the backends are ours whatever happens to the socket now.
+    await guard(queue.next(0, 'EOF'), 2000, 'the source EOF').catch(() => undefined);
+    await writer.eof().catch(() => undefined);
+
+    enter('done');
+    const devices = new Map<string, Resolved>();
+    for (const t of o.accept) {
+      const key = `${t.id}\0${t.instance}`;
+      const p = pending.get(key);
+      const backend = adopted.get(key);
+      if (backend !== undefined) devices.set(t.id, { id: t.id, kind: t.kind, how: 'received', backend, state: p?.arrival.state ?? null });
+      else if (t.open) devices.set(t.id, { id: t.id, kind: t.kind, how: 'opened', backend: await t.open(p?.arrival.state ?? null), state: p?.arrival.state ?? null });
+      else devices.set(t.id, { id: t.id, kind: t.kind, how: 'none', backend: null, state: p?.arrival.state ?? null });
+    }
+    return {
+      devices,
+      state: stateParts ? Buffer.concat(stateParts) : null,
+      stateBytes,
+      bytes,
+      fds: received.length,
+      timings: { totalMs: now() - t0, downtimeMs: tFirst !== null && tAdopted !== null ? tAdopted - tFirst : null, phases },
+      peer: cred,
+    };
+  } catch (err) {
+    const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${phase})`);
+    const failedIn = phase;
+    enter('aborted');
+    if (!committed) {
+      // Nothing received is ours without COMMIT.
+      closeFds(received);
+      received.length = 0;
+      if (writer && !writer.error && sock && !sock.closed && e.code !== ErrorCodes.ERR_HANDOVER_ABORTED) {
+        await Promise.race([
+          writer
+            .nack(e.code, e.message)
+            .then(() => writer!.eof())
+            .catch(() => undefined),
+          new Promise((r) => setTimeout(r, 500)),
+        ]);
+      }
+    }
+    e.details = { ...(e.details ?? {}), phase: failedIn, committed };
+    throw e;
+  } finally {
+    listener?.close();
+    queue?.drain();
+    reader?.close();
+    if (sock && !(o.socket instanceof FdSocket)) sock.close();
+    stateParts = null;
+  }
+}

@@ -1,0 +1,120 @@
+// Options, events and results of a handover session.
+import type { Resolved, SourceDevice, TargetDevice } from '../backends/types.js';
+import type { PeerPolicy } from '../transport/peer.js';
+import type { FdSocket } from '../transport/fd-socket.js';
+import type { SectionPayload } from '../stream/writer.js';
+
+export type SourcePhase = 'connect' | 'authenticate' | 'handshake' | 'transfer' | 'verify' | 'commit' | 'release' | 'done' | 'aborted';
+export type TargetPhase = 'accept' | 'authenticate' | 'handshake' | 'transfer' | 'verify' | 'adopt' | 'commit' | 'done' | 'aborted';
+
+export interface PhaseTimeouts {
+  /** ms per phase; 0 = no limit. */
+  connect?: number;
+  authenticate?: number;
+  handshake?: number;
+  transfer?: number;
+  verify?: number;
+  adopt?: number;
+  /** Waiting for the target's COMMITTED (source) or the source's COMMIT (target). */
+  commit?: number;
+}
+
+export const DEFAULT_TIMEOUTS: Required<PhaseTimeouts> = {
+  connect: 10_000,
+  authenticate: 5_000,
+  handshake: 10_000,
+  transfer: 0,
+  verify: 30_000,
+  adopt: 30_000,
+  commit: 30_000,
+};
+
+export type HandoverEvent =
+  | { type: 'phase'; phase: SourcePhase | TargetPhase; atMs: number }
+  | { type: 'progress'; bytes: number; totalBytes: number | null; sections: number; fds: number; etaMs: number | null }
+  | { type: 'warning'; message: string };
+
+export interface HandoverTimings {
+  /** Start to end, ms. */
+  totalMs: number;
+  /** Source: freeze (start of capture) until the target said ADOPTED; target: first section until adopted. */
+  downtimeMs: number | null;
+  /** ms spent in each phase. */
+  phases: Record<string, number>;
+}
+
+export interface SendHandoverOptions {
+  /** An FdSocket, a socket path to connect to, or a connected fd (checked: it must be AF_UNIX). */
+  socket: FdSocket | string | number;
+  devices: readonly SourceDevice[];
+  /** VMM-level state that travels with the devices (a Buffer, or parts from an iterable). */
+  state?: SectionPayload;
+  /** Version of that state's format. Default 1. */
+  stateVersion?: number;
+  /** The session promise that this is a local migration: without it no fd moves. */
+  backendTransfer: boolean;
+  peer?: PeerPolicy;
+  timeouts?: PhaseTimeouts;
+  /** Largest state part per frame (default 1 MiB). */
+  partSize?: number;
+  /** Send large parts as sealed memfds (default false). */
+  memfdPayloads?: boolean;
+  /** Checksum bodies (default true). */
+  crc?: boolean;
+  /** Called right before the devices are captured: stop using the backends. */
+  freeze?: () => void | Promise<void>;
+  /** Called when the handover fails after freeze(): use the backends again. */
+  thaw?: () => void | Promise<void>;
+  onEvent?: (e: HandoverEvent) => void;
+  /** Stops the handover (ABORT to the target) unless it already committed. */
+  signal?: AbortSignal;
+}
+
+export interface DeviceOutcome {
+  id: string;
+  kind: string;
+  /** 'moved': with its fds; 'state-only': its state went, the target opens its own backend; 'refused': not transferred. */
+  outcome: 'moved' | 'state-only' | 'refused';
+  fds: number;
+}
+
+export interface SendHandoverResult {
+  devices: DeviceOutcome[];
+  stateBytes: number;
+  bytes: number;
+  fds: number;
+  timings: HandoverTimings;
+}
+
+export interface ReceiveHandoverOptions {
+  /** An FdSocket, a path to listen on (one connection is accepted), or a connected fd. */
+  socket: FdSocket | string | number;
+  accept: readonly TargetDevice[];
+  backendTransfer: boolean;
+  peer?: PeerPolicy;
+  timeouts?: PhaseTimeouts;
+  /** State parts as they arrive (then they are not kept in memory). */
+  onState?: (part: Buffer) => void;
+  /** Accept VMM state of these versions (default 1..1). */
+  stateVersions?: [number, number];
+  onEvent?: (e: HandoverEvent) => void;
+  signal?: AbortSignal;
+  /** Checks each received fd against its attachment kind in the reader too (default true). */
+  verifyFdKinds?: boolean;
+}
+
+export interface ReceiveHandoverResult {
+  /** Every accepted device, resolved: received, opened by its opener, or none. */
+  devices: Map<string, Resolved>;
+  /** The VMM state (unless onState took it). */
+  state: Buffer | null;
+  stateBytes: number;
+  bytes: number;
+  fds: number;
+  timings: HandoverTimings;
+  /** Source's peer credentials. */
+  peer: { pid: number; uid: number; gid: number } | null;
+}
+
+/** The pseudo-device carrying VMM state. */
+export const STATE_DEVICE_ID = 'vmm-state';
