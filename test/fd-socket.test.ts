@@ -214,6 +214,21 @@ describe('FdSocket backpressure and lifecycle', () => {
     d.close();
   });
 
+  it('a peer that closes with our bytes unread (ECONNRESET, POLLERR) is ERR_PEER_CLOSED', async () => {
+    const [a, b] = native.socketpair(native.SOCK_STREAM);
+    const s = new FdSocket(a, 'stream');
+    const reading = s.read().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    native.sendmsg(a, Buffer.from('never read by the peer'));
+    closeFd(b); // closing with unread data resets the connection
+    // libuv reports this POLLERR as UV_EBADF; the socket's own error (ECONNRESET) is what the reader gets.
+    expect(await reading).toMatchObject({ code: 'ERR_PEER_CLOSED', message: expect.stringMatching(/ECONNRESET/) });
+    await expect(s.send(Buffer.from('x'))).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED' });
+    s.close();
+  });
+
   it('a closed fd in the fd list fails only that message', async () => {
     const [a, b] = FdSocket.pair();
     const efd = native.eventfd(0);

@@ -184,6 +184,7 @@ export class FdSocket extends EventEmitter {
   #queuedBytes = 0;
   #endRequested = false;
   #writableIdle = false;
+  #pollErrors = 0;
   #drainWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   readonly #writableHighWaterMark: number;
   #endWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
@@ -673,9 +674,35 @@ export class FdSocket extends EventEmitter {
   #onPoll(events: number, err?: BackendTransferError): void {
     if (this.#closed) return;
     if (err) {
-      this.#fail(err);
+      // POLLERR: libuv says UV_EBADF and stops polling. The socket knows what really
+      // happened (ECONNRESET from a peer that closed with our bytes unread, ...):
+      // reading and writing surface it; SO_ERROR when neither is due.
+      if (++this.#pollErrors > 3) {
+        this.#fail(err);
+        return;
+      }
+      if (this.#wantRead()) this.#readLoop();
+      if (!this.#closed && this.#opHead < this.#ops.length) this.#flush();
+      if (this.#closed) return;
+      let soError = 0;
+      try {
+        soError = native.getsockopt(this.fd, native.SOL_SOCKET, native.SO_ERROR);
+      } catch {
+        soError = 0;
+      }
+      if (soError !== 0) {
+        const peerGone = soError === 104 || soError === 32 || soError === 107; // ECONNRESET, EPIPE, ENOTCONN
+        this.#fail(
+          new BackendTransferError(peerGone ? ErrorCodes.ERR_PEER_CLOSED : ErrorCodes.ERR_SYSTEM, `socket fd ${this.fd} failed (errno ${soError})${peerGone ? ': the peer closed the connection' : ''}`, {
+            details: { errno: soError },
+          }),
+        );
+        return;
+      }
+      this.#updatePoll();
       return;
     }
+    this.#pollErrors = 0;
     if (events & WRITABLE) {
       if (this.#opHead === this.#ops.length) this.#writableIdle = true; // fired with nothing to send: stop asking
       this.#flush();

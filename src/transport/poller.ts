@@ -16,6 +16,8 @@ export class FdPoller {
   constructor(fd: number, onEvent: PollHandler, Poller: PollerConstructor = native.Poller) {
     this.#handle = new Poller(fd, (status, events) => {
       if (status < 0) {
+        // libuv stops the handle when it reports an error (POLLERR arrives as UV_EBADF).
+        this.#events = 0;
         onEvent(0, BackendTransferError.fromSystem(Object.assign(new Error(`poll failed (${status})`), { errno: status, syscall: 'uv_poll' }), `poll on fd ${fd}`));
         return;
       }
