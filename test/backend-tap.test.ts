@@ -114,6 +114,20 @@ describe('TAP handover between two processes', () => {
     expectAllQueues(await source.ask({ cmd: 'traffic', round: 3 }, 'traffic'));
   });
 
+  it('a TAP fd sent where a vhost-user socket was declared is refused; the TAP stays with the source', async (ctx) => {
+    skipUnless(ctx, netnsUnavailable());
+    const { sockPath, source } = await setup();
+    const target = peers.spawn('generic-target', [sockPath, JSON.stringify([{ id: 'blk0', kind: 'vhost-user' }])], { fixture: 'handover-peer.ts' });
+    await target.waitFor('listening');
+    const failed = await source.ask({ cmd: 'handover-lying' }, 'handover-failed');
+    expect(failed.code).toBe('ERR_HANDOVER_REFUSED');
+    expect((failed.details as { code: string }).code).toBe('ERR_STREAM_FD_KIND');
+    expect(String(failed.message)).toMatch(/declared vhost-user but the fd is tap/);
+    const tf = await target.waitFor('receive-failed');
+    expect(tf).toMatchObject({ code: 'ERR_STREAM_FD_KIND', leaked: 0 });
+    expectAllQueues(await source.ask({ cmd: 'traffic', round: 5 }, 'traffic'));
+  });
+
   it('without the per-device opt-in the TAP does not move either', async (ctx) => {
     skipUnless(ctx, netnsUnavailable());
     const { sockPath, source } = await setup();

@@ -9,3 +9,16 @@ export { ChardevSocketSource, ChardevSocketTarget, ChardevBackend } from './char
 export type { ChardevMeta, ChardevRole, ChardevSourceOptions, ChardevTargetOptions } from './chardev-socket.js';
 export { GenericSource, GenericTarget, GenericBackend } from './generic.js';
 export type { GenericFd, GenericSourceOptions, GenericTargetOptions } from './generic.js';
+export {
+  VhostUserFrontend,
+  VhostUserErrorCodes,
+  VhostUserRequest,
+  VhostFeatureBit,
+  VirtioBlkFeatureBit,
+  VhostUserProtocolFeatureBit,
+  featureBit,
+  hasFeature,
+  requestName,
+  decodeVirtioBlkConfig,
+} from './vhost-user-protocol.js';
+export type { VhostUserSession, VhostUserFrontendOptions, VhostUserConnectOptions, VhostUserReply, VirtioBlkConfig } from './vhost-user-protocol.js';

@@ -402,17 +402,6 @@ function transportError(err: unknown, what: string): BackendTransferError {
   if (e.code === ErrorCodes.ERR_PEER_CLOSED || e.code === ErrorCodes.ERR_SOCKET_CLOSED) {
     return vuError(VhostUserErrorCodes.ERR_VHOST_USER_CLOSED, `${what}: the connection to the back-end is gone (${e.message})`, { transportCode: e.code }, e);
   }
-  if (e.syscall === 'uv_poll') {
-    // libuv reports EPOLLERR as UV_EBADF. On an AF_UNIX stream socket the only
-    // socket error is the ECONNRESET the kernel sets when the peer closes with
-    // bytes of ours still unread: the back-end dropped the connection.
-    return vuError(
-      VhostUserErrorCodes.ERR_VHOST_USER_CLOSED,
-      `${what}: the socket reported an error (EPOLLERR), i.e. the back-end closed the connection with our request unread (${e.message})`,
-      { transportCode: e.code },
-      e,
-    );
-  }
   return e;
 }
 

@@ -24,8 +24,8 @@ export function fdSocketChannel(sock: FdSocket): StreamChannel {
     writeFrame(head, rest, fds) {
       const first = sock.send(head, fds);
       if (rest.length === 0) return first;
-      const second = sock.send(rest);
-      return first.then(() => second);
+      // Both settle through one promise: a failure of either is reported once and never unhandled.
+      return Promise.all([first, sock.send(rest)]).then(() => undefined);
     },
   };
 }
