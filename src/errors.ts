@@ -88,6 +88,11 @@ export const ErrorCodes = {
   ERR_HANDOVER_REFUSED: 'ERR_HANDOVER_REFUSED',
   /** The source aborted the handover (an ABORT frame, or a local abort). */
   ERR_HANDOVER_ABORTED: 'ERR_HANDOVER_ABORTED',
+  /**
+   * COMMIT was sent but the target neither confirmed it nor died: it may own the
+   * backends. The source kept its copies and did not thaw.
+   */
+  ERR_COMMIT_UNCERTAIN: 'ERR_COMMIT_UNCERTAIN',
   /** fds were to move but they do not survive the way to the target (a relay drops SCM_RIGHTS). */
   ERR_CHANNEL_DROPS_FDS: 'ERR_CHANNEL_DROPS_FDS',
   /** Any other system error; .cause has the errno error. */

@@ -6,7 +6,7 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd, inspectFd } from '../fd/index.js';
 import { FdSocket } from '../transport/fd-socket.js';
 import { FdServer } from '../transport/server.js';
-import { decodeState, encodeState, expectFd, requireString, verifyError } from './common.js';
+import { decodeState, encodeState, expectFd, requireString, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
 
 export type ChardevRole = 'client' | 'server' | 'listener';
@@ -35,7 +35,7 @@ export interface ChardevSourceOptions {
   /** A socket that must never move (a management/QMP connection): always refused. */
   neverMove?: boolean;
   /** Opaque chardev state (buffered bytes, options). */
-  state?: Uint8Array;
+  state?: Uint8Array | (() => Uint8Array);
   closeOnRelease?: boolean;
 }
 
@@ -94,7 +94,7 @@ export class ChardevSocketSource implements SourceDevice {
     const meta: ChardevMeta = { id: o.id, address: o.address, role: o.role };
     return {
       attachments: withFds ? [{ kind: o.role === 'listener' ? 'listener' : 'chardev-socket', name: 'socket', meta: { role: o.role }, fd: o.fd }] : [],
-      state: encodeState({ ...meta }, o.state),
+      state: encodeState({ ...meta }, stateOf(o.state)),
     };
   }
 

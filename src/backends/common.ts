@@ -79,3 +79,8 @@ export function requireString(deviceId: string, meta: Record<string, unknown> | 
   if (typeof v !== 'string') throw verifyError(deviceId, `metadata ${key} is missing or not a string`);
   return v;
 }
+
+/** Device state given as bytes, or as a function read at capture time (after freeze). */
+export function stateOf(s: Uint8Array | (() => Uint8Array) | undefined): Uint8Array | undefined {
+  return typeof s === 'function' ? s() : s;
+}

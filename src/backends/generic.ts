@@ -4,7 +4,7 @@
 import { closeFds, type FdKind } from '../fd/index.js';
 import type { AttachmentKind } from '../stream/wire.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
-import { byName, decodeState, encodeState, expectFd, invalid, verifyError } from './common.js';
+import { byName, decodeState, encodeState, expectFd, invalid, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
 
 export interface GenericFd {
@@ -25,7 +25,7 @@ export interface GenericSourceOptions {
   /** User metadata, travels as JSON. */
   metadata?: Record<string, unknown>;
   /** Opaque state (large state streams in parts). */
-  state?: Uint8Array;
+  state?: Uint8Array | (() => Uint8Array);
   closeOnRelease?: boolean;
 }
 
@@ -63,7 +63,7 @@ export class GenericSource implements SourceDevice {
   capture(withFds: boolean): Captured {
     this.check();
     const attachments: OutgoingAttachment[] = withFds ? this.#o.fds.map((f) => ({ kind: f.kind ?? 'generic', name: f.name, meta: f.meta ?? null, fd: f.fd })) : [];
-    return { attachments, state: encodeState({ metadata: this.#o.metadata ?? {}, names: this.#o.fds.map((f) => f.name) }, this.#o.state) };
+    return { attachments, state: encodeState({ metadata: this.#o.metadata ?? {}, names: this.#o.fds.map((f) => f.name) }, stateOf(this.#o.state)) };
   }
 
   release(): void {

@@ -9,7 +9,7 @@ import { BackendTransferError } from '../errors.js';
 import { closeFd, closeFds, inspectFd } from '../fd/index.js';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
-import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, requireString, verifyError } from './common.js';
+import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, requireString, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
 
 /** The TUNSETIFF flags that define a TAP (TUNGETIFF also reports queue state bits). */
@@ -106,7 +106,7 @@ export interface TapSourceOptions {
   /** The ifindex, when this process is not in the device's network namespace. */
   ifindex?: number;
   /** Opaque device state (the virtio-net device's own). */
-  state?: Uint8Array;
+  state?: Uint8Array | (() => Uint8Array);
   /** release() closes the fds (default true). */
   closeOnRelease?: boolean;
 }
@@ -145,7 +145,7 @@ export class TapSource implements SourceDevice {
       this.#o.queues.forEach((fd, i) => attachments.push({ kind: 'tap', name: `queue${i}`, meta: { index: i, enabled: meta.enabled[i] }, fd }));
       (this.#o.vhostFds ?? []).forEach((fd, i) => attachments.push({ kind: 'vhost-net', name: `vhost${i}`, meta: { index: i }, fd }));
     }
-    return { attachments, state: encodeState({ ...meta }, this.#o.state) };
+    return { attachments, state: encodeState({ ...meta }, stateOf(this.#o.state)) };
   }
 
   release(): void {

@@ -6,7 +6,7 @@
 import { native } from '../native.js';
 import { closeFds, inspectFd } from '../fd/index.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
-import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, verifyError } from './common.js';
+import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
 
 export interface InflightInfo {
@@ -46,7 +46,7 @@ export interface VhostUserSourceOptions {
   protocolFeatures: bigint;
   numQueues: number;
   /** Opaque device state (the front-end's own). */
-  deviceState?: Uint8Array;
+  deviceState?: Uint8Array | (() => Uint8Array);
   closeOnRelease?: boolean;
 }
 
@@ -109,7 +109,7 @@ export class VhostUserSource implements SourceDevice {
       (o.callFds ?? []).forEach((fd, i) => attachments.push({ kind: 'eventfd', name: `call${i}`, meta: { queue: i }, fd }));
       if (o.inflight) attachments.push({ kind: 'memfd', name: 'inflight', meta: { size: o.inflight.size }, fd: o.inflight.fd });
     }
-    return { attachments, state: encodeState({ ...meta }, o.deviceState) };
+    return { attachments, state: encodeState({ ...meta }, stateOf(o.deviceState)) };
   }
 
   release(): void {

@@ -18,7 +18,8 @@ import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type DeviceOutcome, type SendHandoverOptions, type SendHandoverResult, type SourcePhase } from './types.js';
-import { now, randomProbe } from './util.js';
+import { now, processGone, randomProbe } from './util.js';
+import { closeFds } from '../fd/index.js';
 
 function payloadSize(p: unknown): number | null {
   if (p instanceof Uint8Array) return p.length;
@@ -43,6 +44,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
 
   let sock: FdSocket | null = null;
   let reader: StreamReader | null = null;
+  let pidfd: number | null = null;
+  let peerPid: number | null = null;
   let queue: ItemQueue | null = null;
   let writer: StreamWriter | null = null;
   let frozen = false;
@@ -113,6 +116,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     enter('authenticate');
     const cred = sock.peer ?? sock.peerCredentials();
     checkPeer(cred, o.peer, 'handover source');
+    peerPid = cred.pid;
+    pidfd = sock.peerPidfd();
 
     enter('handshake');
     writer = new StreamWriter(fdSocketChannel(sock), {
@@ -224,20 +229,23 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
         new Promise((r) => setTimeout(r, 500)),
       ]);
     }
-    if (frozen && !(commitSent && e.code === ErrorCodes.ERR_TIMEOUT)) {
-      // Not committed (or the target is gone): the backends are still ours.
-      await Promise.resolve(o.thaw?.()).catch(() => undefined);
-    }
-    if (commitSent && e.code === ErrorCodes.ERR_TIMEOUT) {
+    // After COMMIT the target may own the backends, unless its process is gone.
+    const targetGone = commitSent && (await processGone(pidfd, peerPid, 1500));
+    if (commitSent && !targetGone) {
       throw new BackendTransferError(
-        ErrorCodes.ERR_TIMEOUT,
-        `COMMIT was sent but the target did not confirm it within ${timeouts.commit} ms: it may own the backends now. The source kept its copies and did not thaw; decide with the target before using them.`,
-        { cause: e, details: { phase: failedIn, commitSent: true, uncertain: true } },
+        ErrorCodes.ERR_COMMIT_UNCERTAIN,
+        `COMMIT was sent but the target did not confirm it (${e.message}) and is still running: it may own the backends now. The source kept its copies and did not thaw; settle it with the target before using them.`,
+        { cause: e, details: { phase: failedIn, commitSent: true } },
       );
     }
-    e.details = { ...(e.details ?? {}), phase: failedIn, commitSent };
+    if (frozen) {
+      // Not committed (or the target died with it): the backends are still only ours.
+      await Promise.resolve(o.thaw?.()).catch(() => undefined);
+    }
+    e.details = { ...(e.details ?? {}), phase: failedIn, commitSent, ...(commitSent ? { targetGone } : {}) };
     throw e;
   } finally {
+    if (pidfd !== null) closeFds([pidfd]);
     queue?.drain();
     reader?.close();
     if (sock && !(o.socket instanceof FdSocket)) sock.close();

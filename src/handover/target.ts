@@ -20,7 +20,7 @@ import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { closeSectionItem, now } from './util.js';
+import { closeSectionItem, now, processGone } from './util.js';
 
 interface Pending {
   planned: PlannedDevice;
@@ -90,8 +90,60 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     return it;
   };
 
+  /** Every accepted device, resolved: the adopted backend, else its opener's, else none. */
+  const finish = async (outcome: 'committed' | 'takeover', complete: boolean): Promise<ReceiveHandoverResult> => {
+    const devices = new Map<string, Resolved>();
+    for (const t of o.accept) {
+      const key = `${t.id}\0${t.instance}`;
+      const p = pending.get(key);
+      const backend = adopted.get(key);
+      if (backend !== undefined) devices.set(t.id, { id: t.id, kind: t.kind, how: 'received', backend, state: p?.arrival.state ?? null });
+      else if (t.open) devices.set(t.id, { id: t.id, kind: t.kind, how: 'opened', backend: await t.open(p?.arrival.state ?? null), state: p?.arrival.state ?? null });
+      else devices.set(t.id, { id: t.id, kind: t.kind, how: 'none', backend: null, state: p?.arrival.state ?? null });
+    }
+    return {
+      outcome,
+      complete,
+      devices,
+      state: stateParts ? Buffer.concat(stateParts) : null,
+      stateBytes,
+      bytes,
+      fds: received.length,
+      timings: { totalMs: now() - t0, downtimeMs: tFirst !== null && tAdopted !== null ? tAdopted - tFirst : null, phases },
+      peer: cred,
+    };
+  };
+
+  /** The source died before COMMIT: keep the devices that arrived whole and verify, close the rest. */
+  const takeover = async (): Promise<ReceiveHandoverResult> => {
+    let all = endOfState;
+    for (const [key, p] of pending) {
+      if (adopted.has(key)) continue;
+      const fds = p.arrival.attachments.map((a) => a.fd);
+      if (!p.planned.withFds || !p.target || !p.complete) {
+        closeFds(fds);
+        if (p.planned.withFds) all = false;
+        continue;
+      }
+      p.arrival.state = Buffer.concat(p.parts);
+      try {
+        p.target.verify(p.arrival);
+        adopted.set(key, p.target.adopt(p.arrival));
+      } catch {
+        closeFds(fds);
+        all = false;
+      }
+    }
+    tAdopted ??= now();
+    return finish('takeover', all);
+  };
+
   let listener: FdServer | null = null;
   let reader: StreamReader | null = null;
+  let cred: { pid: number; uid: number; gid: number } | null = null;
+  let pidfd: number | null = null;
+  let planned = false;
+  let endOfState = false;
   try {
     if (o.signal?.aborted) throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, 'handover aborted by the caller before it began');
     if (o.socket instanceof FdSocket) sock = o.socket;
@@ -104,8 +156,9 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     }
 
     enter('authenticate');
-    const cred = sock.peer ?? sock.peerCredentials();
+    cred = sock.peer ?? sock.peerCredentials();
     checkPeer(cred, o.peer, 'handover target');
+    pidfd = sock.peerPidfd();
 
     enter('handshake');
     reader = new StreamReader({ role: 'target', verifyFdKinds: o.verifyFdKinds ?? true });
@@ -134,6 +187,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     await guard(writer.welcome(welcome), timeouts.handshake, 'sending WELCOME');
     const planItem = await next('PLAN', timeouts.handshake);
     if (planItem.type !== 'plan') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected PLAN, the source sent ${planItem.type}`);
+    planned = true;
     for (const p of planItem.plan.devices) {
       const target = o.accept.find((t) => t.id === p.id && t.instance === p.instance) ?? null;
       pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0) }, parts: [], complete: false });
@@ -142,7 +196,10 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     enter('transfer');
     for (;;) {
       const it = await next('sections', timeouts.transfer);
-      if (it.type === 'end-of-state') break;
+      if (it.type === 'end-of-state') {
+        endOfState = true;
+        break;
+      }
       if (it.type !== 'section') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `unexpected ${it.type} among the sections`);
       tFirst ??= now();
       sections++;
@@ -187,27 +244,18 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     await writer.eof().catch(() => undefined);
 
     enter('done');
-    const devices = new Map<string, Resolved>();
-    for (const t of o.accept) {
-      const key = `${t.id}\0${t.instance}`;
-      const p = pending.get(key);
-      const backend = adopted.get(key);
-      if (backend !== undefined) devices.set(t.id, { id: t.id, kind: t.kind, how: 'received', backend, state: p?.arrival.state ?? null });
-      else if (t.open) devices.set(t.id, { id: t.id, kind: t.kind, how: 'opened', backend: await t.open(p?.arrival.state ?? null), state: p?.arrival.state ?? null });
-      else devices.set(t.id, { id: t.id, kind: t.kind, how: 'none', backend: null, state: p?.arrival.state ?? null });
-    }
-    return {
-      devices,
-      state: stateParts ? Buffer.concat(stateParts) : null,
-      stateBytes,
-      bytes,
-      fds: received.length,
-      timings: { totalMs: now() - t0, downtimeMs: tFirst !== null && tAdopted !== null ? tAdopted - tFirst : null, phases },
-      peer: cred,
-    };
+    return await finish('committed', true);
   } catch (err) {
     const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${phase})`);
     const failedIn = phase;
+    // The source went away without COMMIT or ABORT. If its process is gone for good,
+    // nobody else holds these backends: keep what arrived whole (a takeover).
+    const sourceVanished = e.code === ErrorCodes.ERR_PEER_CLOSED || e.code === ErrorCodes.ERR_STREAM_TRUNCATED;
+    if (!committed && planned && sourceVanished && (await processGone(pidfd, cred?.pid ?? null, 1500))) {
+      o.onEvent?.({ type: 'warning', message: `the source (pid ${cred?.pid}) died in phase ${failedIn}: taking over what arrived` });
+      enter('done');
+      return await takeover();
+    }
     enter('aborted');
     if (!committed) {
       // Nothing received is ours without COMMIT.
@@ -226,6 +274,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     e.details = { ...(e.details ?? {}), phase: failedIn, committed };
     throw e;
   } finally {
+    if (pidfd !== null) closeFds([pidfd]);
     listener?.close();
     queue?.drain();
     reader?.close();

@@ -104,6 +104,15 @@ export interface ReceiveHandoverOptions {
 }
 
 export interface ReceiveHandoverResult {
+  /**
+   * 'committed': the source committed, the backends are this side's. 'takeover':
+   * the source died before committing (its process is gone, checked with a pidfd)
+   * after the handshake; this side kept what arrived whole and verified, as nobody
+   * else holds it any more.
+   */
+  outcome: 'committed' | 'takeover';
+  /** Every planned device arrived and was adopted (always true when committed). */
+  complete: boolean;
   /** Every accepted device, resolved: received, opened by its opener, or none. */
   devices: Map<string, Resolved>;
   /** The VMM state (unless onState took it). */

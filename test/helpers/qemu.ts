@@ -62,7 +62,8 @@ export class QemuProcess {
     this.dir = mkdtempSync(join(tmpdir(), 'bt-qemu-'));
     this.qmpPath = join(this.dir, 'qmp.sock');
     this.hmpPath = options.hmp ? join(this.dir, 'hmp.sock') : null;
-    this.accel = kvmUsable() ? 'kvm' : 'tcg';
+    // BT_QEMU_ACCEL=tcg forces TCG (to try the tests as a machine without KVM runs them).
+    this.accel = process.env.BT_QEMU_ACCEL !== 'tcg' && kvmUsable() ? 'kvm' : 'tcg';
     const argv = [
       '-nodefaults',
       '-no-user-config',
@@ -154,7 +155,9 @@ export class QemuProcess {
         continue; // closed meanwhile
       }
       const e: QemuFd = { fd, link };
-      if (link === '/dev/net/tun') {
+      // The link of a TAP fd depends on the mount namespace it was opened in
+      // ("/dev/net/tun", or "/net/tun" under ip netns exec); fdinfo says "iff:".
+      if (!link.startsWith('socket:') && !link.startsWith('anon_inode:') && !link.startsWith('pipe:')) {
         try {
           const m = /^iff:\s*(\S+)/m.exec(readFileSync(`${base}/fdinfo/${name}`, 'utf8'));
           if (m) e.iff = m[1]!;
