@@ -9,3 +9,4 @@ export type { NativeBinding, PeerCred, NativeStat, IfReq } from './native.js';
 export * from './stream/index.js';
 export * from './backends/index.js';
 export * from './handover/index.js';
+export * from './qmp/index.js';
