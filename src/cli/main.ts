@@ -20,7 +20,7 @@ function version(): string {
 
 function usage(): string {
   const lines = ['usage: backend-transfer <command> [options]', '', 'commands:'];
-  for (const [name, c] of commands) lines.push(`  ${name.padEnd(10)} ${c.summary}`);
+  for (const [name, c] of commands) if (!name.startsWith('_')) lines.push(`  ${name.padEnd(10)} ${c.summary}`);
   lines.push('', "Run 'backend-transfer <command> --help' for a command's options.");
   return lines.join('\n');
 }

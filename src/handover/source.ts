@@ -212,7 +212,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       devices: outcomes,
       stateBytes: payloadSize(o.state) ?? 0,
       bytes,
-      fds,
+      fds: plan.totalFds,
       timings: { totalMs: now() - t0, downtimeMs: tFreeze !== null && tAdopted !== null ? tAdopted - tFreeze : null, phases },
     };
   } catch (err) {

@@ -81,7 +81,9 @@ export interface DeviceOutcome {
 export interface SendHandoverResult {
   devices: DeviceOutcome[];
   stateBytes: number;
+  /** Bytes written to the channel, all frames. */
   bytes: number;
+  /** Backend fds that moved. */
   fds: number;
   timings: HandoverTimings;
 }

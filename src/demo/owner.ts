@@ -1,0 +1,404 @@
+// An "old" or "new" owner of real backends, as a process: the demo's two sides,
+// and the processes the fault tests kill. It keeps traffic flowing through every
+// backend it owns (chardev bytes echoed by a peer, vhost-user requests to a
+// qemu-storage-daemon, TCP SYN/RST exchanges through a TAP), hands them over or
+// takes them over, and reports. Commands arrive as JSON lines on stdin, events
+// leave as JSON lines on stdout.
+import { readFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { BackendTransferError } from '../errors.js';
+import { closeFds } from '../fd/index.js';
+import { native } from '../native.js';
+import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../backends/chardev-socket.js';
+import { TapSource, TapTarget, openTap, type TapBackend } from '../backends/tap.js';
+import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../backends/vhost-user.js';
+import { VhostUserFrontend, VhostUserProtocolFeatureBit, featureBit, hasFeature } from '../backends/vhost-user-protocol.js';
+import type { SourceDevice, TargetDevice } from '../backends/types.js';
+import { sendHandover } from '../handover/source.js';
+import { receiveHandover } from '../handover/target.js';
+import type { HandoverEvent, PhaseTimeouts } from '../handover/types.js';
+import { FdServer } from '../transport/server.js';
+import { FdSocket } from '../transport/fd-socket.js';
+import { parseRst, tcpSyn } from './frames.js';
+
+export interface OwnerConfig {
+  role: 'old' | 'new';
+  handoverPath: string;
+  /** A chardev peer (echo server) to connect `chardevs` connections to. */
+  echoPath?: string;
+  chardevs?: number;
+  /** A vhost-user back-end socket; `vhostDevices` connections with `vhostQueues` queues each. */
+  vhostPath?: string;
+  vhostDevices?: number;
+  vhostQueues?: number;
+  /** A multi-queue TAP: the old owner opens it (it runs in the TAP's namespace). */
+  tap?: { ifname: string; queues: number };
+  /** VMM state that travels with the devices. */
+  stateBytes?: number;
+  /** Fault injection (tests): SIGKILL this process when the handover enters this phase. */
+  killAt?: string;
+  /** Fault injection (tests, new owner): stop reading the handover socket in this phase. */
+  stopReadingAt?: string;
+  timeouts?: PhaseTimeouts;
+  partSize?: number;
+}
+
+export const TAP_IP = '10.9.0.1';
+export const peerIp = (q: number): string => `10.9.0.${10 + q}`;
+export const peerMac = (q: number): string => `02:00:00:00:00:${(0x10 + q).toString(16).padStart(2, '0')}`;
+
+function emit(event: string, data: Record<string, unknown> = {}): void {
+  process.stdout.write(JSON.stringify({ event, ...data }, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) + '\n');
+}
+
+function errInfo(err: unknown): Record<string, unknown> {
+  const e = err as BackendTransferError;
+  return { code: e.code ?? 'ERR_UNKNOWN', message: e.message, details: e.details ?? null };
+}
+
+// ---------------------------------------------------------------- traffic
+
+interface Traffic {
+  stop(): Promise<void>;
+  stats(): Record<string, unknown>;
+}
+
+/** Writes the byte sequence (byte i = i & 0xff) and checks the echoes come back in order. */
+function chardevTraffic(sock: FdSocket, start: { sent: number; echoed: number }): Traffic & { st: { sent: number; echoed: number; bad: number } } {
+  const st = { sent: start.sent, echoed: start.echoed, bad: 0 };
+  const chunk = 61;
+  const timer = setInterval(() => {
+    const b = Buffer.alloc(chunk);
+    for (let i = 0; i < chunk; i++) b[i] = (st.sent + i) & 0xff;
+    st.sent += chunk;
+    void sock.send(b).catch(() => undefined);
+  }, 2);
+  sock
+    .consume((c) => {
+      closeFds(c.fds);
+      for (let i = 0; i < c.data.length; i++) if (c.data[i] !== ((st.echoed + i) & 0xff)) st.bad++;
+      st.echoed += c.data.length;
+    })
+    .catch(() => undefined);
+  return {
+    st,
+    stop: async () => {
+      clearInterval(timer);
+      sock.pause();
+    },
+    stats: () => ({ ...st }),
+  };
+}
+
+/** vhost-user control traffic: GET_CONFIG every few ms (the device's capacity, answered by the back-end). */
+function vhostTraffic(fe: VhostUserFrontend): Traffic {
+  const st = { requests: 0, errors: 0, capacity: '' };
+  let inFlight: Promise<unknown> = Promise.resolve();
+  let running = true;
+  const tick = () => {
+    if (!running) return;
+    inFlight = fe.getBlkConfig().then(
+      (c) => {
+        st.requests++;
+        st.capacity = c.capacity.toString();
+      },
+      () => void st.errors++,
+    );
+    void inFlight.then(() => running && setTimeout(tick, 5));
+  };
+  tick();
+  return {
+    stop: async () => {
+      running = false;
+      await inFlight;
+    },
+    stats: () => ({ ...st }),
+  };
+}
+
+/** TAP traffic: rounds of TCP SYNs written round robin on the queues, RSTs read back on whatever queue they come. */
+function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number): Traffic {
+  const st = { rounds: 0, flows: 0, answered: 0, written: new Array<number>(tap.queues.length).fill(0), read: new Array<number>(tap.queues.length).fill(0) };
+  let running = true;
+  let round = firstRound;
+  const loop = (async () => {
+    while (running) {
+      const flows = 16;
+      const want = new Set<number>();
+      for (let i = 0; i < flows; i++) {
+        const q = i % tap.queues.length;
+        const srcPort = 10000 + ((round * flows + i) % 50000);
+        want.add(srcPort);
+        try {
+          tap.writeFrame(q, tcpSyn({ vnetHdrSize: tap.meta.vnetHdrSize, srcMac: peerMac(q), dstMac: tapMac, srcIp: peerIp(q), dstIp: TAP_IP, srcPort, dstPort: 9, seq: round }));
+          st.written[q]!++;
+        } catch {
+          /* a full queue drops a frame, like a NIC would */
+        }
+      }
+      st.flows += flows;
+      const deadline = Date.now() + 1000;
+      while (want.size > 0 && Date.now() < deadline && running) {
+        const got = await Promise.all(tap.queues.map((_, q) => tap.readFrame(q, 20).catch(() => null)));
+        got.forEach((f, q) => {
+          if (!f) return;
+          const r = parseRst(f, tap.meta.vnetHdrSize);
+          if (r && want.delete(r.dstPort)) {
+            st.answered++;
+            st.read[q]!++;
+          }
+        });
+      }
+      st.rounds++;
+      round++;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+    },
+    stats: () => ({ ...st, nextRound: round }),
+  };
+}
+
+// ---------------------------------------------------------------- the owners
+
+interface VhostConn {
+  fe: VhostUserFrontend;
+  callFds: number[];
+  inflight: { fd: number; size: number; offset: number; queueSize: number };
+  features: bigint;
+  protocolFeatures: bigint;
+}
+
+async function openVhost(path: string, queues: number): Promise<VhostConn> {
+  const fe = await VhostUserFrontend.connect(path);
+  const features = await fe.getFeatures();
+  await fe.setOwner();
+  const offered = await fe.getProtocolFeatures();
+  const protocolFeatures = [VhostUserProtocolFeatureBit.MQ, VhostUserProtocolFeatureBit.CONFIG, VhostUserProtocolFeatureBit.REPLY_ACK].reduce(
+    (acc, bit) => acc | (hasFeature(offered, bit) ? featureBit(bit) : 0n),
+    0n,
+  );
+  await fe.setProtocolFeatures(protocolFeatures);
+  const callFds = Array.from({ length: queues }, () => native.eventfd(0, native.EFD_NONBLOCK));
+  for (let i = 0; i < queues; i++) await fe.setVringCall(i, callFds[i]!);
+  // The inflight region a front-end would share with the back-end (this daemon
+  // offers no INFLIGHT_SHMFD, so the front-end's own memfd stands in).
+  const fd = native.memfd_create('inflight');
+  const { ftruncateSync } = await import('node:fs');
+  ftruncateSync(fd, 16384);
+  return { fe, callFds, inflight: { fd, size: 16384, offset: 0, queueSize: 128 }, features, protocolFeatures };
+}
+
+function makeState(n: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i += 4096) b[i] = i & 0xff;
+  return b;
+}
+
+async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<string, unknown>) => Promise<void> | void>): Promise<void> {
+  const traffic: { name: string; t: Traffic }[] = [];
+  const devices: SourceDevice[] = [];
+  const cleanups: (() => void)[] = [];
+  const chardevState = new Map<string, () => Uint8Array>();
+
+  // chardevs
+  const chardevSocks: { id: string; sock: FdSocket; t: ReturnType<typeof chardevTraffic> }[] = [];
+  for (let i = 0; c.echoPath && i < (c.chardevs ?? 1); i++) {
+    const sock = await FdSocket.connect(c.echoPath);
+    const t = chardevTraffic(sock, { sent: 0, echoed: 0 });
+    const id = `serial${i}`;
+    chardevSocks.push({ id, sock, t });
+    traffic.push({ name: id, t });
+    chardevState.set(id, () => Buffer.from(JSON.stringify({ sent: t.st.sent, echoed: t.st.echoed })));
+    devices.push(new ChardevSocketSource({ id, fd: sock.fd, role: 'client', address: c.echoPath, transfer: true, required: true, closeOnRelease: false, state: () => chardevState.get(id)!() }));
+    cleanups.push(() => sock.close());
+  }
+  // vhost-user
+  const vhosts: VhostConn[] = [];
+  for (let i = 0; c.vhostPath && i < (c.vhostDevices ?? 1); i++) {
+    const v = await openVhost(c.vhostPath, c.vhostQueues ?? 2);
+    vhosts.push(v);
+    traffic.push({ name: `blk${i}`, t: vhostTraffic(v.fe) });
+    devices.push(
+      new VhostUserSource({
+        id: `blk${i}`,
+        socket: v.fe.fd,
+        callFds: v.callFds,
+        inflight: v.inflight,
+        socketPath: c.vhostPath,
+        features: v.features,
+        protocolFeatures: v.protocolFeatures,
+        numQueues: c.vhostQueues ?? 2,
+        transfer: true,
+        required: true,
+        closeOnRelease: false,
+        deviceState: Buffer.from(`virtio-blk ${i}`),
+      }),
+    );
+    cleanups.push(() => {
+      v.fe.close();
+      closeFds([...v.callFds, v.inflight.fd]);
+    });
+  }
+  // TAP (this process runs in the TAP's namespace)
+  let tap: TapBackend | null = null;
+  let tapMac = '';
+  let tapT: Traffic | null = null;
+  if (c.tap) {
+    tap = openTap(c.tap.ifname, { queues: c.tap.queues, vnetHdr: true });
+    tapMac = readFileSync(`/sys/class/net/${c.tap.ifname}/address`, 'utf8').trim();
+    const t = tap;
+    devices.push(new TapSource({ id: 'net0', queues: t.queues, transfer: true, required: true, closeOnRelease: false, state: () => Buffer.from(JSON.stringify({ mac: tapMac })) }));
+    cleanups.push(() => t.close());
+  }
+  const state = makeState(c.stateBytes ?? 256 * 1024);
+  emit('ready', { pid: process.pid, tap: tap ? { ifname: tap.ifname, ifindex: tap.meta.ifindex, mac: tapMac, queues: tap.queues.length } : null, devices: devices.map((d) => ({ id: d.id, kind: d.kind, fds: d.fdCount() })) });
+
+  commands.set('start-tap', () => {
+    if (tap && !tapT) {
+      tapT = tapTraffic(tap, tapMac, 1);
+      traffic.push({ name: 'net0', t: tapT });
+    }
+    emit('tap-started');
+  });
+  commands.set('stats', () => emit('stats', { traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) }));
+  commands.set('handover', async () => {
+    let frozenAt = 0;
+    try {
+      const r = await sendHandover({
+        socket: c.handoverPath,
+        devices,
+        backendTransfer: true,
+        state,
+        timeouts: c.timeouts,
+        partSize: c.partSize,
+        onEvent: (e: HandoverEvent) => onPhase(c, e),
+        freeze: async () => {
+          frozenAt = performance.now();
+          // Stop using the backends: what is in flight stays in the kernel for the new owner.
+          await Promise.all(traffic.map((x) => x.t.stop()));
+        },
+        thaw: () => {
+          // Not handed over: use them again, from where they stopped.
+          for (const ch of chardevSocks) {
+            ch.sock.resume();
+            const t = chardevTraffic(ch.sock, ch.t.st);
+            ch.t = t;
+            chardevState.set(ch.id, () => Buffer.from(JSON.stringify({ sent: t.st.sent, echoed: t.st.echoed })));
+            const entry = traffic.find((x) => x.name === ch.id);
+            if (entry) entry.t = t;
+          }
+          vhosts.forEach((v, i) => {
+            const entry = traffic.find((x) => x.name === `blk${i}`);
+            if (entry) entry.t = vhostTraffic(v.fe);
+          });
+          if (tap && tapT) {
+            const entry = traffic.find((x) => x.name === 'net0');
+            tapT = tapTraffic(tap, tapMac, 1000);
+            if (entry) entry.t = tapT;
+          }
+        },
+      });
+      emit('handover-done', { result: r, frozenForMs: performance.now() - frozenAt, traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) });
+      // Committed: the new owner has them. Close this side's copies.
+      for (const f of cleanups) f();
+    } catch (err) {
+      emit('handover-failed', { ...errInfo(err), traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) });
+    }
+  });
+}
+
+async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<string, unknown>) => Promise<void> | void>, tapMac: string): Promise<void> {
+  const server = FdServer.listen(c.handoverPath);
+  emit('listening', { pid: process.pid });
+  const sock = await server.accept();
+  server.close();
+  const targets: TargetDevice[] = [];
+  for (let i = 0; c.echoPath && i < (c.chardevs ?? 1); i++) targets.push(new ChardevSocketTarget({ id: `serial${i}` }));
+  for (let i = 0; c.vhostPath && i < (c.vhostDevices ?? 1); i++) targets.push(new VhostUserTarget({ id: `blk${i}` }));
+  if (c.tap) targets.push(new TapTarget({ id: 'net0' }));
+  try {
+    const r = await receiveHandover({
+      socket: sock,
+      accept: targets,
+      backendTransfer: true,
+      timeouts: c.timeouts,
+      onEvent: (e) => {
+        if (e.type === 'phase' && c.stopReadingAt === e.phase) sock.pause();
+        onPhase(c, e);
+      },
+    });
+    sock.close();
+    const traffic: { name: string; t: Traffic }[] = [];
+    for (const [id, d] of r.devices) {
+      if (d.how !== 'received' || !d.backend) continue;
+      if (d.kind === 'chardev-socket') {
+        const b = d.backend as ChardevBackend;
+        const from = JSON.parse(b.state.toString()) as { sent: number; echoed: number };
+        traffic.push({ name: id, t: chardevTraffic(b.toFdSocket(), from) });
+      } else if (d.kind === 'vhost-user') {
+        const b = d.backend as VhostUserBackend;
+        const fe = VhostUserFrontend.fromFd(b.takeSocket(), { session: { protocolFeatures: b.protocolFeatures, owner: true } });
+        traffic.push({ name: id, t: vhostTraffic(fe) });
+      } else if (d.kind === 'tap') {
+        const b = d.backend as TapBackend;
+        const mac = tapMac || (JSON.parse(b.state.toString() || '{}') as { mac?: string }).mac || '';
+        traffic.push({ name: id, t: tapTraffic(b, mac, 5000) });
+      }
+    }
+    emit('received', {
+      outcome: r.outcome,
+      complete: r.complete,
+      devices: [...r.devices.values()].map((d) => ({ id: d.id, kind: d.kind, how: d.how })),
+      stateBytes: r.stateBytes,
+      fds: r.fds,
+      timings: r.timings,
+    });
+    commands.set('stats', () => emit('stats', { traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) }));
+    commands.set('stop', async () => {
+      await Promise.all(traffic.map((x) => x.t.stop()));
+      emit('stopped', { traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) });
+    });
+  } catch (err) {
+    sock.close();
+    emit('receive-failed', errInfo(err));
+  }
+}
+
+function onPhase(c: OwnerConfig, e: HandoverEvent): void {
+  if (e.type !== 'phase') return;
+  emit('phase', { phase: e.phase, atMs: e.atMs });
+  if (c.killAt === e.phase) process.kill(process.pid, 'SIGKILL');
+}
+
+/** Runs an owner in this process: `backend-transfer _owner '<json config>'`. */
+export async function runOwner(configJson: string): Promise<number> {
+  const c = JSON.parse(configJson) as OwnerConfig & { tapMac?: string };
+  const commands = new Map<string, (cmd: Record<string, unknown>) => Promise<void> | void>();
+  commands.set('exit', () => process.exit(0));
+  const rl = createInterface({ input: process.stdin });
+  rl.on('line', (line) => {
+    let cmd: Record<string, unknown>;
+    try {
+      cmd = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      return emit('error', { message: `not JSON: ${line}` });
+    }
+    const h = commands.get(String(cmd.cmd));
+    if (!h) return emit('error', { message: `unknown command ${String(cmd.cmd)}` });
+    Promise.resolve(h(cmd)).catch((err: unknown) => emit('fatal', { message: (err as Error).stack ?? String(err) }));
+  });
+  rl.on('close', () => process.exit(0)); // the orchestrator went away
+  try {
+    if (c.role === 'old') await oldOwner(c, commands);
+    else await newOwner(c, commands, c.tapMac ?? '');
+  } catch (err) {
+    emit('fatal', { ...errInfo(err), message: (err as Error).stack ?? String(err) });
+    return 1;
+  }
+  return new Promise<number>(() => undefined); // runs until told to exit
+}
