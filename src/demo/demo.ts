@@ -31,6 +31,8 @@ export interface DemoOptions {
 
 export interface DemoReport {
   ok: boolean;
+  /** ms the old owner spent in each handover phase. */
+  phases: Record<string, number>;
   oldPid: number;
   newPid: number;
   moved: { id: string; kind: string; how: string; fds: number }[];
@@ -176,6 +178,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
     const timings = result?.timings;
     const transferMs = timings ? ((timings as unknown as { phases: Record<string, number> }).phases.transfer ?? null) : null;
     return {
+      phases: (timings as unknown as { phases?: Record<string, number> } | undefined)?.phases ?? {},
       ok: problems.length === 0,
       oldPid: oldOwner.pid,
       newPid: newOwner.pid,

@@ -152,7 +152,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       fdBudget: fdBudget(),
       probe: wantsFds || o.memfdPayloads ? randomProbe() : null,
       offers,
-      info: { pid: process.pid, program: 'backend-transfer' },
+      // The state's size lets the target make room for it before the freeze.
+      info: { pid: process.pid, program: 'backend-transfer', stateBytes: payloadSize(o.state) },
     };
     await timed(writer.hello(hello), timeouts.handshake, 'sending HELLO');
     const wl = await expect('WELCOME', timeouts.handshake, (it) => it.type === 'welcome');
@@ -173,18 +174,22 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     frozen = true;
     tFreeze = now();
     tTransfer = tFreeze;
+    // Queue every section at once (the writer keeps them in order), so that small
+    // sections do not each wait for the one before to reach the kernel.
+    const writes: Promise<void>[] = [];
     for (const p of plan.devices) {
       aborted();
       if (p.id === STATE_DEVICE_ID) {
-        await timed(writer.section({ id: p.id, instance: p.instance, version: p.version }, [], o.state ?? Buffer.alloc(0)), timeouts.transfer, `sending ${p.id}`);
+        writes.push(writer.section({ id: p.id, instance: p.instance, version: p.version }, [], o.state ?? Buffer.alloc(0)));
         continue;
       }
       const d = o.devices.find((x) => x.id === p.id && x.instance === p.instance)!;
       const captured = d.capture(p.withFds);
-      await timed(writer.section({ id: d.id, instance: d.instance, version: d.version }, captured.attachments, captured.state), timeouts.transfer, `sending ${d.id}`);
+      writes.push(writer.section({ id: d.id, instance: d.instance, version: d.version }, captured.attachments, captured.state));
       if (p.withFds) moved.push(d);
     }
-    await timed(writer.endOfState(), timeouts.transfer, 'sending END_OF_STATE');
+    writes.push(writer.endOfState());
+    await timed(Promise.all(writes).then(() => undefined), timeouts.transfer, 'sending the sections');
 
     enter('verify');
     await expect('ACK(LOADED)', timeouts.verify, (it) => it.type === 'ack' && it.ack.stage === AckStage.LOADED);

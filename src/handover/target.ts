@@ -22,6 +22,9 @@ import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
 import { closeSectionItem, now, processGone } from './util.js';
 
+/** VMM state up to this size is given room before the freeze (announced in HELLO). */
+const MAX_PREALLOCATED_STATE = 256 * 1024 * 1024;
+
 interface Pending {
   planned: PlannedDevice;
   target: TargetDevice | null;
@@ -52,6 +55,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   const pending = new Map<string, Pending>();
   const received: number[] = []; // every device fd that arrived, until committed
   let stateParts: Buffer[] | null = o.onState ? null : [];
+  let stateBuf: Buffer | null = null;
   let stateBytes = 0;
   let bytes = 0;
   let fdsCount = 0;
@@ -105,7 +109,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       outcome,
       complete,
       devices,
-      state: stateParts ? Buffer.concat(stateParts) : null,
+      state: stateBuf ? stateBuf.subarray(0, stateBytes) : stateParts ? Buffer.concat(stateParts) : null,
       stateBytes,
       bytes,
       fds: received.length,
@@ -161,7 +165,9 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     pidfd = sock.peerPidfd();
 
     enter('handshake');
-    reader = new StreamReader({ role: 'target', verifyFdKinds: o.verifyFdKinds ?? true });
+    // Frames are assembled in one reused buffer: what is kept is copied out of it
+    // (device state into its own buffer, VMM state into room made before the freeze).
+    reader = new StreamReader({ role: 'target', verifyFdKinds: o.verifyFdKinds ?? true, reuseBuffers: true });
     writer = new StreamWriter(fdSocketChannel(sock));
     const w = writer;
     queue = new ItemQueue(sock, reader, (it) => {
@@ -174,6 +180,11 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     const first = await next('HELLO', timeouts.handshake);
     if (first.type !== 'hello') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected HELLO, the source sent ${first.type}`);
     const hello = first.hello;
+    const announced = (hello.info as { stateBytes?: unknown } | null)?.stateBytes;
+    if (!o.onState && typeof announced === 'number' && Number.isInteger(announced) && announced > 0 && announced <= MAX_PREALLOCATED_STATE) {
+      // Zeroed now, so its pages are there before the source freezes.
+      stateBuf = Buffer.alloc(announced);
+    }
     const canPassFds = o.backendTransfer && first.probe === 'ok';
     const stateWindow = o.stateVersions ?? [1, 1];
     const welcome = answerOffers(
@@ -209,10 +220,18 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         p.arrival.attachments.push(a);
       }
       if (it.idstr === STATE_DEVICE_ID) {
-        stateBytes += it.payload.length;
         if (o.onState) o.onState(it.payload);
-        else stateParts!.push(it.payload);
-      } else p.parts.push(it.payload);
+        else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) it.payload.copy(stateBuf, stateBytes);
+        else {
+          if (stateBuf) {
+            // More than announced: fall back to parts.
+            stateParts!.push(stateBuf.subarray(0, stateBytes));
+            stateBuf = null;
+          }
+          stateParts!.push(Buffer.from(it.payload));
+        }
+        stateBytes += it.payload.length;
+      } else p.parts.push(Buffer.from(it.payload));
       if (it.frame === 'end' || it.frame === 'full') p.complete = true;
       o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
     }
