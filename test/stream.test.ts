@@ -143,6 +143,32 @@ describe('round trip', () => {
   });
 });
 
+describe('reuseBuffers', () => {
+  it('a payload returned by feed() stays intact while the same feed() goes on assembling the next frame', async () => {
+    const a = Buffer.alloc(3000, 0xaa);
+    const b = Buffer.alloc(3000, 0xbb);
+    const built = await buildStream([
+      { kind: 'state', id: 'a', payload: a },
+      { kind: 'state', id: 'b', payload: b },
+    ]);
+    const writes = built.channel.writes;
+    // Cut inside frame a, then inside frame b: the second chunk completes a (assembled
+    // in the reused buffer) and starts b (assembled there too).
+    const offA = writes.slice(0, 2).reduce((n, w) => n + w.bytes.length, 0);
+    const offB = offA + writes[2]!.bytes.length;
+    const r = targetReader(built, { reuseBuffers: true });
+    const all = Buffer.concat(writes.map((w) => w.bytes));
+    r.feed(all.subarray(0, offA + 100));
+    const second = r.feed(all.subarray(offA + 100, offB + 100));
+    const sa = second.find((i): i is SectionItem => i.type === 'section' && i.idstr === 'a')!;
+    expect(sa.payload.equals(a)).toBe(true);
+    const third = r.feed(all.subarray(offB + 100));
+    const sb = third.find((i): i is SectionItem => i.type === 'section' && i.idstr === 'b')!;
+    expect(sb.payload.equals(b)).toBe(true);
+    built.channel.close();
+  });
+});
+
 describe('the HELLO probe: do fds survive the way?', () => {
   const probeHello = (canPassFds: boolean) => ({
     minVersion: 1,

@@ -24,11 +24,16 @@ export class OwnerProcess {
   #exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  constructor(config: OwnerConfig & { tapMac?: string }, options: { netns?: string; cli?: string[] } = {}) {
+  constructor(config: OwnerConfig & { tapMac?: string }, options: { netns?: string; cli?: string[]; prefix?: string[] } = {}) {
     // Run the same CLI this process runs (under tsx in tests, compiled after npm install).
     const cli = options.cli ?? [...process.execArgv, process.argv[1]!];
     let cmd = process.execPath;
     let argv = [...cli, '_owner', JSON.stringify(config)];
+    if (options.prefix?.length) {
+      // e.g. prlimit --nofile=N:N --
+      argv = [...options.prefix.slice(1), cmd, ...argv];
+      cmd = options.prefix[0]!;
+    }
     if (options.netns) {
       argv = ['netns', 'exec', options.netns, cmd, ...argv];
       cmd = 'ip';

@@ -37,6 +37,8 @@ export interface OwnerConfig {
   stateBytes?: number;
   /** Fault injection (tests): SIGKILL this process when the handover enters this phase. */
   killAt?: string;
+  /** Fault injection (tests, old owner): SIGKILL this process once this many sections went out. */
+  killAfterSections?: number;
   /** Fault injection (tests, new owner): stop reading the handover socket in this phase. */
   stopReadingAt?: string;
   timeouts?: PhaseTimeouts;
@@ -59,7 +61,10 @@ function errInfo(err: unknown): Record<string, unknown> {
 // ---------------------------------------------------------------- traffic
 
 interface Traffic {
+  /** Stops using the backend (at freeze). */
   stop(): Promise<void>;
+  /** Uses it again (after a failed handover), from where it stopped. */
+  resume(): void;
   stats(): Record<string, unknown>;
 }
 
@@ -67,12 +72,13 @@ interface Traffic {
 function chardevTraffic(sock: FdSocket, start: { sent: number; echoed: number }): Traffic & { st: { sent: number; echoed: number; bad: number } } {
   const st = { sent: start.sent, echoed: start.echoed, bad: 0 };
   const chunk = 61;
-  const timer = setInterval(() => {
+  const write = () => {
     const b = Buffer.alloc(chunk);
     for (let i = 0; i < chunk; i++) b[i] = (st.sent + i) & 0xff;
     st.sent += chunk;
     void sock.send(b).catch(() => undefined);
-  }, 2);
+  };
+  let timer = setInterval(write, 2);
   sock
     .consume((c) => {
       closeFds(c.fds);
@@ -86,6 +92,10 @@ function chardevTraffic(sock: FdSocket, start: { sent: number; echoed: number })
       clearInterval(timer);
       sock.pause();
     },
+    resume: () => {
+      sock.resume();
+      timer = setInterval(write, 2);
+    },
     stats: () => ({ ...st }),
   };
 }
@@ -95,8 +105,10 @@ function vhostTraffic(fe: VhostUserFrontend): Traffic {
   const st = { requests: 0, errors: 0, capacity: '' };
   let inFlight: Promise<unknown> = Promise.resolve();
   let running = true;
-  const tick = () => {
-    if (!running) return;
+  // Each run loop has its own generation, so a stopped loop never restarts itself.
+  let generation = 0;
+  const tick = (gen: number) => {
+    if (!running || gen !== generation) return;
     inFlight = fe.getBlkConfig().then(
       (c) => {
         st.requests++;
@@ -104,13 +116,18 @@ function vhostTraffic(fe: VhostUserFrontend): Traffic {
       },
       () => void st.errors++,
     );
-    void inFlight.then(() => running && setTimeout(tick, 5));
+    void inFlight.then(() => running && setTimeout(() => tick(gen), 5));
   };
-  tick();
+  tick(generation);
   return {
     stop: async () => {
       running = false;
+      generation++;
       await inFlight;
+    },
+    resume: () => {
+      running = true;
+      tick(generation);
     },
     stats: () => ({ ...st }),
   };
@@ -121,7 +138,7 @@ function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number): Traffi
   const st = { rounds: 0, flows: 0, answered: 0, written: new Array<number>(tap.queues.length).fill(0), read: new Array<number>(tap.queues.length).fill(0) };
   let running = true;
   let round = firstRound;
-  const loop = (async () => {
+  const run = async (): Promise<void> => {
     while (running) {
       const flows = 16;
       const want = new Set<number>();
@@ -153,11 +170,16 @@ function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number): Traffi
       round++;
       await new Promise((r) => setTimeout(r, 10));
     }
-  })();
+  };
+  let loop = run();
   return {
     stop: async () => {
       running = false;
       await loop;
+    },
+    resume: () => {
+      running = true;
+      loop = run();
     },
     stats: () => ({ ...st, nextRound: round }),
   };
@@ -206,12 +228,10 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
   const chardevState = new Map<string, () => Uint8Array>();
 
   // chardevs
-  const chardevSocks: { id: string; sock: FdSocket; t: ReturnType<typeof chardevTraffic> }[] = [];
   for (let i = 0; c.echoPath && i < (c.chardevs ?? 1); i++) {
     const sock = await FdSocket.connect(c.echoPath);
     const t = chardevTraffic(sock, { sent: 0, echoed: 0 });
     const id = `serial${i}`;
-    chardevSocks.push({ id, sock, t });
     traffic.push({ name: id, t });
     chardevState.set(id, () => Buffer.from(JSON.stringify({ sent: t.st.sent, echoed: t.st.echoed })));
     devices.push(new ChardevSocketSource({ id, fd: sock.fd, role: 'client', address: c.echoPath, transfer: true, required: true, closeOnRelease: false, state: () => chardevState.get(id)!() }));
@@ -266,11 +286,12 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
     emit('tap-started');
   });
   commands.set('stats', () => emit('stats', { traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) }));
-  commands.set('handover', async () => {
+  commands.set('handover', async (cmd) => {
     let frozenAt = 0;
     try {
       const r = await sendHandover({
-        socket: c.handoverPath,
+        // A different path may be given (a relay in front of the new owner, say).
+        socket: typeof cmd.path === 'string' ? cmd.path : c.handoverPath,
         devices,
         backendTransfer: true,
         state,
@@ -284,23 +305,7 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
         },
         thaw: () => {
           // Not handed over: use them again, from where they stopped.
-          for (const ch of chardevSocks) {
-            ch.sock.resume();
-            const t = chardevTraffic(ch.sock, ch.t.st);
-            ch.t = t;
-            chardevState.set(ch.id, () => Buffer.from(JSON.stringify({ sent: t.st.sent, echoed: t.st.echoed })));
-            const entry = traffic.find((x) => x.name === ch.id);
-            if (entry) entry.t = t;
-          }
-          vhosts.forEach((v, i) => {
-            const entry = traffic.find((x) => x.name === `blk${i}`);
-            if (entry) entry.t = vhostTraffic(v.fe);
-          });
-          if (tap && tapT) {
-            const entry = traffic.find((x) => x.name === 'net0');
-            tapT = tapTraffic(tap, tapMac, 1000);
-            if (entry) entry.t = tapT;
-          }
+          for (const x of traffic) x.t.resume();
         },
       });
       emit('handover-done', { result: r, frozenForMs: performance.now() - frozenAt, traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) });
@@ -315,8 +320,21 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
 async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<string, unknown>) => Promise<void> | void>, tapMac: string): Promise<void> {
   const server = FdServer.listen(c.handoverPath);
   emit('listening', { pid: process.pid });
-  const sock = await server.accept();
-  server.close();
+  const ms = c.timeouts?.connect ?? 30_000;
+  let timer: NodeJS.Timeout | undefined;
+  let sock: FdSocket;
+  try {
+    sock = await Promise.race([
+      server.accept(),
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(BackendTransferError.timeout('waiting for the old owner to connect', ms)), ms))),
+    ]);
+  } catch (err) {
+    emit('receive-failed', errInfo(err));
+    return;
+  } finally {
+    clearTimeout(timer);
+    server.close();
+  }
   const targets: TargetDevice[] = [];
   for (let i = 0; c.echoPath && i < (c.chardevs ?? 1); i++) targets.push(new ChardevSocketTarget({ id: `serial${i}` }));
   for (let i = 0; c.vhostPath && i < (c.vhostDevices ?? 1); i++) targets.push(new VhostUserTarget({ id: `blk${i}` }));
@@ -370,6 +388,7 @@ async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
 }
 
 function onPhase(c: OwnerConfig, e: HandoverEvent): void {
+  if (e.type === 'progress' && c.role === 'old' && c.killAfterSections !== undefined && e.sections >= c.killAfterSections) process.kill(process.pid, 'SIGKILL');
   if (e.type !== 'phase') return;
   emit('phase', { phase: e.phase, atMs: e.atMs });
   if (c.killAt === e.phase) process.kill(process.pid, 'SIGKILL');

@@ -264,17 +264,31 @@ export class StorageDaemon {
     return null;
   }
 
-  /** The export connections the daemon holds now (connected, not the listener), by inode. */
+  /**
+   * The export connections the daemon holds now (connected, not the listener), by
+   * inode. Two sources: the daemon's own /proc/<pid>/net/unix, and the fds its
+   * trace says it accepted that are still open sockets. The second matters when
+   * the front-end lives in another network namespace: an accepted unix socket
+   * belongs to the connecting socket's namespace, so the daemon's table omits it.
+   */
   connections(): ExportConnection[] {
     if (this.#exit) return [];
     const fds = socketFds(this.pid);
-    const out: ExportConnection[] = [];
+    const byInode = new Map<number, ExportConnection>();
     for (const e of unixTable(this.pid)) {
       if (e.path !== this.socketPath || e.type !== SOCK_STREAM || (e.flags & SO_ACCEPTCON) !== 0 || e.state !== SS_CONNECTED) continue;
       const fd = fds.get(e.inode);
-      if (fd !== undefined) out.push({ inode: e.inode, fd });
+      if (fd !== undefined) byInode.set(e.inode, { inode: e.inode, fd });
     }
-    return out.sort((a, b) => a.inode - b.inode);
+    const inodeOfFd = new Map([...fds].map(([inode, fd]) => [fd, inode]));
+    const latest = new Map<number, number>(); // fd -> index of its last accept
+    this.accepted().forEach((a, i) => latest.set(a.fd, i));
+    const listener = this.listenerInode();
+    for (const fd of latest.keys()) {
+      const inode = inodeOfFd.get(fd);
+      if (inode !== undefined && inode !== listener && !byInode.has(inode)) byInode.set(inode, { inode, fd });
+    }
+    return [...byInode.values()].sort((a, b) => a.inode - b.inode);
   }
 
   /** Connections the export ever accepted, from the daemon's trace, in order. */

@@ -24,6 +24,7 @@ import { closeSectionItem, now, processGone } from './util.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
 const MAX_PREALLOCATED_STATE = 256 * 1024 * 1024;
+const EMPTY = Buffer.alloc(0);
 
 interface Pending {
   planned: PlannedDevice;
@@ -172,10 +173,24 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     const w = writer;
     queue = new ItemQueue(sock, reader, (it) => {
       if (it.type === 'ping') void w.pong(it.ping.token).catch(() => undefined);
-      if (it.type === 'section') {
-        bytes += it.bodyLength;
-        fdsCount += it.attachments.length;
-      }
+      if (it.type !== 'section') return;
+      bytes += it.bodyLength;
+      fdsCount += it.attachments.length;
+      // The reader reuses its buffer: take the payload out now, while it is valid.
+      if (it.idstr === STATE_DEVICE_ID) {
+        if (o.onState) o.onState(it.payload);
+        else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) it.payload.copy(stateBuf, stateBytes);
+        else {
+          if (stateBuf) {
+            // More than announced: go on in parts.
+            stateParts!.push(stateBuf.subarray(0, stateBytes));
+            stateBuf = null;
+          }
+          stateParts!.push(Buffer.from(it.payload));
+        }
+        stateBytes += it.payload.length;
+        it.payload = EMPTY;
+      } else it.payload = Buffer.from(it.payload);
     });
     const first = await next('HELLO', timeouts.handshake);
     if (first.type !== 'hello') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected HELLO, the source sent ${first.type}`);
@@ -219,19 +234,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         received.push(a.fd);
         p.arrival.attachments.push(a);
       }
-      if (it.idstr === STATE_DEVICE_ID) {
-        if (o.onState) o.onState(it.payload);
-        else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) it.payload.copy(stateBuf, stateBytes);
-        else {
-          if (stateBuf) {
-            // More than announced: fall back to parts.
-            stateParts!.push(stateBuf.subarray(0, stateBytes));
-            stateBuf = null;
-          }
-          stateParts!.push(Buffer.from(it.payload));
-        }
-        stateBytes += it.payload.length;
-      } else p.parts.push(Buffer.from(it.payload));
+      if (it.idstr !== STATE_DEVICE_ID) p.parts.push(it.payload); // copied when it arrived
       if (it.frame === 'end' || it.frame === 'full') p.complete = true;
       o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
     }

@@ -77,7 +77,10 @@ export interface SectionItem {
   idstr: string;
   /** Device fds (role 0) of this frame, in order. */
   attachments: ReceivedAttachment[];
-  /** This frame's part of the state (read out of the memfd when it came as one). */
+  /**
+   * This frame's part of the state (read out of the memfd when it came as one).
+   * With reuseBuffers it is valid only until the next feed() or readTarget(): copy what you keep.
+   */
   payload: Buffer;
   /** With memfdPayload: 'keep', the sealed, checked payload memfd (the caller's). */
   payloadFd?: number;
@@ -132,8 +135,9 @@ export interface StreamReaderOptions {
   fdsAbsent?: boolean;
   /**
    * Assemble frames that span several chunks in one reused buffer: a section's
-   * payload is then valid only until the next feed() (copy what you keep). Spares
-   * a fresh allocation, and its page faults, per frame. Default false.
+   * payload is then valid only until the next feed() or readTarget() (copy what
+   * you keep). Spares a fresh allocation, and its page faults, per frame.
+   * Default false.
    */
   reuseBuffers?: boolean;
 }
@@ -170,6 +174,8 @@ export class StreamReader {
   readonly #fdsAbsent: boolean;
   readonly #reuse: boolean;
   #spare: Buffer | null = null;
+  /** A frame returned by the current feed() lives in the spare. */
+  #spareLent = false;
 
   #error: BackendTransferError | null = null;
   #closed = false;
@@ -271,6 +277,7 @@ export class StreamReader {
       closeFds(fds);
       throw BackendTransferError.socketClosed('stream reader');
     }
+    this.#spareLent = false; // the items of the last feed() have expired
     const chunkEnd = this.#offset + bytes.length;
     for (const fd of fds) this.#fdQueue.push({ fd, seq: this.#rxFdSeq++, chunkEnd });
     this.#totalFdsSeen += fds.length;
@@ -391,6 +398,7 @@ export class StreamReader {
         const body = this.#body!;
         this.#body = null;
         this.#bodyFill = 0;
+        if (this.#reuse) this.#spareLent = true;
         this.#finishFrame(h, body, items);
       }
     }
@@ -402,7 +410,11 @@ export class StreamReader {
    */
   #allocBody(need: number): void {
     if (this.#reuse) {
-      if (this.#spare === null || this.#spare.length < need) this.#spare = Buffer.allocUnsafe(Math.max(need, 64 * 1024));
+      // A frame of this very feed() may still sit in the spare: then take a new one.
+      if (this.#spare === null || this.#spare.length < need || this.#spareLent) {
+        this.#spare = Buffer.allocUnsafe(Math.max(need, 64 * 1024));
+        this.#spareLent = false;
+      }
       this.#body = this.#spare.subarray(0, need);
     } else this.#body = Buffer.allocUnsafe(need);
     this.#bodyFill = 0;
@@ -415,6 +427,7 @@ export class StreamReader {
    * better read into the channel's own buffer.
    */
   readTarget(): Buffer | null {
+    this.#spareLent = false; // the caller is done with the items of the last feed()
     const h = this.#header;
     if (h === null || this.#error || this.#closed) return null;
     const need = h.bodyLength + TRAILER_SIZE;
