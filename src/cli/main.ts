@@ -41,5 +41,11 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`backend-transfer: unknown command '${name}'\n\n${usage()}`);
     return 2;
   }
-  return cmd.run(rest);
+  try {
+    return await cmd.run(rest);
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    console.error(`backend-transfer ${name}: ${e.message ?? String(err)}`);
+    return e.code === 'ERR_INVALID_ARGUMENT' || e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' ? 2 : 1;
+  }
 }

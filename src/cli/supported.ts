@@ -1,26 +1,26 @@
-// `backend-transfer supported`: what this build and this machine can do.
+// `backend-transfer supported`: the backend kinds this build can transfer, and
+// what this machine offers for them.
 import { parseArgs } from 'node:util';
-import { existsSync } from 'node:fs';
+import { supported } from '../backends/policy.js';
 import { native } from '../native.js';
 import type { Command } from './main.js';
 
 export const supportedCommand: Command = {
-  summary: 'print what this build and machine support (--json)',
+  summary: 'print the backend kinds this build can transfer (--json)',
   async run(argv) {
     const { values } = parseArgs({ args: argv, options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
     if (values.help) {
       console.log('usage: backend-transfer supported [--json]');
       return 0;
     }
-    const facts = {
-      scmMaxFd: native.SCM_MAX_FD,
-      socketTypes: ['stream', 'seqpacket'],
-      tun: existsSync('/dev/net/tun'),
-      vhostNet: existsSync('/dev/vhost-net'),
-      peerPidfd: native.SO_PEERPIDFD,
-    };
-    if (values.json) console.log(JSON.stringify(facts));
-    else for (const [k, v] of Object.entries(facts)) console.log(`${k.padEnd(12)} ${String(v)}`);
+    const s = supported();
+    const facts = { ...s, scmMaxFd: native.SCM_MAX_FD, socketTypes: ['stream', 'seqpacket'] };
+    if (values.json) console.log(JSON.stringify(facts, null, 2));
+    else {
+      console.log(`kinds        ${s.kinds.join(', ')}`);
+      for (const [k, v] of Object.entries(s.machine)) console.log(`${k.padEnd(12)} ${v ? 'yes' : 'no'}`);
+      console.log(`scmMaxFd     ${native.SCM_MAX_FD} fds per sendmsg (more are split over pieces)`);
+    }
     return 0;
   },
 };

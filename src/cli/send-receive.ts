@@ -1,0 +1,290 @@
+// `backend-transfer send` / `receive`: a handover scripted from JSON descriptions.
+// The fds named in the description are fds this process inherited (a VMM manager
+// starts `backend-transfer send` with them open); `receive --exec` hands what came
+// to a program, as inherited fds 3, 4, ...
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import cliProgress from 'cli-progress';
+import { BackendTransferError } from '../errors.js';
+import { closeFds } from '../fd/index.js';
+import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../backends/chardev-socket.js';
+import { GenericSource, GenericTarget, type GenericBackend } from '../backends/generic.js';
+import { TapSource, TapTarget, type TapBackend } from '../backends/tap.js';
+import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../backends/vhost-user.js';
+import type { SourceDevice, TargetDevice } from '../backends/types.js';
+import { sendHandover } from '../handover/source.js';
+import { receiveHandover } from '../handover/target.js';
+import type { HandoverEvent } from '../handover/types.js';
+import type { AttachmentKind } from '../stream/wire.js';
+import type { Command } from './main.js';
+
+type Json = Record<string, unknown>;
+
+function bad(message: string): BackendTransferError {
+  return BackendTransferError.invalidArgument(message);
+}
+
+function num(d: Json, key: string): number {
+  const v = d[key];
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw bad(`device ${String(d.id)}: "${key}" must be a non-negative integer (an fd number or a count)`);
+  return v;
+}
+
+function nums(d: Json, key: string): number[] {
+  const v = d[key] ?? [];
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'number' || !Number.isInteger(x) || x < 0)) throw bad(`device ${String(d.id)}: "${key}" must be an array of fd numbers`);
+  return v as number[];
+}
+
+function big(d: Json, key: string): bigint {
+  const v = d[key];
+  if (typeof v === 'string' || typeof v === 'number') return BigInt(v);
+  throw bad(`device ${String(d.id)}: "${key}" must be a number or a string like "0x140000000"`);
+}
+
+/** A source device from its JSON description (the fds are this process's). */
+export function sourceDevice(d: Json): SourceDevice {
+  const common = { id: String(d.id), instance: (d.instance as number) ?? 0, version: (d.version as number) ?? 1, transfer: d.transfer === true, required: d.required === true };
+  const state = typeof d.state === 'string' ? Buffer.from(d.state, 'base64') : undefined;
+  switch (d.kind) {
+    case 'tap':
+      return new TapSource({ ...common, queues: nums(d, 'queues'), vhostFds: nums(d, 'vhostFds'), offloads: d.offloads as number | undefined, ifindex: d.ifindex as number | undefined, state });
+    case 'vhost-user': {
+      const inflight = d.inflight as Json | undefined;
+      return new VhostUserSource({
+        ...common,
+        socket: num(d, 'socket'),
+        backendChannel: d.backendChannel as number | undefined,
+        kickFds: nums(d, 'kickFds'),
+        callFds: nums(d, 'callFds'),
+        inflight: inflight ? { fd: num(inflight, 'fd'), size: num(inflight, 'size'), offset: (inflight.offset as number) ?? 0, queueSize: (inflight.queueSize as number) ?? 0 } : undefined,
+        socketPath: String(d.socketPath ?? ''),
+        features: big(d, 'features'),
+        protocolFeatures: big(d, 'protocolFeatures'),
+        numQueues: num(d, 'numQueues'),
+        deviceState: state,
+      });
+    }
+    case 'chardev-socket':
+      return new ChardevSocketSource({
+        ...common,
+        fd: num(d, 'fd'),
+        role: (d.role as 'client' | 'server' | 'listener') ?? 'client',
+        address: String(d.address ?? ''),
+        tls: d.tls === true,
+        telnet: d.telnet === true,
+        websocket: d.websocket === true,
+        neverMove: d.neverMove === true,
+        state,
+      });
+    case 'generic': {
+      const fds = (d.fds as Json[] | undefined) ?? [];
+      return new GenericSource({
+        ...common,
+        fds: fds.map((f) => ({ name: String(f.name), fd: num(f, 'fd'), kind: (f.kind as AttachmentKind | undefined) ?? 'generic', meta: f.meta as Json | undefined })),
+        metadata: d.metadata as Json | undefined,
+        state,
+      });
+    }
+    default:
+      throw bad(`device ${String(d.id)}: unknown kind ${String(d.kind)} (tap, vhost-user, chardev-socket, generic)`);
+  }
+}
+
+export function targetDevice(d: Json): TargetDevice {
+  const common = { id: String(d.id), instance: (d.instance as number) ?? 0, minVersion: (d.minVersion as number) ?? 1, maxVersion: (d.maxVersion as number) ?? 1, acceptFds: d.acceptFds !== false };
+  switch (d.kind) {
+    case 'tap':
+      return new TapTarget(common);
+    case 'vhost-user':
+      return new VhostUserTarget(common);
+    case 'chardev-socket':
+      return new ChardevSocketTarget(common);
+    case 'generic':
+      return new GenericTarget({ ...common, expect: d.expect as Record<string, never> | undefined });
+    default:
+      throw bad(`device ${String(d.id)}: unknown kind ${String(d.kind)} (tap, vhost-user, chardev-socket, generic)`);
+  }
+}
+
+/** The fds of a received backend, in a fixed order, with what they are. */
+function backendFds(kind: string, b: unknown): { name: string; fd: number }[] {
+  if (!b) return [];
+  switch (kind) {
+    case 'tap': {
+      const t = b as TapBackend;
+      return [...t.queues.map((fd, i) => ({ name: `queue${i}`, fd })), ...t.vhostFds.map((fd, i) => ({ name: `vhost${i}`, fd }))];
+    }
+    case 'vhost-user': {
+      const v = b as VhostUserBackend;
+      return [
+        { name: 'socket', fd: v.socket },
+        ...(v.backendChannel !== null ? [{ name: 'backend-channel', fd: v.backendChannel }] : []),
+        ...v.kickFds.map((fd, i) => ({ name: `kick${i}`, fd })),
+        ...v.callFds.map((fd, i) => ({ name: `call${i}`, fd })),
+        ...(v.inflightFd !== null ? [{ name: 'inflight', fd: v.inflightFd }] : []),
+      ];
+    }
+    case 'chardev-socket':
+      return [{ name: 'socket', fd: (b as ChardevBackend).fd }];
+    default:
+      return [...(b as GenericBackend).fds].map(([name, fd]) => ({ name, fd }));
+  }
+}
+
+function meta(kind: string, b: unknown): unknown {
+  if (!b) return null;
+  switch (kind) {
+    case 'tap':
+      return (b as TapBackend).meta;
+    case 'vhost-user':
+      return (b as VhostUserBackend).meta;
+    case 'chardev-socket':
+      return (b as ChardevBackend).meta;
+    default:
+      return (b as GenericBackend).metadata;
+  }
+}
+
+function progressBar(enabled: boolean): { onEvent: (e: HandoverEvent) => void; stop: () => void } {
+  if (!enabled) return { onEvent: () => undefined, stop: () => undefined };
+  const bar = new cliProgress.SingleBar(
+    { format: '{phase} |{bar}| {percentage}% {value}/{total} bytes, {fds} fds, eta {eta}s', stream: process.stderr, hideCursor: true, clearOnComplete: true },
+    cliProgress.Presets.shades_classic,
+  );
+  let started = false;
+  let phase = 'connect';
+  return {
+    onEvent: (e) => {
+      if (e.type === 'phase') phase = e.phase;
+      if (e.type !== 'progress' || e.totalBytes === null) return;
+      if (!started) {
+        bar.start(e.totalBytes, 0, { phase, fds: 0 });
+        started = true;
+      }
+      bar.update(Math.min(e.bytes, e.totalBytes), { phase, fds: e.fds });
+    },
+    stop: () => {
+      if (started) bar.stop();
+    },
+  };
+}
+
+function readJson(path: string): Json {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as Json;
+  } catch (err) {
+    throw bad(`cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
+export const sendCommand: Command = {
+  summary: 'hand the backends of a JSON description over a unix socket (--json)',
+  async run(argv) {
+    const { values } = parseArgs({
+      args: argv,
+      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    });
+    if (values.help || !values.devices) {
+      console.log(
+        [
+          'usage: backend-transfer send --devices FILE.json [--socket PATH] [--state FILE] [--json] [--no-backend-transfer]',
+          '',
+          'FILE.json: { "socket": "/run/vmm/handover.sock", "backendTransfer": true, "devices": [',
+          '  { "kind": "tap", "id": "net0", "transfer": true, "queues": [3, 4], "vhostFds": [] },',
+          '  { "kind": "chardev-socket", "id": "serial0", "transfer": true, "fd": 5, "role": "client", "address": "/run/s.sock" }, ... ] }',
+          'fd numbers are fds this process inherited. The README lists every kind\'s fields.',
+        ].join('\n'),
+      );
+      return values.help ? 0 : 2;
+    }
+    const desc = readJson(values.devices);
+    const socket = values.socket ?? (desc.socket as string | undefined);
+    if (!socket) throw bad('no socket: give --socket or "socket" in the description');
+    const devices = ((desc.devices as Json[]) ?? []).map(sourceDevice);
+    const state = values.state ? readFileSync(values.state) : typeof desc.state === 'string' ? Buffer.from(desc.state, 'base64') : undefined;
+    const bar = progressBar(process.stderr.isTTY === true && !values.json);
+    try {
+      const r = await sendHandover({ socket, devices, state, backendTransfer: values['no-backend-transfer'] ? false : desc.backendTransfer !== false, onEvent: bar.onEvent });
+      bar.stop();
+      if (values.json) console.log(JSON.stringify(r, null, 2));
+      else {
+        for (const d of r.devices) console.log(`${d.id.padEnd(12)} ${d.kind.padEnd(15)} ${d.outcome.padEnd(11)} ${d.fds} fd(s)`);
+        console.log(`state ${r.stateBytes} bytes, ${r.fds} fds, downtime ${r.timings.downtimeMs?.toFixed(2) ?? '-'} ms, total ${r.timings.totalMs.toFixed(1)} ms`);
+      }
+      return 0;
+    } catch (err) {
+      bar.stop();
+      const e = err as BackendTransferError;
+      if (values.json) console.log(JSON.stringify({ error: { code: e.code, message: e.message, details: e.details ?? null } }, null, 2));
+      else console.error(`backend-transfer send: ${e.message}`);
+      return 1;
+    }
+  },
+};
+
+export const receiveCommand: Command = {
+  summary: 'receive backends on a unix socket; --exec hands them to a program (--json)',
+  async run(argv) {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: { listen: { type: 'string' }, accept: { type: 'string' }, exec: { type: 'boolean' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    });
+    if (values.help || !values.listen || !values.accept) {
+      console.log(
+        [
+          'usage: backend-transfer receive --listen PATH --accept FILE.json [--json] [--exec -- CMD ARGS...]',
+          '',
+          'FILE.json: { "backendTransfer": true, "devices": [ { "kind": "tap", "id": "net0" }, { "kind": "chardev-socket", "id": "serial0" } ] }',
+          'Prints what came (each backend\'s fds, in order, with its metadata). With --exec, CMD runs with those',
+          'fds inherited as 3, 4, ... and BT_HANDOVER set to the same description with the child\'s fd numbers;',
+          'without it the fds are closed when this command exits.',
+        ].join('\n'),
+      );
+      return values.help ? 0 : 2;
+    }
+    const desc = readJson(values.accept);
+    const accept = ((desc.devices as Json[]) ?? []).map(targetDevice);
+    const bar = progressBar(process.stderr.isTTY === true && !values.json);
+    let r;
+    try {
+      r = await receiveHandover({ socket: values.listen, accept, backendTransfer: values['no-backend-transfer'] ? false : desc.backendTransfer !== false, onEvent: bar.onEvent });
+    } catch (err) {
+      bar.stop();
+      const e = err as BackendTransferError;
+      if (values.json) console.log(JSON.stringify({ error: { code: e.code, message: e.message, details: e.details ?? null } }, null, 2));
+      else console.error(`backend-transfer receive: ${e.message}`);
+      return 1;
+    }
+    bar.stop();
+    const out: Json[] = [];
+    const all: number[] = [];
+    for (const d of r.devices.values()) {
+      const fds = backendFds(d.kind, d.backend);
+      out.push({ id: d.id, kind: d.kind, how: d.how, fds: fds.map((f) => ({ name: f.name, fd: f.fd })), meta: meta(d.kind, d.backend) });
+      all.push(...fds.map((f) => f.fd));
+    }
+    const report = { outcome: r.outcome, complete: r.complete, devices: out, stateBytes: r.stateBytes, timings: r.timings };
+    if (!values.exec) {
+      console.log(values.json ? JSON.stringify(report, null, 2) : out.map((d) => `${String(d.id).padEnd(12)} ${String(d.kind).padEnd(15)} ${String(d.how).padEnd(9)} fds ${(d.fds as { fd: number }[]).map((f) => f.fd).join(',') || '-'}`).join('\n'));
+      closeFds(all);
+      return 0;
+    }
+    // The child gets the fds as 3, 4, ...: rewrite the description with its numbers.
+    const childFd = new Map(all.map((fd, i) => [fd, 3 + i]));
+    const forChild = { ...report, devices: out.map((d) => ({ ...d, fds: (d.fds as { name: string; fd: number }[]).map((f) => ({ name: f.name, fd: childFd.get(f.fd) })) })) };
+    const [cmd, ...args] = positionals;
+    if (!cmd) throw bad('--exec needs a command after --');
+    const child = spawn(cmd, args, { stdio: ['inherit', 'inherit', 'inherit', ...all], env: { ...process.env, BT_HANDOVER: JSON.stringify(forChild) } });
+    closeFds(all); // the child has its copies
+    return await new Promise<number>((resolve) => {
+      child.on('error', (e) => {
+        console.error(`backend-transfer receive: cannot run ${cmd}: ${e.message}`);
+        resolve(127);
+      });
+      child.on('close', (code) => resolve(code ?? 1));
+    });
+  },
+};
