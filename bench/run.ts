@@ -9,6 +9,7 @@ import { BENCH, ROOT, buildC, machine, stats, type Stats } from './lib/harness.j
 import { renderMarkdown, renderSvg, type Report, type ReportRow } from './lib/report.js';
 import { transportCases } from './cases/transport.js';
 import { streamCases } from './cases/stream.js';
+import { handoverCases } from './cases/handover.js';
 import type { Case, Scale } from './cases/types.js';
 
 const { values } = parseArgs({
@@ -23,11 +24,11 @@ const quick = values.quick!;
 const runs = Number(values.runs ?? (quick ? 3 : 5));
 const MiB = 1 << 20;
 const scale: Scale = quick
-  ? { quick, bulkBytes: 256 * MiB, fdMessages1: 50_000, fdMessages253: 400, pingpongs: 5_000, ipcHandles: 2_000, usocketFds: 10_000 }
-  : { quick, bulkBytes: 1024 * MiB, fdMessages1: 200_000, fdMessages253: 2_000, pingpongs: 20_000, ipcHandles: 10_000, usocketFds: 50_000 };
+  ? { quick, bulkBytes: 256 * MiB, fdMessages1: 50_000, fdMessages253: 2_000, pingpongs: 5_000, ipcHandles: 2_000, usocketFds: 10_000, daemonFds: 3_000, daemonState: 64 * MiB, rssBytes: 512 * MiB }
+  : { quick, bulkBytes: 1024 * MiB, fdMessages1: 200_000, fdMessages253: 10_000, pingpongs: 20_000, ipcHandles: 10_000, usocketFds: 50_000, daemonFds: 30_000, daemonState: 1024 * MiB, rssBytes: 4096 * MiB };
 
 buildC();
-let cases: Case[] = [...transportCases(scale), ...streamCases(scale)];
+let cases: Case[] = [...transportCases(scale), ...streamCases(scale), ...handoverCases(scale)];
 // Keep each group together in the report, whatever file its cases come from.
 const groupOrder = [...new Set(cases.map((c) => c.group))];
 cases.sort((a, b) => groupOrder.indexOf(a.group) - groupOrder.indexOf(b.group));

@@ -70,7 +70,7 @@ async function world(config: Partial<OwnerConfig> = {}): Promise<World> {
     chardevs: 1,
     stateBytes: 512 * 1024,
     timeouts: { connect: 3000, verify: 5000, adopt: 5000, commit: 5000 },
-    ...(qsd ? { vhostPath: qsd.socketPath, vhostDevices: 1, vhostQueues: 1 } : {}),
+    ...(qsd ? { vhostPaths: [qsd.socketPath], vhostQueues: 1 } : {}),
     ...(ns ? { tap: { ifname: 'bt0', queues: 2 } } : {}),
     ...config,
   };

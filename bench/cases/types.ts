@@ -24,4 +24,7 @@ export interface Scale {
   pingpongs: number;
   ipcHandles: number;
   usocketFds: number;
+  daemonFds: number;
+  daemonState: number;
+  rssBytes: number;
 }

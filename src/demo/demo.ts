@@ -78,7 +78,8 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
   const skipped: DemoReport['skipped'] = [];
   const trafficMs = o.trafficMs ?? 400;
   let echo: ReturnType<typeof startEchoPeer> | null = null;
-  let qsd: StorageDaemon | null = null;
+  // qemu-storage-daemon serves one front-end per export at a time: one daemon per device.
+  const qsds: StorageDaemon[] = [];
   let ns: TapNamespace | null = null;
   let oldOwner: OwnerProcess | null = null;
   let newOwner: OwnerProcess | null = null;
@@ -87,7 +88,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
     const echoPath = join(dir, 'echo.sock');
     echo = startEchoPeer(echoPath);
     const vReason = o.without?.includes('vhost-user') ? 'left out (--without vhost-user)' : vhostUnavailable();
-    if (vReason === null) qsd = await StorageDaemon.start({ sizeBytes: 64 * 1024 * 1024, numQueues: 2 });
+    if (vReason === null) for (let i = 0; i < (o.vhostDevices ?? 1); i++) qsds.push(await StorageDaemon.start({ sizeBytes: 64 * 1024 * 1024, numQueues: 2 }));
     else skipped.push({ backend: 'vhost-user (qemu-storage-daemon)', reason: vReason, enable: 'apt-get install qemu-system-common' });
     const tReason = o.without?.includes('tap') ? 'left out (--without tap)' : tapUnavailable();
     if (tReason === null) ns = new TapNamespace('bt0');
@@ -100,7 +101,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       chardevs: o.chardevs ?? 1,
       stateBytes: o.stateBytes ?? 4 * 1024 * 1024,
       timeouts: o.timeouts,
-      ...(qsd ? { vhostPath: qsd.socketPath, vhostDevices: o.vhostDevices ?? 1, vhostQueues: 2 } : {}),
+      ...(qsds.length ? { vhostPaths: qsds.map((q) => q.socketPath), vhostQueues: 2 } : {}),
       ...(ns ? { tap: { ifname: ns.ifname, queues: o.tapQueues ?? 4 } } : {}),
     };
 
@@ -112,8 +113,8 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       ns.configure(tapInfo.queues);
       await oldOwner.ask({ cmd: 'start-tap' }, 'tap-started');
     }
-    const acceptedBefore = qsd?.acceptedCount() ?? 0;
-    const qsdConnsBefore = qsd?.connections().map((c) => c.inode) ?? [];
+    const acceptedBefore = qsds.map((q) => q.acceptedCount());
+    const qsdConnsBefore = qsds.map((q) => q.connections().map((c) => c.inode));
     await sleep(trafficMs);
     const before = (await oldOwner.ask({ cmd: 'stats' }, 'stats')).traffic as Record<string, unknown>;
 
@@ -146,15 +147,16 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       detail: `${es.connections} connection(s) for ${chardevs} chardev(s), ${es.received} bytes in order (${es.mismatches} out of order)`,
     });
     if (es.mismatches > 0) problems.push(`the echo peer saw ${es.mismatches} bytes out of order`);
-    if (qsd) {
-      const accepted = qsd.acceptedCount() - acceptedBefore;
-      const same = JSON.stringify(qsd.connections().map((c) => c.inode)) === JSON.stringify(qsdConnsBefore);
+    qsds.forEach((qsd, i) => {
+      const accepted = qsd.acceptedCount() - acceptedBefore[i]!;
+      const now = qsd.connections().map((c) => c.inode);
+      const same = now.length === 1 && JSON.stringify(now) === JSON.stringify(qsdConnsBefore[i]);
       reconnects.push({
-        peer: 'qemu-storage-daemon (vhost-user-blk)',
+        peer: `qemu-storage-daemon ${i} (vhost-user-blk)`,
         reconnects: accepted + (same ? 0 : 1),
-        detail: `${accepted} connection(s) accepted during the handover; its sockets ${same ? 'unchanged' : 'changed'}`,
+        detail: `${accepted} connection(s) accepted during the handover; its connection ${same ? `unchanged (socket inode ${now[0]})` : 'changed or gone'}`,
       });
-    }
+    });
     if (ns && link) {
       const drops = link.alwaysUp ? 0 : 1;
       reconnects.push({
@@ -197,7 +199,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
     await newOwner?.kill();
     await oldOwner?.kill();
     echo?.close();
-    await qsd?.dispose();
+    for (const q of qsds) await q.dispose();
     ns?.delete();
     rmSync(dir, { recursive: true, force: true });
   }

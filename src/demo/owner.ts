@@ -27,9 +27,8 @@ export interface OwnerConfig {
   /** A chardev peer (echo server) to connect `chardevs` connections to. */
   echoPath?: string;
   chardevs?: number;
-  /** A vhost-user back-end socket; `vhostDevices` connections with `vhostQueues` queues each. */
-  vhostPath?: string;
-  vhostDevices?: number;
+  /** vhost-user back-end sockets, one device (connection) each, with `vhostQueues` queues. */
+  vhostPaths?: string[];
   vhostQueues?: number;
   /** A multi-queue TAP: the old owner opens it (it runs in the TAP's namespace). */
   tap?: { ifname: string; queues: number };
@@ -239,8 +238,8 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
   }
   // vhost-user
   const vhosts: VhostConn[] = [];
-  for (let i = 0; c.vhostPath && i < (c.vhostDevices ?? 1); i++) {
-    const v = await openVhost(c.vhostPath, c.vhostQueues ?? 2);
+  for (const [i, vhostPath] of (c.vhostPaths ?? []).entries()) {
+    const v = await openVhost(vhostPath, c.vhostQueues ?? 2);
     vhosts.push(v);
     traffic.push({ name: `blk${i}`, t: vhostTraffic(v.fe) });
     devices.push(
@@ -249,7 +248,7 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
         socket: v.fe.fd,
         callFds: v.callFds,
         inflight: v.inflight,
-        socketPath: c.vhostPath,
+        socketPath: vhostPath,
         features: v.features,
         protocolFeatures: v.protocolFeatures,
         numQueues: c.vhostQueues ?? 2,
@@ -337,7 +336,7 @@ async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
   }
   const targets: TargetDevice[] = [];
   for (let i = 0; c.echoPath && i < (c.chardevs ?? 1); i++) targets.push(new ChardevSocketTarget({ id: `serial${i}` }));
-  for (let i = 0; c.vhostPath && i < (c.vhostDevices ?? 1); i++) targets.push(new VhostUserTarget({ id: `blk${i}` }));
+  for (let i = 0; i < (c.vhostPaths?.length ?? 0); i++) targets.push(new VhostUserTarget({ id: `blk${i}` }));
   if (c.tap) targets.push(new TapTarget({ id: 'net0' }));
   try {
     const r = await receiveHandover({

@@ -1,0 +1,31 @@
+// Benchmark peer: a "management daemon" that hands DEVICES generic devices of
+// FDS_EACH fds each (dups of a few eventfds) and STATE bytes of state (streamed in
+// parts, memory stays flat) over fd 3, and reports the timings as one JSON line.
+import { FdSocket, GenericSource, closeFds, native, sendHandover } from '../../src/index.js';
+
+const devices = Number(process.argv[2]);
+const fdsEach = Number(process.argv[3]);
+const stateBytes = Number(process.argv[4]);
+const crc = process.argv[5] !== 'nocrc';
+const base = Array.from({ length: 8 }, () => native.eventfd(0));
+const owned: number[] = [];
+const list = Array.from({ length: devices }, (_, d) => {
+  const fds = Array.from({ length: fdsEach }, (_, k) => {
+    const fd = native.dup(base[k % base.length]!);
+    owned.push(fd);
+    return { name: `f${k}`, fd, kind: 'eventfd' as const };
+  });
+  return new GenericSource({ id: `vm${d}`, transfer: true, required: true, fds, closeOnRelease: false });
+});
+function* state(): Generator<Uint8Array> {
+  const part = Buffer.alloc(1 << 20, 7);
+  for (let sent = 0; sent < stateBytes; sent += part.length) yield stateBytes - sent >= part.length ? part : part.subarray(0, stateBytes - sent);
+}
+const sock = FdSocket.fromFd(3);
+const t0 = performance.now();
+const r = await sendHandover({ socket: sock, devices: list, state: state(), backendTransfer: true, crc, timeouts: { verify: 120_000, adopt: 120_000, commit: 120_000 } });
+const wall = performance.now() - t0;
+process.stdout.write(JSON.stringify({ downtimeMs: r.timings.downtimeMs, totalMs: r.timings.totalMs, wallMs: wall, fds: r.fds, stateBytes, phases: r.timings.phases }) + '\n');
+closeFds(owned);
+closeFds(base);
+sock.close();

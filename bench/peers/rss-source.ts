@@ -1,0 +1,27 @@
+// Benchmark peer: streams TOTAL bytes of state in 1 MiB parts (one reused buffer)
+// through StreamWriter and FdSocket on fd 3, and reports its RSS.
+import { readFileSync } from 'node:fs';
+import { FdSocket, Features, StreamWriter, fdSocketChannel } from '../../src/index.js';
+
+const total = Number(process.argv[2]);
+const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
+const hwm = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
+const sock = FdSocket.fromFd(3);
+const w = new StreamWriter(fdSocketChannel(sock), { partSize: 1 << 20 });
+const features = Features.BODY_CRC;
+await w.hello({ minVersion: 1, maxVersion: 1, features, canPassFds: true, fdBudget: 0xffffffff, offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }], info: null });
+await w.plan({ version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] });
+const before = rss();
+let peak = before;
+const timer = setInterval(() => (peak = Math.max(peak, rss())), 20);
+function* parts(): Generator<Uint8Array> {
+  const part = Buffer.alloc(1 << 20, 3);
+  for (let sent = 0; sent < total; sent += part.length) yield part;
+}
+await w.section({ id: 'ram', instance: 0, version: 1 }, [], parts());
+await w.endOfState();
+await w.eof();
+clearInterval(timer);
+const ack = await sock.read();
+process.stdout.write(JSON.stringify({ side: 'source', before, peak: Math.max(peak, rss()), hwm: hwm(), ack: ack?.data.toString() }) + '\n');
+sock.close();
