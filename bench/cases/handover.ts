@@ -25,7 +25,7 @@ async function pairOfPeers(a: { script: string; args: (string | number)[] }, b: 
     let out = '';
     proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     return new Promise<Record<string, unknown>>((resolve, reject) =>
-      proc.on('close', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>) : reject(new Error(`${p.script} exited ${code}: ${out}`)))),
+      proc.on('close', (code) => (code === 0 ? resolve(out.trim() ? (JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>) : {}) : reject(new Error(`${p.script} exited ${code}: ${out}`)))),
     );
   };
   const pa = start(a, x);

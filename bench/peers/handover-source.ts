@@ -17,8 +17,9 @@ const list = Array.from({ length: devices }, (_, d) => {
   });
   return new GenericSource({ id: `vm${d}`, transfer: true, required: true, fds, closeOnRelease: false });
 });
+// Made before the handover: the state a VMM hands over exists before its freeze.
+const part = Buffer.alloc(1 << 20, 7);
 function* state(): Generator<Uint8Array> {
-  const part = Buffer.alloc(1 << 20, 7);
   for (let sent = 0; sent < stateBytes; sent += part.length) yield stateBytes - sent >= part.length ? part : part.subarray(0, stateBytes - sent);
 }
 const sock = FdSocket.fromFd(3);

@@ -183,9 +183,10 @@ export class TapBackend {
   /**
    * Reads one frame from a queue, waiting up to `timeoutMs` for one. Waits with
    * poll first, so a queue fd in blocking mode (its flags are not ours to change)
-   * does not block the event loop while nothing is there.
+   * does not block the event loop while nothing is there. Resolves null on a
+   * timeout, or as soon as `signal` aborts.
    */
-  async readFrame(queue: number, timeoutMs = 1000, size = 65536 + 12): Promise<Buffer | null> {
+  async readFrame(queue: number, timeoutMs = 1000, size = 65536 + 12, signal?: AbortSignal): Promise<Buffer | null> {
     const fd = this.#queue(queue);
     const buf = Buffer.allocUnsafe(size);
     const tryRead = (): Buffer | null => {
@@ -197,15 +198,21 @@ export class TapBackend {
         throw err;
       }
     };
+    if (signal?.aborted) return null;
     return new Promise<Buffer | null>((resolve, reject) => {
       let poller: FdPoller | null = null;
-      const timer = setTimeout(() => {
+      const giveUp = (): void => {
         poller?.close();
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', giveUp);
         resolve(null);
-      }, timeoutMs);
+      };
+      const timer = setTimeout(giveUp, timeoutMs);
+      signal?.addEventListener('abort', giveUp);
       poller = new FdPoller(fd, (_ev, err) => {
         poller?.close();
         clearTimeout(timer);
+        signal?.removeEventListener('abort', giveUp);
         if (err) return reject(err);
         try {
           resolve(tryRead());

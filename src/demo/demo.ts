@@ -125,7 +125,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       oldOwner.onEvent(o.onProgress);
       newOwner.onEvent(o.onProgress);
     }
-    const watch = ns?.watch();
+    const watch = ns ? await ns.watch() : null;
     const done = await oldOwner.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 120_000);
     const received = await newOwner.waitFor(['received', 'receive-failed'], 60_000);
     if (done.event !== 'handover-done') problems.push(`the handover failed: ${String(done.message)}`);
@@ -162,7 +162,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       reconnects.push({
         peer: `TAP ${ns.ifname} (namespace ${ns.name})`,
         reconnects: drops + (link.ifindexes.length > 1 ? 1 : 0),
-        detail: `${link.samples} samples during the handover: ${link.alwaysUp ? 'carrier up throughout' : 'carrier dropped'}, ifindex ${link.ifindexes.join(', ')}`,
+        detail: `${link.events.length} link event(s) during the handover (netlink): ${link.alwaysUp ? 'carrier up throughout' : `carrier dropped: ${link.events.join(' / ')}`}, ifindex ${link.ifindexes.join(', ')}`,
       });
     }
     for (const r of reconnects) if (r.reconnects > 0) problems.push(`${r.peer}: ${r.detail}`);
@@ -196,8 +196,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       problems,
     };
   } finally {
-    await newOwner?.kill();
-    await oldOwner?.kill();
+    await Promise.all([newOwner?.stop(), oldOwner?.stop()]);
     echo?.close();
     for (const q of qsds) await q.dispose();
     ns?.delete();

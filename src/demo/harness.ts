@@ -120,6 +120,15 @@ export class OwnerProcess {
     if (!this.#exit) this.proc.kill('SIGKILL');
     await this.exited;
   }
+
+  /** Asks the owner to exit (so that it runs its exit hooks, a --cpu-prof say); kills it after `graceMs`. */
+  async stop(graceMs = 2000): Promise<void> {
+    if (this.#exit) return;
+    this.command({ cmd: 'exit' });
+    const timer = setTimeout(() => this.proc.kill('SIGKILL'), graceMs);
+    await this.exited;
+    clearTimeout(timer);
+  }
 }
 
 export interface EchoStats {
@@ -191,30 +200,35 @@ export class TapNamespace {
     const l = j[0]!;
     return { ifindex: l.ifindex, up: l.flags.includes('UP') && l.flags.includes('LOWER_UP'), rx: l.stats64.rx.packets, tx: l.stats64.tx.packets };
   }
-  /** Samples link() every few ms until stopped: did the interface ever go down or change ifindex? */
-  watch(): { stop: () => Promise<{ samples: number; alwaysUp: boolean; ifindexes: number[] }> } {
-    let running = true;
-    const seen = new Set<number>();
-    let samples = 0;
-    let alwaysUp = true;
-    const loop = (async () => {
-      while (running) {
-        try {
-          const l = this.link();
-          samples++;
-          seen.add(l.ifindex);
-          if (!l.up) alwaysUp = false;
-        } catch {
-          alwaysUp = false;
-        }
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    })();
+  /**
+   * Watches the interface until stopped: did it ever go down or change ifindex?
+   * Event-driven (`ip monitor link`, netlink), so it costs nothing while the
+   * handover runs, and a carrier drop of any length is seen, however short.
+   */
+  async watch(): Promise<{ stop: () => Promise<{ events: string[]; alwaysUp: boolean; ifindexes: number[] }> }> {
+    const first = this.link();
+    const mon = spawn('ip', ['-n', this.name, '-o', 'monitor', 'link'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    mon.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    // ip prints nothing when it is ready: give it a moment to subscribe.
+    await new Promise((r) => setTimeout(r, 100));
     return {
       stop: async () => {
-        running = false;
-        await loop;
-        return { samples, alwaysUp, ifindexes: [...seen] };
+        await new Promise((r) => setTimeout(r, 50)); // late netlink messages
+        mon.kill();
+        await new Promise((r) => (mon.exitCode !== null || mon.signalCode !== null ? r(null) : mon.once('close', r)));
+        const events = out
+          .split('\n')
+          .filter((l) => l.includes(`: ${this.ifname}:`) || l.includes(`: ${this.ifname}@`))
+          .map((l) => l.trim());
+        let last: { ifindex: number; up: boolean } | null = null;
+        try {
+          last = this.link();
+        } catch {
+          events.push(`${this.ifname} is gone`);
+        }
+        const downs = events.filter((l) => /NO-CARRIER|state DOWN|Deleted|is gone/.test(l) || !/LOWER_UP/.test(l));
+        return { events, alwaysUp: first.up && !!last?.up && downs.length === 0, ifindexes: [...new Set([first.ifindex, ...(last ? [last.ifindex] : [])])] };
       },
     };
   }

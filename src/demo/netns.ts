@@ -3,8 +3,14 @@ import { execFileSync } from 'node:child_process';
 
 let counter = 0;
 
+/** Runs ip(8); a failure throws with ip's own message (nothing is printed). */
 export function ip(...args: string[]): string {
-  return execFileSync('ip', args, { encoding: 'utf8' });
+  try {
+    return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    const stderr = String((err as { stderr?: unknown }).stderr ?? '').trim();
+    throw new Error(`ip ${args.join(' ')}: ${stderr || (err as Error).message}`, { cause: err });
+  }
 }
 
 /** Creates a fresh network namespace and returns its name. */

@@ -16,6 +16,7 @@ import { VhostUserFrontend, VhostUserProtocolFeatureBit, featureBit, hasFeature 
 import type { SourceDevice, TargetDevice } from '../backends/types.js';
 import { sendHandover } from '../handover/source.js';
 import { receiveHandover } from '../handover/target.js';
+import { warmUpHandover } from '../handover/warmup.js';
 import type { HandoverEvent, PhaseTimeouts } from '../handover/types.js';
 import { FdServer } from '../transport/server.js';
 import { FdSocket } from '../transport/fd-socket.js';
@@ -137,7 +138,14 @@ function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number): Traffi
   const st = { rounds: 0, flows: 0, answered: 0, written: new Array<number>(tap.queues.length).fill(0), read: new Array<number>(tap.queues.length).fill(0) };
   let running = true;
   let round = firstRound;
-  const run = async (): Promise<void> => {
+  // Stopping aborts the waits, so that the freeze does not wait for a poll to time out.
+  let abort = new AbortController();
+  const sleep = (ms: number, signal: AbortSignal) =>
+    new Promise<void>((r) => {
+      const t = setTimeout(r, ms);
+      signal.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
+    });
+  const run = async (signal: AbortSignal): Promise<void> => {
     while (running) {
       const flows = 16;
       const want = new Set<number>();
@@ -155,7 +163,7 @@ function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number): Traffi
       st.flows += flows;
       const deadline = Date.now() + 1000;
       while (want.size > 0 && Date.now() < deadline && running) {
-        const got = await Promise.all(tap.queues.map((_, q) => tap.readFrame(q, 20).catch(() => null)));
+        const got = await Promise.all(tap.queues.map((_, q) => tap.readFrame(q, 20, undefined, signal).catch(() => null)));
         got.forEach((f, q) => {
           if (!f) return;
           const r = parseRst(f, tap.meta.vnetHdrSize);
@@ -167,18 +175,20 @@ function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number): Traffi
       }
       st.rounds++;
       round++;
-      await new Promise((r) => setTimeout(r, 10));
+      await sleep(10, signal);
     }
   };
-  let loop = run();
+  let loop = run(abort.signal);
   return {
     stop: async () => {
       running = false;
+      abort.abort();
       await loop;
     },
     resume: () => {
       running = true;
-      loop = run();
+      abort = new AbortController();
+      loop = run(abort.signal);
     },
     stats: () => ({ ...st, nextRound: round }),
   };
@@ -224,6 +234,7 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
   const traffic: { name: string; t: Traffic }[] = [];
   const devices: SourceDevice[] = [];
   const cleanups: (() => void)[] = [];
+  await warmUpHandover();
   const chardevState = new Map<string, () => Uint8Array>();
 
   // chardevs
@@ -317,6 +328,8 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
 }
 
 async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<string, unknown>) => Promise<void> | void>, tapMac: string): Promise<void> {
+  // Warm the handover code while nothing is frozen yet (a cold one has a longer downtime).
+  await warmUpHandover();
   const server = FdServer.listen(c.handoverPath);
   emit('listening', { pid: process.pid });
   const ms = c.timeouts?.connect ?? 30_000;

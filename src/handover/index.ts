@@ -1,3 +1,4 @@
 export { sendHandover } from './source.js';
 export { receiveHandover } from './target.js';
 export * from './types.js';
+export { warmUpHandover } from './warmup.js';

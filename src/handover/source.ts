@@ -20,6 +20,8 @@ import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type DeviceOutcome, type SendHandoverOptions, type SendHandoverResult, type SourcePhase } from './types.js';
 import { now, processGone, randomProbe } from './util.js';
 import { closeFds } from '../fd/index.js';
+import { native } from '../native.js';
+import { warmUpHandover } from './warmup.js';
 
 function payloadSize(p: unknown): number | null {
   if (p instanceof Uint8Array) return p.length;
@@ -27,11 +29,21 @@ function payloadSize(p: unknown): number | null {
   return null;
 }
 
+/** The automatic SO_SNDBUF goes up to this (the state of a typical VM fits). */
+const MAX_AUTO_SNDBUF = 4 * 1024 * 1024;
+
+/** Raises SO_SNDBUF to `bytes` (never lowers it; 0 leaves it alone). The kernel caps it at wmem_max. */
+function growSendBuffer(sock: FdSocket, bytes: number): void {
+  if (!(bytes > 0)) return;
+  // Linux reports twice what was set (its bookkeeping overhead).
+  if (native.getsockopt(sock.fd, native.SOL_SOCKET, native.SO_SNDBUF) / 2 < bytes) sock.setBufferSizes({ send: bytes });
+}
+
 export async function sendHandover(o: SendHandoverOptions): Promise<SendHandoverResult> {
   const t0 = now();
   const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
   const phases: Record<string, number> = {};
-  let phase: SourcePhase = 'connect';
+  let phase: SourcePhase = 'prepare';
   let phaseStart = t0;
   const enter = (p: SourcePhase) => {
     const t = now();
@@ -66,6 +78,11 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
   };
   const timed = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => {
     if (!ms && !o.signal) return p;
+    if (o.signal?.aborted && !commitSent) {
+      // Already aborted: its event has fired, so the listener below would never hear it.
+      p.catch(() => undefined);
+      aborted();
+    }
     return new Promise<T>((resolve, reject) => {
       const timer = ms ? setTimeout(() => reject(BackendTransferError.timeout(`${what} (phase ${phase})`, ms)), ms) : null;
       const onAbort = () => {
@@ -108,10 +125,15 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       ids.add(key);
     }
 
-    // connect
+    if (o.warmUp !== false) await timed(warmUpHandover(), 0, 'warming up');
+
+    enter('connect');
+    aborted();
     if (o.socket instanceof FdSocket) sock = o.socket;
     else if (typeof o.socket === 'number') sock = FdSocket.fromFd(o.socket);
     else sock = await timed(FdSocket.connect(o.socket, { peer: o.peer, timeout: timeouts.connect || undefined }), timeouts.connect, 'connect');
+
+    growSendBuffer(sock, o.sendBufferSize ?? Math.min(MAX_AUTO_SNDBUF, (payloadSize(o.state) ?? MAX_AUTO_SNDBUF) + 256 * 1024));
 
     enter('authenticate');
     const cred = sock.peer ?? sock.peerCredentials();
@@ -125,8 +147,10 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       memfdThreshold: o.memfdPayloads ? 64 * 1024 : Number.MAX_SAFE_INTEGER,
       onFrame: (f) => {
         bytes += f.bytes;
-        fds += f.fds;
-        if (f.type >= 0x10 && f.type <= 0x13) sections++;
+        if (f.type >= 0x10 && f.type <= 0x13) {
+          sections++;
+          fds += f.fds; // backend fds (not HELLO's probe)
+        }
         if (phase === 'transfer') {
           const elapsed = now() - tTransfer;
           const sent = bytes;

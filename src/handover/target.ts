@@ -21,6 +21,7 @@ import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
 import { closeSectionItem, now, processGone } from './util.js';
+import { warmUpHandover } from './warmup.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
 const MAX_PREALLOCATED_STATE = 256 * 1024 * 1024;
@@ -38,7 +39,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   const t0 = now();
   const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
   const phases: Record<string, number> = {};
-  let phase: TargetPhase = 'accept';
+  let phase: TargetPhase = 'prepare';
   let phaseStart = t0;
   const enter = (p: TargetPhase) => {
     const t = now();
@@ -67,6 +68,11 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
 
   const guard = <T>(p: Promise<T>, ms: number, what: string): Promise<T> =>
     new Promise<T>((resolve, reject) => {
+      // Already aborted: its event has fired, so the listener below would never hear it.
+      if (o.signal?.aborted && !committed) {
+        p.catch(() => undefined);
+        return reject(new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } }));
+      }
       const timer = ms ? setTimeout(() => reject(BackendTransferError.timeout(`${what} (phase ${phase})`, ms)), ms) : null;
       const onAbort = () => {
         if (!committed) reject(new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } }));
@@ -85,9 +91,11 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         },
       );
     });
+  let sourceAborted = false;
   const next = async (what: string, ms: number): Promise<StreamItem> => {
     const it = await guard(queue!.next(0, what), ms, `waiting for ${what}`);
     if (it.type === 'abort') {
+      sourceAborted = true;
       throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${phase}: ${it.abort.code}: ${it.abort.reason}`, {
         details: { phase, code: it.abort.code, reason: it.abort.reason },
       });
@@ -151,12 +159,16 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let endOfState = false;
   try {
     if (o.signal?.aborted) throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, 'handover aborted by the caller before it began');
+    // Listen first, so that a source can connect (into the backlog) while this side warms up.
+    if (typeof o.socket === 'string') listener = FdServer.listen(o.socket, { peer: o.peer });
+    if (o.warmUp !== false) await guard(warmUpHandover(), 0, 'warming up');
+
+    enter('accept');
     if (o.socket instanceof FdSocket) sock = o.socket;
     else if (typeof o.socket === 'number') sock = FdSocket.fromFd(o.socket);
     else {
-      listener = FdServer.listen(o.socket, { peer: o.peer });
-      sock = await guard(listener.accept(), timeouts.connect, 'a source to connect');
-      listener.close();
+      sock = await guard(listener!.accept(), timeouts.connect, 'a source to connect');
+      listener!.close();
       listener = null;
     }
 
@@ -197,8 +209,10 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     const hello = first.hello;
     const announced = (hello.info as { stateBytes?: unknown } | null)?.stateBytes;
     if (!o.onState && typeof announced === 'number' && Number.isInteger(announced) && announced > 0 && announced <= MAX_PREALLOCATED_STATE) {
-      // Zeroed now, so its pages are there before the source freezes.
-      stateBuf = Buffer.alloc(announced);
+      // Written now, so that its pages are there before the source freezes: a
+      // large Buffer.alloc() is fresh zero pages, each faulted in on first write,
+      // which would happen inside the downtime.
+      stateBuf = Buffer.allocUnsafe(announced).fill(0);
     }
     const canPassFds = o.backendTransfer && first.probe === 'ok';
     const stateWindow = o.stateVersions ?? [1, 1];
@@ -283,7 +297,8 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       // Nothing received is ours without COMMIT.
       closeFds(received);
       received.length = 0;
-      if (writer && !writer.error && sock && !sock.closed && e.code !== ErrorCodes.ERR_HANDOVER_ABORTED) {
+      // Tell the source why (unless it is the one that aborted), so that it thaws at once.
+      if (writer && !writer.error && sock && !sock.closed && !sourceAborted) {
         await Promise.race([
           writer
             .nack(e.code, e.message)

@@ -4,8 +4,8 @@ import type { PeerPolicy } from '../transport/peer.js';
 import type { FdSocket } from '../transport/fd-socket.js';
 import type { SectionPayload } from '../stream/writer.js';
 
-export type SourcePhase = 'connect' | 'authenticate' | 'handshake' | 'transfer' | 'verify' | 'commit' | 'release' | 'done' | 'aborted';
-export type TargetPhase = 'accept' | 'authenticate' | 'handshake' | 'transfer' | 'verify' | 'adopt' | 'commit' | 'done' | 'aborted';
+export type SourcePhase = 'prepare' | 'connect' | 'authenticate' | 'handshake' | 'transfer' | 'verify' | 'commit' | 'release' | 'done' | 'aborted';
+export type TargetPhase = 'prepare' | 'accept' | 'authenticate' | 'handshake' | 'transfer' | 'verify' | 'adopt' | 'commit' | 'done' | 'aborted';
 
 export interface PhaseTimeouts {
   /** ms per phase; 0 = no limit. */
@@ -68,6 +68,19 @@ export interface SendHandoverOptions {
   onEvent?: (e: HandoverEvent) => void;
   /** Stops the handover (ABORT to the target) unless it already committed. */
   signal?: AbortSignal;
+  /**
+   * Runs a tiny in-process handover first (phase 'prepare', once per process),
+   * so that the real one runs on compiled code: a cold first handover has a
+   * several-ms longer downtime. Default true.
+   */
+  warmUp?: boolean;
+  /**
+   * SO_SNDBUF for the session's socket, so that the state can be queued to the
+   * kernel at once instead of waiting for the target to drain it piece by
+   * piece. Default: room for the state (up to 4 MiB; the kernel caps it at
+   * net.core.wmem_max), never smaller than the socket has; 0 leaves it alone.
+   */
+  sendBufferSize?: number;
 }
 
 export interface DeviceOutcome {
@@ -103,6 +116,8 @@ export interface ReceiveHandoverOptions {
   signal?: AbortSignal;
   /** Checks each received fd against its attachment kind in the reader too (default true). */
   verifyFdKinds?: boolean;
+  /** As in SendHandoverOptions: warm the handover path before the source freezes (default true). */
+  warmUp?: boolean;
 }
 
 export interface ReceiveHandoverResult {

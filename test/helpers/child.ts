@@ -92,16 +92,17 @@ export class Peer {
     this.proc.stdin!.write(JSON.stringify(cmd) + '\n');
   }
 
-  /** Sends a command and waits for the event it answers with. */
-  async ask(cmd: Record<string, unknown>, answer: string, timeoutMs = 30_000): Promise<PeerEvent> {
+  /** Sends a command and waits for the event it answers with (the first of several, given a list). */
+  async ask(cmd: Record<string, unknown>, answer: string | string[], timeoutMs = 30_000): Promise<PeerEvent> {
+    const names = Array.isArray(answer) ? answer : [answer];
     const seen = this.events.length;
     const p = new Promise<PeerEvent>((resolve, reject) => {
       const started = Date.now();
       const check = (): void => {
-        const ev = this.events.slice(seen).find((e) => e.event === answer || e.event === 'fatal');
+        const ev = this.events.slice(seen).find((e) => names.includes(e.event) || e.event === 'fatal');
         if (ev) return ev.event === 'fatal' ? reject(new Error(`peer failed: ${String(ev.message)}`)) : resolve(ev);
-        if (this.#exitInfo) return reject(new Error(`peer exited before '${answer}'; stderr:\n${this.stderr.join('')}`));
-        if (Date.now() - started > timeoutMs) return reject(new Error(`timed out waiting for '${answer}'; stderr:\n${this.stderr.join('')}`));
+        if (this.#exitInfo) return reject(new Error(`peer exited before '${names.join("' or '")}'; stderr:\n${this.stderr.join('')}`));
+        if (Date.now() - started > timeoutMs) return reject(new Error(`timed out waiting for '${names.join("' or '")}'; stderr:\n${this.stderr.join('')}`));
         setTimeout(check, 5);
       };
       check();

@@ -1,0 +1,222 @@
+// The session API between real processes: the source runs in a child
+// (test/fixtures/session-peer.ts), the target in this process. Phases and their
+// order, progress, timings, the state's ways across (one buffer, parts of unknown
+// total size, sealed memfds, streamed to onState), the caller's abort on either
+// side, a phase timeout, the warm-up, and the send buffer.
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { FdServer, GenericTarget, inspectFd, receiveHandover, warmUpHandover, type GenericBackend, type HandoverEvent, type ReceiveHandoverOptions } from '../src/index.js';
+import { countOpenFds, trackFdLeaks } from './helpers/fds.js';
+import { Peers, type Peer } from './helpers/child.js';
+
+trackFdLeaks();
+const peers = new Peers();
+const dir = mkdtempSync(join(tmpdir(), 'bt-session-'));
+let n = 0;
+const sockPath = () => join(dir, `h-${n++}.sock`);
+afterEach(() => peers.disposeAll());
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const MiB = 1 << 20;
+
+async function source(spec: Record<string, unknown>): Promise<{ peer: Peer; sha: string; path: string }> {
+  const path = String(spec.path ?? sockPath());
+  const peer = peers.spawn('source', [JSON.stringify({ ...spec, path })], { fixture: 'session-peer.ts' });
+  const ready = await peer.waitFor('ready');
+  return { peer, sha: String(ready.sha), path };
+}
+
+function receive(path: string, more: Partial<ReceiveHandoverOptions> = {}): { events: HandoverEvent[]; done: ReturnType<typeof receiveHandover> } {
+  const events: HandoverEvent[] = [];
+  const done = receiveHandover({
+    socket: path,
+    accept: [new GenericTarget({ id: 'vm0', expect: { ram: 'memfd', irq: 'eventfd' } })],
+    backendTransfer: true,
+    ...more,
+    onEvent: (e) => {
+      events.push(e);
+      more.onEvent?.(e);
+    },
+  });
+  done.catch(() => undefined); // handled where the test awaits it; not an unhandled rejection meanwhile
+  return { events, done };
+}
+
+const phasesOf = (events: HandoverEvent[]) => events.filter((e) => e.type === 'phase').map((e) => (e as { phase: string }).phase);
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+function readMemfd(fd: number, length: number): Buffer {
+  const b = Buffer.alloc(length);
+  readSync(fd, b, 0, length, 0);
+  return b;
+}
+
+describe('a handover between two processes', () => {
+  it('goes through every phase in order on both sides, with progress and timings, and the state arrives intact', async () => {
+    const { peer, sha, path } = await source({ stateBytes: 3 * MiB + 12345 });
+    const t = receive(path);
+    const done = peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+    const r = await t.done;
+    const s = await done;
+    expect(s.event, JSON.stringify(s)).toBe('handover-done');
+
+    // Phases, in order, each side.
+    expect(phasesOf(s.events as HandoverEvent[])).toEqual(['prepare', 'connect', 'authenticate', 'handshake', 'transfer', 'verify', 'commit', 'release', 'done']);
+    expect(phasesOf(t.events)).toEqual(['prepare', 'accept', 'authenticate', 'handshake', 'transfer', 'verify', 'adopt', 'commit', 'done']);
+
+    // Progress on the source: bytes grow to the total, with an estimate of the time left.
+    const progress = (s.events as HandoverEvent[]).filter((e) => e.type === 'progress') as Extract<HandoverEvent, { type: 'progress' }>[];
+    expect(progress.length).toBeGreaterThan(3);
+    for (let i = 1; i < progress.length; i++) expect(progress[i]!.bytes).toBeGreaterThanOrEqual(progress[i - 1]!.bytes);
+    expect(progress.at(-1)!.totalBytes).toBe(3 * MiB + 12345);
+    expect(progress.at(-1)!.bytes).toBeGreaterThan(3 * MiB + 12345);
+    expect(progress.at(-1)!.fds).toBe(2);
+    expect(progress.some((p) => typeof p.etaMs === 'number')).toBe(true);
+    // ...and on the target, sections and fds as they arrive.
+    const tp = t.events.filter((e) => e.type === 'progress') as Extract<HandoverEvent, { type: 'progress' }>[];
+    expect(tp.at(-1)!.fds).toBe(2);
+
+    // The result on each side.
+    const result = s.result as { devices: unknown[]; stateBytes: number; fds: number; timings: { totalMs: number; downtimeMs: number; phases: Record<string, number> } };
+    expect(result.devices).toEqual([{ id: 'vm0', kind: 'generic', outcome: 'moved', fds: 2 }]);
+    expect(result.stateBytes).toBe(3 * MiB + 12345);
+    expect(result.fds).toBe(2);
+    for (const timings of [result.timings, r.timings]) {
+      expect(timings.downtimeMs).toBeGreaterThan(0);
+      expect(timings.downtimeMs).toBeLessThanOrEqual(timings.totalMs);
+      const sum = Object.values(timings.phases).reduce((a, b) => a + b, 0);
+      expect(Math.abs(sum - timings.totalMs)).toBeLessThan(1);
+    }
+    expect(s.frozen).toBe(1);
+    expect(s.thawed).toBe(0);
+
+    expect(r.outcome).toBe('committed');
+    expect(r.complete).toBe(true);
+    expect(r.state && sha256(r.state)).toBe(sha);
+    expect(r.stateBytes).toBe(3 * MiB + 12345);
+    expect(r.peer?.pid).toBe(peer.proc.pid);
+    const d = r.devices.get('vm0')!;
+    expect(d.how).toBe('received');
+    const b = d.backend as GenericBackend;
+    expect(b.metadata).toEqual({ ramBytes: 4608 });
+    expect(readMemfd(b.fd('ram'), 18).toString()).toBe('guest memory page ');
+    expect(inspectFd(b.fd('irq')).kind).toBe('eventfd');
+    b.close();
+    // The source released its copies of nothing it owns (closeOnRelease: false) and leaked nothing.
+    expect(s.leaked).toBe(0);
+  });
+
+  it('takes the state as parts of unknown total size, as sealed memfds, or without CRC, and can stream it to onState', async () => {
+    for (const variant of [{ stateAs: 'parts' }, { memfdPayloads: true }, { crc: false }, { onState: true }]) {
+      const { peer, sha, path } = await source({ stateBytes: 2 * MiB + 7, stateAs: variant.stateAs, memfdPayloads: variant.memfdPayloads, crc: variant.crc });
+      const parts: Buffer[] = [];
+      const t = receive(path, variant.onState ? { onState: (p) => parts.push(Buffer.from(p)) } : {});
+      const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+      const r = await t.done;
+      expect(s.event, `${JSON.stringify(variant)}: ${JSON.stringify(s)}`).toBe('handover-done');
+      if (variant.onState) {
+        expect(r.state).toBeNull();
+        expect(parts.length).toBeGreaterThan(1);
+        expect(sha256(Buffer.concat(parts))).toBe(sha);
+      } else {
+        expect(r.state && sha256(r.state), JSON.stringify(variant)).toBe(sha);
+      }
+      expect(r.stateBytes).toBe(2 * MiB + 7);
+      (r.devices.get('vm0')!.backend as GenericBackend).close();
+      peer.command({ cmd: 'exit' });
+    }
+  });
+});
+
+describe("the caller's abort and the phase timeouts", () => {
+  it('the source aborts after its freeze: ABORT, it thaws and keeps working backends, the target closes what it got', async () => {
+    const { peer, path } = await source({ stateBytes: MiB, abortAt: 'freeze' });
+    const t = receive(path);
+    const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+    expect(s.event).toBe('handover-failed');
+    expect(s.code).toBe('ERR_HANDOVER_ABORTED');
+    expect((s.details as { phase: string }).phase).toBe('transfer');
+    expect(s.frozen).toBe(1);
+    expect(s.thawed).toBe(1);
+    expect(s.works).toBe(true);
+    expect(s.leaked).toBe(0);
+    // What the target received is closed: trackFdLeaks checks this process after each test.
+    await expect(t.done).rejects.toMatchObject({ code: 'ERR_HANDOVER_ABORTED', message: expect.stringContaining('the source aborted') });
+  });
+
+  it('the source aborts before the freeze: nothing is frozen, nothing moves', async () => {
+    const { peer, path } = await source({ stateBytes: MiB, abortAt: 'handshake' });
+    const t = receive(path);
+    const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+    expect(s.code).toBe('ERR_HANDOVER_ABORTED');
+    expect(s.frozen).toBe(0);
+    expect(s.thawed).toBe(0);
+    expect(s.works).toBe(true);
+    // It had not said HELLO yet: the target sees the connection close before the stream began.
+    await expect(t.done).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED', details: { phase: 'handshake', committed: false } });
+  });
+
+  it('the target aborts while verifying: it closes what it received, tells the source, which thaws and keeps everything', async () => {
+    const { peer, path } = await source({ stateBytes: MiB });
+    const ac = new AbortController();
+    const t = receive(path, { signal: ac.signal, onEvent: (e) => e.type === 'phase' && e.phase === 'verify' && ac.abort() });
+    const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+    await expect(t.done).rejects.toMatchObject({ code: 'ERR_HANDOVER_ABORTED', details: { phase: 'verify', committed: false } });
+    expect(s.event).toBe('handover-failed');
+    expect(s.code).toBe('ERR_HANDOVER_REFUSED');
+    expect(s.message).toContain('ERR_HANDOVER_ABORTED');
+    expect(s.thawed).toBe(1);
+    expect(s.works).toBe(true);
+    expect(s.leaked).toBe(0);
+  });
+
+  it('a target that accepts and then says nothing: the handshake times out, the source keeps everything', async () => {
+    const path = sockPath();
+    const server = FdServer.listen(path);
+    const accepted = server.accept();
+    const { peer } = await source({ path, stateBytes: MiB, timeouts: { handshake: 300 } });
+    const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+    (await accepted).close();
+    server.close();
+    expect(s.code).toBe('ERR_TIMEOUT');
+    expect((s.details as { phase: string }).phase).toBe('handshake');
+    expect(s.frozen).toBe(0);
+    expect(s.works).toBe(true);
+    expect(s.leaked).toBe(0);
+  });
+});
+
+describe('speed measures', () => {
+  it('the warm-up runs once per process, leaves nothing open, and can be turned off', async () => {
+    const before = countOpenFds();
+    const a = warmUpHandover();
+    expect(warmUpHandover()).toBe(a);
+    await a;
+    expect(countOpenFds()).toBe(before);
+
+    const { peer, path } = await source({ stateBytes: 1000, warmUp: false });
+    const t = receive(path, { warmUp: false });
+    const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+    const r = await t.done;
+    expect(s.event).toBe('handover-done');
+    // Without the warm-up, 'prepare' takes no time at all.
+    expect((s.result as { timings: { phases: Record<string, number> } }).timings.phases.prepare).toBeLessThan(1);
+    (r.devices.get('vm0')!.backend as GenericBackend).close();
+  });
+
+  it("the source's send buffer grows to hold the state (never shrinks)", async () => {
+    const { peer, path } = await source({ stateBytes: 3 * MiB, ownSocket: true });
+    const t = receive(path);
+    const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+    const r = await t.done;
+    expect(s.event).toBe('handover-done');
+    // The kernel reports twice what was set, capped at twice net.core.wmem_max.
+    const { readFileSync } = await import('node:fs');
+    const wmemMax = Number(readFileSync('/proc/sys/net/core/wmem_max', 'utf8'));
+    expect(Number(s.sndbuf)).toBeGreaterThanOrEqual(Math.min(2 * (3 * MiB + 256 * 1024), 2 * wmemMax));
+    (r.devices.get('vm0')!.backend as GenericBackend).close();
+  });
+});
