@@ -64,7 +64,7 @@ describe('a handover between two processes', () => {
     expect(s.event, JSON.stringify(s)).toBe('handover-done');
 
     // Phases, in order, each side.
-    expect(phasesOf(s.events as HandoverEvent[])).toEqual(['prepare', 'connect', 'authenticate', 'handshake', 'transfer', 'verify', 'commit', 'release', 'done']);
+    expect(phasesOf(s.events as HandoverEvent[])).toEqual(['prepare', 'connect', 'authenticate', 'handshake', 'freeze', 'transfer', 'verify', 'commit', 'release', 'done']);
     expect(phasesOf(t.events)).toEqual(['prepare', 'accept', 'authenticate', 'handshake', 'transfer', 'verify', 'adopt', 'commit', 'done']);
 
     // Progress on the source: bytes grow to the total, with an estimate of the time left.
@@ -133,7 +133,7 @@ describe('a handover between two processes', () => {
 
 describe("the caller's abort and the phase timeouts", () => {
   it('the source aborts after its freeze: ABORT, it thaws and keeps working backends, the target closes what it got', async () => {
-    const { peer, path } = await source({ stateBytes: MiB, abortAt: 'freeze' });
+    const { peer, path } = await source({ stateBytes: MiB, abortAt: 'in-freeze' });
     const t = receive(path);
     const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
     expect(s.event).toBe('handover-failed');

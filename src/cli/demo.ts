@@ -19,7 +19,10 @@ export function formatDemo(r: DemoReport): string {
   out.push('');
   out.push(`  state         ${size(r.stateBytes)}`);
   out.push(`  fds           ${r.fds}`);
-  out.push(`  downtime      ${r.downtimeMs === null ? '-' : `${r.downtimeMs.toFixed(2)} ms`} (freeze to adopted)   total ${r.totalMs === null ? '-' : `${r.totalMs.toFixed(1)} ms`}`);
+  const ph = r.phases ?? {};
+  const part = (name: string) => (typeof ph[name] === 'number' ? `${name} ${ph[name].toFixed(1)}` : null);
+  const parts = [part('freeze'), part('transfer'), part('verify')].filter(Boolean).join(', ');
+  out.push(`  downtime      ${r.downtimeMs === null ? '-' : `${r.downtimeMs.toFixed(2)} ms`} (freeze to adopted${parts ? `: ${parts} ms` : ''})   total ${r.totalMs === null ? '-' : `${r.totalMs.toFixed(1)} ms`}`);
   if (r.throughputMBps !== null) out.push(`  throughput    ${r.throughputMBps.toFixed(0)} MB/s of state during the transfer phase`);
   for (const x of r.reconnects) out.push(`  reconnects    ${String(x.reconnects)} seen by ${x.peer}: ${x.detail}`);
   out.push('');

@@ -142,6 +142,7 @@ function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number): Traffi
   let abort = new AbortController();
   const sleep = (ms: number, signal: AbortSignal) =>
     new Promise<void>((r) => {
+      if (signal.aborted) return r();
       const t = setTimeout(r, ms);
       signal.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
     });

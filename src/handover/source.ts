@@ -192,12 +192,14 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     const plan: Plan = computePlan(hello, welcome);
     await timed(writer.plan(plan), timeouts.handshake, 'sending PLAN');
 
-    enter('transfer');
+    // The downtime starts here: from now on the backends are not used.
+    enter('freeze');
     aborted();
-    await o.freeze?.();
-    frozen = true;
     tFreeze = now();
-    tTransfer = tFreeze;
+    frozen = true;
+    await o.freeze?.();
+    enter('transfer');
+    tTransfer = now();
     // Queue every section at once (the writer keeps them in order), so that small
     // sections do not each wait for the one before to reach the kernel.
     const writes: Promise<void>[] = [];

@@ -4,7 +4,7 @@ import type { PeerPolicy } from '../transport/peer.js';
 import type { FdSocket } from '../transport/fd-socket.js';
 import type { SectionPayload } from '../stream/writer.js';
 
-export type SourcePhase = 'prepare' | 'connect' | 'authenticate' | 'handshake' | 'transfer' | 'verify' | 'commit' | 'release' | 'done' | 'aborted';
+export type SourcePhase = 'prepare' | 'connect' | 'authenticate' | 'handshake' | 'freeze' | 'transfer' | 'verify' | 'commit' | 'release' | 'done' | 'aborted';
 export type TargetPhase = 'prepare' | 'accept' | 'authenticate' | 'handshake' | 'transfer' | 'verify' | 'adopt' | 'commit' | 'done' | 'aborted';
 
 export interface PhaseTimeouts {
@@ -37,7 +37,10 @@ export type HandoverEvent =
 export interface HandoverTimings {
   /** Start to end, ms. */
   totalMs: number;
-  /** Source: freeze (start of capture) until the target said ADOPTED; target: first section until adopted. */
+  /**
+   * Source: from the call of freeze() (the backends stop being used) until the
+   * target said ADOPTED; target: from the first section until it adopted all.
+   */
   downtimeMs: number | null;
   /** ms spent in each phase. */
   phases: Record<string, number>;
@@ -61,7 +64,7 @@ export interface SendHandoverOptions {
   memfdPayloads?: boolean;
   /** Checksum bodies (default true). */
   crc?: boolean;
-  /** Called right before the devices are captured: stop using the backends. */
+  /** Called right before the devices are captured (phase 'freeze', counted in the downtime): stop using the backends. */
   freeze?: () => void | Promise<void>;
   /** Called when the handover fails after freeze(): use the backends again. */
   thaw?: () => void | Promise<void>;
