@@ -136,12 +136,14 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     growSendBuffer(sock, o.sendBufferSize ?? Math.min(MAX_AUTO_SNDBUF, (payloadSize(o.state) ?? MAX_AUTO_SNDBUF) + 256 * 1024));
 
     enter('authenticate');
+    aborted();
     const cred = sock.peer ?? sock.peerCredentials();
     checkPeer(cred, o.peer, 'handover source');
     peerPid = cred.pid;
     pidfd = sock.peerPidfd();
 
     enter('handshake');
+    aborted();
     writer = new StreamWriter(fdSocketChannel(sock), {
       partSize: o.partSize,
       memfdThreshold: o.memfdPayloads ? 64 * 1024 : Number.MAX_SAFE_INTEGER,
