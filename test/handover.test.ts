@@ -155,8 +155,14 @@ describe("the caller's abort and the phase timeouts", () => {
     expect(s.frozen).toBe(0);
     expect(s.thawed).toBe(0);
     expect(s.works).toBe(true);
-    // It had not said HELLO yet: the target sees the connection close before the stream began.
-    await expect(t.done).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED', details: { phase: 'handshake', committed: false } });
+    // It had not said HELLO yet: the target sees the connection end before the stream began
+    // (an EOF or a reset, depending on timing).
+    const e = await t.done.then(
+      () => null,
+      (err: { code: string; details: unknown }) => err,
+    );
+    expect(['ERR_PEER_CLOSED', 'ERR_STREAM_TRUNCATED']).toContain(e?.code);
+    expect(e?.details).toMatchObject({ phase: 'handshake', committed: false });
   });
 
   it('the target aborts while verifying: it closes what it received, tells the source, which thaws and keeps everything', async () => {
