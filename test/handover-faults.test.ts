@@ -142,7 +142,7 @@ async function expectGoneWithSource(w: World): Promise<void> {
 }
 
 describe.sequential('kill -9 of the source at each phase', () => {
-  for (const phase of ['connect', 'authenticate', 'handshake', 'transfer']) {
+  for (const phase of ['connect', 'authenticate', 'handshake', 'freeze', 'transfer']) {
     it(`at ${phase}: the target keeps nothing and leaks nothing; the backends went with their only holder`, async () => {
       const w = await world({ killAt: phase });
       const t = newOwner(w);
@@ -151,7 +151,7 @@ describe.sequential('kill -9 of the source at each phase', () => {
       const exit = await exitOf(w.old);
       expect(exit.signal).toBe('SIGKILL');
       const r = await t.waitFor(['received', 'receive-failed'], 15_000);
-      if (phase === 'transfer') {
+      if (phase === 'freeze' || phase === 'transfer') {
         // After PLAN the target takes over what came (here: nothing yet).
         expect(r).toMatchObject({ event: 'received', outcome: 'takeover', complete: false });
         expect((r.devices as { how: string }[]).every((d) => d.how === 'none')).toBe(true);
