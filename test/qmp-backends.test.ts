@@ -301,10 +301,10 @@ describe('attachChardevSocketToQemu', () => {
     expect((await queryChardevs(qmp)).find((c) => c.label === 'ch0')?.frontendOpen).toBe(true);
 
     // '?' asks why the target stopped: QEMU answers "+" and a T05 stop packet.
-    const first = await gdbExchange(peer.sock, () => peer.waitFor('reply'), '?');
+    const first = await gdbExchange(peer.sock, () => peer.next('reply'), '?');
     expect(checkGdbReply(first.reply)).toMatch(/^T05/);
     // qAttached: "1", QEMU attached to an existing process.
-    const second = await gdbExchange(peer.sock, () => peer.waitFor('reply'), 'qAttached');
+    const second = await gdbExchange(peer.sock, () => peer.next('reply'), 'qAttached');
     expect(checkGdbReply(second.reply)).toBe('1');
     expect(second.accepts).toBe(1); // never a second connection: no reconnect
     expect(q.fdsLinkedTo(meta.link)).toHaveLength(1);

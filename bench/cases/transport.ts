@@ -6,7 +6,7 @@ import net from 'node:net';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FdSocket, closeFd, native, type SocketType } from '../../src/index.js';
+import { closeFd, native, type SocketType } from '../../src/index.js';
 import { BENCH, TSX, runC, startPeer } from '../lib/harness.js';
 import type { Case, Scale } from './types.js';
 

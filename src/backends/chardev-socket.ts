@@ -7,7 +7,8 @@ import { closeFd, inspectFd } from '../fd/index.js';
 import { FdSocket } from '../transport/fd-socket.js';
 import { FdServer } from '../transport/server.js';
 import { decodeState, encodeState, expectFd, requireString, verifyError, stateOf } from './common.js';
-import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
+import type { Arrival, Captured } from './types.js';
+import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 
 export type ChardevRole = 'client' | 'server' | 'listener';
 
@@ -18,12 +19,7 @@ export interface ChardevMeta {
   role: ChardevRole;
 }
 
-export interface ChardevSourceOptions {
-  id: string;
-  instance?: number;
-  version?: number;
-  transfer?: boolean;
-  required?: boolean;
+export interface ChardevSourceOptions extends SourceOptionsBase {
   /** The connected socket ('client', 'server' = an accepted connection) or the listener ('listener'). */
   fd: number;
   role: ChardevRole;
@@ -36,35 +32,18 @@ export interface ChardevSourceOptions {
   neverMove?: boolean;
   /** Opaque chardev state (buffered bytes, options). */
   state?: Uint8Array | (() => Uint8Array);
-  closeOnRelease?: boolean;
 }
 
-export class ChardevSocketSource implements SourceDevice {
+export class ChardevSocketSource extends SourceBase<ChardevSourceOptions> {
   readonly kind = 'chardev-socket' as const;
-  readonly id: string;
-  readonly instance: number;
-  readonly version: number;
-  readonly transfer: boolean;
-  readonly required: boolean;
-  readonly #o: ChardevSourceOptions;
-  #released = false;
 
-  constructor(o: ChardevSourceOptions) {
-    this.#o = o;
-    this.id = o.id;
-    this.instance = o.instance ?? 0;
-    this.version = o.version ?? 1;
-    this.transfer = o.transfer ?? false;
-    this.required = o.required ?? false;
-  }
-
-  fdCount(): number {
-    return 1;
+  protected fds(): number[] {
+    return [this.o.fd];
   }
 
   /** Refuses what may never move; checks the fd is the socket its role says. */
   check(): void {
-    const o = this.#o;
+    const o = this.o;
     if (o.transfer) {
       const layers = [o.tls && 'TLS', o.telnet && 'telnet', o.websocket && 'websocket'].filter(Boolean);
       if (layers.length) {
@@ -90,18 +69,12 @@ export class ChardevSocketSource implements SourceDevice {
 
   capture(withFds: boolean): Captured {
     this.check();
-    const o = this.#o;
+    const o = this.o;
     const meta: ChardevMeta = { id: o.id, address: o.address, role: o.role };
     return {
       attachments: withFds ? [{ kind: o.role === 'listener' ? 'listener' : 'chardev-socket', name: 'socket', meta: { role: o.role }, fd: o.fd }] : [],
       state: encodeState({ ...meta }, stateOf(o.state)),
     };
-  }
-
-  release(): void {
-    if (this.#released) return;
-    this.#released = true;
-    if (this.#o.closeOnRelease ?? true) closeFd(this.#o.fd);
   }
 }
 
@@ -141,34 +114,13 @@ export class ChardevBackend {
   }
 }
 
-export interface ChardevTargetOptions {
-  id: string;
-  instance?: number;
-  minVersion?: number;
-  maxVersion?: number;
-  acceptFds?: boolean;
-  open?: (meta: ChardevMeta | null) => ChardevBackend | Promise<ChardevBackend>;
-}
+export type ChardevTargetOptions = TargetOptionsBase<ChardevMeta, ChardevBackend>;
 
-export class ChardevSocketTarget implements TargetDevice<ChardevBackend> {
+export class ChardevSocketTarget extends TargetBase<ChardevMeta, ChardevBackend> {
   readonly kind = 'chardev-socket' as const;
-  readonly id: string;
-  readonly instance: number;
-  readonly minVersion: number;
-  readonly maxVersion: number;
-  readonly acceptFds: boolean;
-  readonly open?: (state: Buffer | null) => ChardevBackend | Promise<ChardevBackend>;
 
   constructor(o: ChardevTargetOptions) {
-    this.id = o.id;
-    this.instance = o.instance ?? 0;
-    this.minVersion = o.minVersion ?? 1;
-    this.maxVersion = o.maxVersion ?? 1;
-    this.acceptFds = o.acceptFds ?? true;
-    if (o.open) {
-      const opener = o.open;
-      this.open = (state) => opener(state ? (decodeState(this.id, state).meta as unknown as ChardevMeta) : null);
-    }
+    super(o);
   }
 
   verify(arrival: Arrival): void {

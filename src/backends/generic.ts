@@ -5,7 +5,8 @@ import { closeFds, type FdKind } from '../fd/index.js';
 import type { AttachmentKind } from '../stream/wire.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, decodeState, encodeState, expectFd, invalid, verifyError, stateOf } from './common.js';
-import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
+import type { Arrival, Captured } from './types.js';
+import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 
 export interface GenericFd {
   name: string;
@@ -15,46 +16,24 @@ export interface GenericFd {
   meta?: Record<string, unknown>;
 }
 
-export interface GenericSourceOptions {
-  id: string;
-  instance?: number;
-  version?: number;
-  transfer?: boolean;
-  required?: boolean;
+export interface GenericSourceOptions extends SourceOptionsBase {
   fds: GenericFd[];
   /** User metadata, travels as JSON. */
   metadata?: Record<string, unknown>;
   /** Opaque state (large state streams in parts). */
   state?: Uint8Array | (() => Uint8Array);
-  closeOnRelease?: boolean;
 }
 
-export class GenericSource implements SourceDevice {
+export class GenericSource extends SourceBase<GenericSourceOptions> {
   readonly kind = 'generic' as const;
-  readonly id: string;
-  readonly instance: number;
-  readonly version: number;
-  readonly transfer: boolean;
-  readonly required: boolean;
-  readonly #o: GenericSourceOptions;
-  #released = false;
 
-  constructor(o: GenericSourceOptions) {
-    this.#o = o;
-    this.id = o.id;
-    this.instance = o.instance ?? 0;
-    this.version = o.version ?? 1;
-    this.transfer = o.transfer ?? false;
-    this.required = o.required ?? false;
-  }
-
-  fdCount(): number {
-    return this.#o.fds.length;
+  protected fds(): number[] {
+    return this.o.fds.map((f) => f.fd);
   }
 
   check(): void {
     const names = new Set<string>();
-    for (const f of this.#o.fds) {
+    for (const f of this.o.fds) {
       if (names.has(f.name)) throw invalid(this.id, `fd name ${f.name} appears twice`);
       names.add(f.name);
     }
@@ -62,14 +41,8 @@ export class GenericSource implements SourceDevice {
 
   capture(withFds: boolean): Captured {
     this.check();
-    const attachments: OutgoingAttachment[] = withFds ? this.#o.fds.map((f) => ({ kind: f.kind ?? 'generic', name: f.name, meta: f.meta ?? null, fd: f.fd })) : [];
-    return { attachments, state: encodeState({ metadata: this.#o.metadata ?? {}, names: this.#o.fds.map((f) => f.name) }, stateOf(this.#o.state)) };
-  }
-
-  release(): void {
-    if (this.#released) return;
-    this.#released = true;
-    if (this.#o.closeOnRelease ?? true) closeFds(this.#o.fds.map((f) => f.fd));
+    const attachments: OutgoingAttachment[] = withFds ? this.o.fds.map((f) => ({ kind: f.kind ?? 'generic', name: f.name, meta: f.meta ?? null, fd: f.fd })) : [];
+    return { attachments, state: encodeState({ metadata: this.o.metadata ?? {}, names: this.o.fds.map((f) => f.name) }, stateOf(this.o.state)) };
   }
 }
 
@@ -92,38 +65,18 @@ export class GenericBackend {
   }
 }
 
-export interface GenericTargetOptions {
-  id: string;
-  instance?: number;
-  minVersion?: number;
-  maxVersion?: number;
-  acceptFds?: boolean;
+export interface GenericTargetOptions extends TargetOptionsBase<Record<string, unknown>, GenericBackend> {
   /** What each named fd must be, as inspectFd tells (optional per name). */
   expect?: Record<string, FdKind | FdKind[]>;
-  open?: (metadata: Record<string, unknown> | null) => GenericBackend | Promise<GenericBackend>;
 }
 
-export class GenericTarget implements TargetDevice<GenericBackend> {
+export class GenericTarget extends TargetBase<Record<string, unknown>, GenericBackend> {
   readonly kind = 'generic' as const;
-  readonly id: string;
-  readonly instance: number;
-  readonly minVersion: number;
-  readonly maxVersion: number;
-  readonly acceptFds: boolean;
   readonly #expect: Record<string, FdKind | FdKind[]>;
-  readonly open?: (state: Buffer | null) => GenericBackend | Promise<GenericBackend>;
 
   constructor(o: GenericTargetOptions) {
-    this.id = o.id;
-    this.instance = o.instance ?? 0;
-    this.minVersion = o.minVersion ?? 1;
-    this.maxVersion = o.maxVersion ?? 1;
-    this.acceptFds = o.acceptFds ?? true;
+    super(o, (state) => (decodeState(o.id, state).meta.metadata as Record<string, unknown>) ?? {});
     this.#expect = o.expect ?? {};
-    if (o.open) {
-      const opener = o.open;
-      this.open = (state) => opener(state ? ((decodeState(this.id, state).meta.metadata as Record<string, unknown>) ?? {}) : null);
-    }
   }
 
   verify(arrival: Arrival): void {

@@ -22,3 +22,5 @@ export {
   decodeVirtioBlkConfig,
 } from './vhost-user-protocol.js';
 export type { VhostUserSession, VhostUserFrontendOptions, VhostUserConnectOptions, VhostUserReply, VirtioBlkConfig } from './vhost-user-protocol.js';
+export { SourceBase, TargetBase } from './base.js';
+export type { SourceOptionsBase, TargetOptionsBase } from './base.js';

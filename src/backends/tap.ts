@@ -10,7 +10,8 @@ import { closeFd, closeFds, inspectFd } from '../fd/index.js';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, requireString, verifyError, stateOf } from './common.js';
-import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
+import type { Arrival, Captured } from './types.js';
+import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 
 /** The TUNSETIFF flags that define a TAP (TUNGETIFF also reports queue state bits). */
 const FLAG_MASK = native.IFF_TAP | native.IFF_TUN | native.IFF_NO_PI | native.IFF_VNET_HDR | native.IFF_MULTI_QUEUE;
@@ -90,14 +91,7 @@ export function describeTap(queues: readonly number[], vhostFds: readonly number
   };
 }
 
-export interface TapSourceOptions {
-  id: string;
-  instance?: number;
-  /** Version of the device state format. Default 1. */
-  version?: number;
-  /** Per-device opt-in. Default false: the TAP stays with the source. */
-  transfer?: boolean;
-  required?: boolean;
+export interface TapSourceOptions extends SourceOptionsBase {
   /** Queue fds, in queue order. They stay the caller's until release(). */
   queues: number[];
   vhostFds?: number[];
@@ -107,51 +101,27 @@ export interface TapSourceOptions {
   ifindex?: number;
   /** Opaque device state (the virtio-net device's own). */
   state?: Uint8Array | (() => Uint8Array);
-  /** release() closes the fds (default true). */
-  closeOnRelease?: boolean;
 }
 
-export class TapSource implements SourceDevice {
+export class TapSource extends SourceBase<TapSourceOptions> {
   readonly kind = 'tap' as const;
-  readonly id: string;
-  readonly instance: number;
-  readonly version: number;
-  readonly transfer: boolean;
-  readonly required: boolean;
-  readonly #o: TapSourceOptions;
-  #released = false;
 
-  constructor(o: TapSourceOptions) {
-    this.#o = o;
-    this.id = o.id;
-    this.instance = o.instance ?? 0;
-    this.version = o.version ?? 1;
-    this.transfer = o.transfer ?? false;
-    this.required = o.required ?? false;
-  }
-
-  fdCount(): number {
-    return this.#o.queues.length + (this.#o.vhostFds?.length ?? 0);
+  protected fds(): number[] {
+    return [...this.o.queues, ...(this.o.vhostFds ?? [])];
   }
 
   check(): void {
-    describeTap(this.#o.queues, this.#o.vhostFds ?? [], this.#o);
+    describeTap(this.o.queues, this.o.vhostFds ?? [], this.o);
   }
 
   capture(withFds: boolean): Captured {
-    const meta = describeTap(this.#o.queues, this.#o.vhostFds ?? [], this.#o);
+    const meta = describeTap(this.o.queues, this.o.vhostFds ?? [], this.o);
     const attachments: OutgoingAttachment[] = [];
     if (withFds) {
-      this.#o.queues.forEach((fd, i) => attachments.push({ kind: 'tap', name: `queue${i}`, meta: { index: i, enabled: meta.enabled[i] }, fd }));
-      (this.#o.vhostFds ?? []).forEach((fd, i) => attachments.push({ kind: 'vhost-net', name: `vhost${i}`, meta: { index: i }, fd }));
+      this.o.queues.forEach((fd, i) => attachments.push({ kind: 'tap', name: `queue${i}`, meta: { index: i, enabled: meta.enabled[i] }, fd }));
+      (this.o.vhostFds ?? []).forEach((fd, i) => attachments.push({ kind: 'vhost-net', name: `vhost${i}`, meta: { index: i }, fd }));
     }
-    return { attachments, state: encodeState({ ...meta }, stateOf(this.#o.state)) };
-  }
-
-  release(): void {
-    if (this.#released) return;
-    this.#released = true;
-    if (this.#o.closeOnRelease ?? true) closeFds([...this.#o.queues, ...(this.#o.vhostFds ?? [])]);
+    return { attachments, state: encodeState({ ...meta }, stateOf(this.o.state)) };
   }
 }
 
@@ -256,36 +226,13 @@ export function openTap(name: string, options: { queues?: number; vnetHdr?: bool
   return new TapBackend(describeTap(fds), fds, []);
 }
 
-export interface TapTargetOptions {
-  id: string;
-  instance?: number;
-  minVersion?: number;
-  maxVersion?: number;
-  /** Take the TAP's fds (the per-device opt-in on the target). Default true. */
-  acceptFds?: boolean;
-  /** Opens the TAP when none came (the metadata the source sent, if any). */
-  open?: (meta: TapMeta | null) => TapBackend | Promise<TapBackend>;
-}
+export type TapTargetOptions = TargetOptionsBase<TapMeta, TapBackend>;
 
-export class TapTarget implements TargetDevice<TapBackend> {
+export class TapTarget extends TargetBase<TapMeta, TapBackend> {
   readonly kind = 'tap' as const;
-  readonly id: string;
-  readonly instance: number;
-  readonly minVersion: number;
-  readonly maxVersion: number;
-  readonly acceptFds: boolean;
-  readonly open?: (state: Buffer | null) => TapBackend | Promise<TapBackend>;
 
   constructor(o: TapTargetOptions) {
-    this.id = o.id;
-    this.instance = o.instance ?? 0;
-    this.minVersion = o.minVersion ?? 1;
-    this.maxVersion = o.maxVersion ?? 1;
-    this.acceptFds = o.acceptFds ?? true;
-    if (o.open) {
-      const opener = o.open;
-      this.open = (state) => opener(state ? (decodeState(this.id, state).meta as unknown as TapMeta) : null);
-    }
+    super(o);
   }
 
   verify(arrival: Arrival): void {

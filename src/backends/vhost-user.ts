@@ -7,7 +7,8 @@ import { native } from '../native.js';
 import { closeFds, inspectFd } from '../fd/index.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, verifyError, stateOf } from './common.js';
-import type { Arrival, Captured, SourceDevice, TargetDevice } from './types.js';
+import type { Arrival, Captured } from './types.js';
+import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 
 export interface InflightInfo {
   size: number;
@@ -27,12 +28,7 @@ export interface VhostUserMeta {
   inflight: InflightInfo | null;
 }
 
-export interface VhostUserSourceOptions {
-  id: string;
-  instance?: number;
-  version?: number;
-  transfer?: boolean;
-  required?: boolean;
+export interface VhostUserSourceOptions extends SourceOptionsBase {
   /** The front-end's connected socket to the backend. */
   socket: number;
   /** The backend channel (formerly slave channel), if one was set up. */
@@ -47,44 +43,24 @@ export interface VhostUserSourceOptions {
   numQueues: number;
   /** Opaque device state (the front-end's own). */
   deviceState?: Uint8Array | (() => Uint8Array);
-  closeOnRelease?: boolean;
 }
 
-export class VhostUserSource implements SourceDevice {
+export class VhostUserSource extends SourceBase<VhostUserSourceOptions> {
   readonly kind = 'vhost-user' as const;
-  readonly id: string;
-  readonly instance: number;
-  readonly version: number;
-  readonly transfer: boolean;
-  readonly required: boolean;
-  readonly #o: VhostUserSourceOptions;
-  #released = false;
 
-  constructor(o: VhostUserSourceOptions) {
-    this.#o = o;
-    this.id = o.id;
-    this.instance = o.instance ?? 0;
-    this.version = o.version ?? 1;
-    this.transfer = o.transfer ?? false;
-    this.required = o.required ?? false;
-  }
-
-  #fds(): number[] {
-    const o = this.#o;
+  protected fds(): number[] {
+    const o = this.o;
     return [o.socket, ...(o.backendChannel !== undefined ? [o.backendChannel] : []), ...(o.kickFds ?? []), ...(o.callFds ?? []), ...(o.inflight ? [o.inflight.fd] : [])];
   }
 
-  fdCount(): number {
-    return this.#fds().length;
-  }
 
   check(): void {
-    const info = inspectFd(this.#o.socket);
-    if (info.kind !== 'unix-stream') throw invalid(this.id, `the vhost-user socket (fd ${this.#o.socket}) is ${info.kind}, not a connected unix stream socket`);
+    const info = inspectFd(this.o.socket);
+    if (info.kind !== 'unix-stream') throw invalid(this.id, `the vhost-user socket (fd ${this.o.socket}) is ${info.kind}, not a connected unix stream socket`);
   }
 
   meta(): VhostUserMeta {
-    const o = this.#o;
+    const o = this.o;
     return {
       socketPath: o.socketPath,
       features: o.features.toString(),
@@ -99,7 +75,7 @@ export class VhostUserSource implements SourceDevice {
 
   capture(withFds: boolean): Captured {
     this.check();
-    const o = this.#o;
+    const o = this.o;
     const meta = this.meta();
     const attachments: OutgoingAttachment[] = [];
     if (withFds) {
@@ -110,12 +86,6 @@ export class VhostUserSource implements SourceDevice {
       if (o.inflight) attachments.push({ kind: 'memfd', name: 'inflight', meta: { size: o.inflight.size }, fd: o.inflight.fd });
     }
     return { attachments, state: encodeState({ ...meta }, stateOf(o.deviceState)) };
-  }
-
-  release(): void {
-    if (this.#released) return;
-    this.#released = true;
-    if (this.#o.closeOnRelease ?? true) closeFds(this.#fds());
   }
 }
 
@@ -162,35 +132,13 @@ export class VhostUserBackend {
   }
 }
 
-export interface VhostUserTargetOptions {
-  id: string;
-  instance?: number;
-  minVersion?: number;
-  maxVersion?: number;
-  acceptFds?: boolean;
-  /** Opens (reconnects) the backend when the connection did not come. */
-  open?: (meta: VhostUserMeta | null) => VhostUserBackend | Promise<VhostUserBackend>;
-}
+export type VhostUserTargetOptions = TargetOptionsBase<VhostUserMeta, VhostUserBackend>;
 
-export class VhostUserTarget implements TargetDevice<VhostUserBackend> {
+export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend> {
   readonly kind = 'vhost-user' as const;
-  readonly id: string;
-  readonly instance: number;
-  readonly minVersion: number;
-  readonly maxVersion: number;
-  readonly acceptFds: boolean;
-  readonly open?: (state: Buffer | null) => VhostUserBackend | Promise<VhostUserBackend>;
 
   constructor(o: VhostUserTargetOptions) {
-    this.id = o.id;
-    this.instance = o.instance ?? 0;
-    this.minVersion = o.minVersion ?? 1;
-    this.maxVersion = o.maxVersion ?? 1;
-    this.acceptFds = o.acceptFds ?? true;
-    if (o.open) {
-      const opener = o.open;
-      this.open = (state) => opener(state ? (decodeState(this.id, state).meta as unknown as VhostUserMeta) : null);
-    }
+    super(o);
   }
 
   verify(arrival: Arrival): void {

@@ -18,7 +18,7 @@ import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type DeviceOutcome, type SendHandoverOptions, type SendHandoverResult, type SourcePhase } from './types.js';
-import { now, processGone, randomProbe } from './util.js';
+import { PhaseClock, abortedError, limited, now, processGone, randomProbe } from './util.js';
 import { closeFds } from '../fd/index.js';
 import { native } from '../native.js';
 import { warmUpHandover } from './warmup.js';
@@ -40,19 +40,9 @@ function growSendBuffer(sock: FdSocket, bytes: number): void {
 }
 
 export async function sendHandover(o: SendHandoverOptions): Promise<SendHandoverResult> {
-  const t0 = now();
   const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
-  const phases: Record<string, number> = {};
-  let phase: SourcePhase = 'prepare';
-  let phaseStart = t0;
-  const enter = (p: SourcePhase) => {
-    const t = now();
-    phases[phase] = (phases[phase] ?? 0) + (t - phaseStart);
-    phase = p;
-    phaseStart = t;
-    o.onEvent?.({ type: 'phase', phase: p, atMs: t - t0 });
-  };
-  o.onEvent?.({ type: 'phase', phase, atMs: 0 });
+  const clock = new PhaseClock<SourcePhase>('prepare', o.onEvent);
+  const enter = (p: SourcePhase) => clock.enter(p);
 
   let sock: FdSocket | null = null;
   let reader: StreamReader | null = null;
@@ -73,41 +63,16 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
   let tTransfer = 0;
   const totalBytes: number | null = payloadSize(o.state);
 
+  const limits = { phase: () => clock.phase, signal: o.signal, abortable: () => !commitSent };
   const aborted = () => {
-    if (o.signal?.aborted && !commitSent) throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } });
+    if (o.signal?.aborted && !commitSent) throw abortedError(clock.phase);
   };
-  const timed = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => {
-    if (!ms && !o.signal) return p;
-    if (o.signal?.aborted && !commitSent) {
-      // Already aborted: its event has fired, so the listener below would never hear it.
-      p.catch(() => undefined);
-      aborted();
-    }
-    return new Promise<T>((resolve, reject) => {
-      const timer = ms ? setTimeout(() => reject(BackendTransferError.timeout(`${what} (phase ${phase})`, ms)), ms) : null;
-      const onAbort = () => {
-        if (!commitSent) reject(new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } }));
-      };
-      o.signal?.addEventListener('abort', onAbort, { once: true });
-      p.then(
-        (v) => {
-          if (timer) clearTimeout(timer);
-          o.signal?.removeEventListener('abort', onAbort);
-          resolve(v);
-        },
-        (e: unknown) => {
-          if (timer) clearTimeout(timer);
-          o.signal?.removeEventListener('abort', onAbort);
-          reject(e);
-        },
-      );
-    });
-  };
+  const timed = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => limited(p, ms, what, limits);
   const expect = async (what: string, ms: number, ok: (it: StreamItem) => boolean): Promise<StreamItem> => {
     const it = await timed(queue!.next(0, what), ms, `waiting for ${what}`);
     if (it.type === 'nack') {
-      throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${phase}: ${it.nack.code}: ${it.nack.reason}`, {
-        details: { phase, code: it.nack.code, reason: it.nack.reason },
+      throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${clock.phase}: ${it.nack.code}: ${it.nack.reason}`, {
+        details: { phase: clock.phase, code: it.nack.code, reason: it.nack.reason },
       });
     }
     if (!ok(it)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected ${what}, the target sent ${it.type}`);
@@ -153,7 +118,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
           sections++;
           fds += f.fds; // backend fds (not HELLO's probe)
         }
-        if (phase === 'transfer') {
+        if (clock.phase === 'transfer') {
           const elapsed = now() - tTransfer;
           const sent = bytes;
           const eta = totalBytes && sent > 0 && elapsed > 0 ? Math.max(0, ((totalBytes - sent) * elapsed) / sent) : null;
@@ -246,11 +211,11 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       stateBytes: payloadSize(o.state) ?? 0,
       bytes,
       fds: plan.totalFds,
-      timings: { totalMs: now() - t0, downtimeMs: tFreeze !== null && tAdopted !== null ? tAdopted - tFreeze : null, phases },
+      timings: { totalMs: clock.elapsed(), downtimeMs: tFreeze !== null && tAdopted !== null ? tAdopted - tFreeze : null, phases: clock.spent },
     };
   } catch (err) {
-    const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${phase})`);
-    const failedIn = phase;
+    const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${clock.phase})`);
+    const failedIn = clock.phase;
     enter('aborted');
     if (!commitSent && writer && !writer.error && sock && !sock.closed) {
       // Tell the target why, so it closes what it received; never wait long for that.

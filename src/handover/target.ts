@@ -20,7 +20,7 @@ import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { closeSectionItem, now, processGone } from './util.js';
+import { PhaseClock, limited, now, processGone } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
@@ -36,19 +36,9 @@ interface Pending {
 }
 
 export async function receiveHandover(o: ReceiveHandoverOptions): Promise<ReceiveHandoverResult> {
-  const t0 = now();
   const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
-  const phases: Record<string, number> = {};
-  let phase: TargetPhase = 'prepare';
-  let phaseStart = t0;
-  const enter = (p: TargetPhase) => {
-    const t = now();
-    phases[phase] = (phases[phase] ?? 0) + (t - phaseStart);
-    phase = p;
-    phaseStart = t;
-    o.onEvent?.({ type: 'phase', phase: p, atMs: t - t0 });
-  };
-  o.onEvent?.({ type: 'phase', phase, atMs: 0 });
+  const clock = new PhaseClock<TargetPhase>('prepare', o.onEvent);
+  const enter = (p: TargetPhase) => clock.enter(p);
 
   let sock: FdSocket | null = null;
   let queue: ItemQueue | null = null;
@@ -66,38 +56,15 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let tAdopted: number | null = null;
   const adopted = new Map<string, unknown>();
 
-  const guard = <T>(p: Promise<T>, ms: number, what: string): Promise<T> =>
-    new Promise<T>((resolve, reject) => {
-      // Already aborted: its event has fired, so the listener below would never hear it.
-      if (o.signal?.aborted && !committed) {
-        p.catch(() => undefined);
-        return reject(new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } }));
-      }
-      const timer = ms ? setTimeout(() => reject(BackendTransferError.timeout(`${what} (phase ${phase})`, ms)), ms) : null;
-      const onAbort = () => {
-        if (!committed) reject(new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } }));
-      };
-      o.signal?.addEventListener('abort', onAbort, { once: true });
-      p.then(
-        (v) => {
-          if (timer) clearTimeout(timer);
-          o.signal?.removeEventListener('abort', onAbort);
-          resolve(v);
-        },
-        (e: unknown) => {
-          if (timer) clearTimeout(timer);
-          o.signal?.removeEventListener('abort', onAbort);
-          reject(e);
-        },
-      );
-    });
+  const limits = { phase: () => clock.phase, signal: o.signal, abortable: () => !committed };
+  const guard = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => limited(p, ms, what, limits);
   let sourceAborted = false;
   const next = async (what: string, ms: number): Promise<StreamItem> => {
     const it = await guard(queue!.next(0, what), ms, `waiting for ${what}`);
     if (it.type === 'abort') {
       sourceAborted = true;
-      throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${phase}: ${it.abort.code}: ${it.abort.reason}`, {
-        details: { phase, code: it.abort.code, reason: it.abort.reason },
+      throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${clock.phase}: ${it.abort.code}: ${it.abort.reason}`, {
+        details: { phase: clock.phase, code: it.abort.code, reason: it.abort.reason },
       });
     }
     return it;
@@ -122,7 +89,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       stateBytes,
       bytes,
       fds: received.length,
-      timings: { totalMs: now() - t0, downtimeMs: tFirst !== null && tAdopted !== null ? tAdopted - tFirst : null, phases },
+      timings: { totalMs: clock.elapsed(), downtimeMs: tFirst !== null && tAdopted !== null ? tAdopted - tFirst : null, phases: clock.spent },
       peer: cred,
     };
   };
@@ -282,8 +249,8 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     enter('done');
     return await finish('committed', true);
   } catch (err) {
-    const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${phase})`);
-    const failedIn = phase;
+    const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${clock.phase})`);
+    const failedIn = clock.phase;
     // The source went away without COMMIT or ABORT. If its process is gone for good,
     // nobody else holds these backends: keep what arrived whole (a takeover).
     const sourceVanished = e.code === ErrorCodes.ERR_PEER_CLOSED || e.code === ErrorCodes.ERR_STREAM_TRUNCATED;

@@ -3,6 +3,8 @@ import { existsSync } from 'node:fs';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import { closeFd, closeFds } from '../fd/index.js';
 import type { StreamItem } from '../stream/reader.js';
+import { BackendTransferError, ErrorCodes } from '../errors.js';
+import type { HandoverEvent } from './types.js';
 
 export function closeSectionItem(it: StreamItem): void {
   if (it.type !== 'section') return;
@@ -46,5 +48,74 @@ export function processGone(pidfd: number | null, pid: number | null, ms: number
     const poller = new FdPoller(pidfd, (_ev, err) => finish(!err));
     const timer = setTimeout(() => finish(false), ms);
     poller.set(READABLE);
+  });
+}
+
+/** Phase bookkeeping of one side: time spent per phase, and a `phase` event on each change. */
+export class PhaseClock<P extends string> {
+  readonly t0 = now();
+  readonly spent: Record<string, number> = {};
+  #phase: P;
+  #since = this.t0;
+  readonly #onEvent: ((e: HandoverEvent) => void) | undefined;
+
+  constructor(first: P, onEvent: ((e: HandoverEvent) => void) | undefined) {
+    this.#phase = first;
+    this.#onEvent = onEvent;
+    onEvent?.({ type: 'phase', phase: first as never, atMs: 0 });
+  }
+
+  get phase(): P {
+    return this.#phase;
+  }
+
+  enter(p: P): void {
+    const t = now();
+    this.spent[this.#phase] = (this.spent[this.#phase] ?? 0) + (t - this.#since);
+    this.#phase = p;
+    this.#since = t;
+    this.#onEvent?.({ type: 'phase', phase: p as never, atMs: t - this.t0 });
+  }
+
+  elapsed(): number {
+    return now() - this.t0;
+  }
+}
+
+export function abortedError(phase: string): BackendTransferError {
+  return new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } });
+}
+
+/**
+ * `p`, or a rejection when `ms` pass first (ERR_TIMEOUT; 0 = no limit) or the
+ * caller's signal aborts while `abortable()` (before the commit).
+ */
+export function limited<T>(p: Promise<T>, ms: number, what: string, c: { phase: () => string; signal?: AbortSignal; abortable: () => boolean }): Promise<T> {
+  if (!ms && !c.signal) return p;
+  if (c.signal?.aborted && c.abortable()) {
+    // Already aborted: its event has fired, so a listener would never hear it.
+    p.catch(() => undefined);
+    return Promise.reject(abortedError(c.phase()));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const timer = ms ? setTimeout(() => reject(BackendTransferError.timeout(`${what} (phase ${c.phase()})`, ms)), ms) : null;
+    const onAbort = () => {
+      if (c.abortable()) reject(abortedError(c.phase()));
+    };
+    c.signal?.addEventListener('abort', onAbort, { once: true });
+    const settle = () => {
+      if (timer) clearTimeout(timer);
+      c.signal?.removeEventListener('abort', onAbort);
+    };
+    p.then(
+      (v) => {
+        settle();
+        resolve(v);
+      },
+      (e: unknown) => {
+        settle();
+        reject(e);
+      },
+    );
   });
 }

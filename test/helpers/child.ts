@@ -32,7 +32,7 @@ export class Peer {
   readonly sock: FdSocket | null;
   readonly events: PeerEvent[] = [];
   readonly stderr: string[] = [];
-  #waiters: { name: string; resolve: (e: PeerEvent) => void; reject: (e: Error) => void }[] = [];
+  #waiters: { name: string; match: (e: PeerEvent) => boolean; resolve: (e: PeerEvent) => void; reject: (e: Error) => void }[] = [];
   #exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   #exitInfo: { code: number | null; signal: NodeJS.Signals | null } | null = null;
 
@@ -81,7 +81,7 @@ export class Peer {
         return;
       }
       this.events.push(ev);
-      const i = this.#waiters.findIndex((w) => w.name === ev.event);
+      const i = this.#waiters.findIndex((w) => w.match(ev));
       if (i >= 0) this.#waiters.splice(i, 1)[0]!.resolve(ev);
     });
     this.proc.stderr!.on('data', (d: Buffer) => this.stderr.push(d.toString()));
@@ -113,13 +113,27 @@ export class Peer {
 
   /** The first event called `name` (already printed or still to come). */
   waitFor(name: string, timeoutMs = 30_000): Promise<PeerEvent> {
-    const seen = this.events.find((e) => e.event === name);
+    return this.#wait(name, timeoutMs, (e) => e.event === name);
+  }
+
+  /** The next event called `name` that no earlier next(name) returned: for events that repeat. */
+  next(name: string, timeoutMs = 30_000): Promise<PeerEvent> {
+    const taken = this.#taken.get(name) ?? new Set<PeerEvent>();
+    this.#taken.set(name, taken);
+    return this.#wait(name, timeoutMs, (e) => e.event === name && !taken.has(e)).then((e) => (taken.add(e), e));
+  }
+
+  #taken = new Map<string, Set<PeerEvent>>();
+
+  #wait(name: string, timeoutMs: number, match: (e: PeerEvent) => boolean): Promise<PeerEvent> {
+    const seen = this.events.find(match);
     if (seen) return Promise.resolve(seen);
     if (this.#exitInfo) return Promise.reject(new Error(`peer exited before '${name}'; stderr:\n${this.stderr.join('')}`));
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`timed out waiting for '${name}'; stderr:\n${this.stderr.join('')}`)), timeoutMs);
       this.#waiters.push({
         name,
+        match,
         resolve: (e) => {
           clearTimeout(t);
           resolve(e);

@@ -6,11 +6,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
-import { BackendTransferError, ErrorCodes, FdSocket, native } from '../../src/index.js';
+import { BackendTransferError, ErrorCodes, FdSocket } from '../../src/index.js';
 import { QmpClient, type QmpConnectOptions } from '../../src/qmp/index.js';
 import { hasCommand } from './env.js';
+import { Peers, type Peer } from './child.js';
 
 export const QEMU_BINARY = process.env.BT_QEMU ?? 'qemu-system-x86_64';
 
@@ -233,103 +232,16 @@ export function gdbChecksum(body: string): string {
 
 // ------------------------------------------------------------------ the old owner
 
-const QMP_PEER = fileURLToPath(new URL('../fixtures/qmp-peer.ts', import.meta.url));
-const TSX = fileURLToPath(new URL('../../node_modules/tsx/dist/esm/index.mjs', import.meta.url));
-
-export interface PeerEventLine {
-  event: string;
-  [key: string]: unknown;
-}
-
 /**
  * test/fixtures/qmp-peer.ts in its own process (inside a network namespace when
  * asked), with one end of a stream socketpair as its fd 3; the other end is `sock`.
  */
-export class QmpPeer {
-  readonly proc: ChildProcess;
-  readonly sock: FdSocket;
-  readonly events: PeerEventLine[] = [];
-  readonly stderr: string[] = [];
-  #waiters: { name: string; resolve: (e: PeerEventLine) => void; reject: (e: Error) => void }[] = [];
-  #exitInfo: { code: number | null; signal: NodeJS.Signals | null } | null = null;
-  readonly #exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-
-  constructor(scenario: string, args: string[] = [], options: { netns?: string } = {}) {
-    const [mine, theirs] = native.socketpair(native.SOCK_STREAM);
-    this.sock = new FdSocket(mine, 'stream');
-    let cmd = process.execPath;
-    let argv = ['--import', TSX, QMP_PEER, scenario, ...args];
-    if (options.netns !== undefined) {
-      argv = ['netns', 'exec', options.netns, cmd, ...argv];
-      cmd = 'ip';
-    }
-    this.proc = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe', theirs] });
-    native.close(theirs);
-    this.#exited = new Promise((resolve) => {
-      this.proc.on('close', (code, signal) => {
-        this.#exitInfo = { code, signal };
-        for (const w of this.#waiters.splice(0)) {
-          w.reject(new Error(`qmp-peer '${scenario}' exited (code ${code}, signal ${signal}) before '${w.name}'; stderr:\n${this.stderr.join('')}`));
-        }
-        resolve({ code, signal });
-      });
-    });
-    createInterface({ input: this.proc.stdout! }).on('line', (line) => {
-      let ev: PeerEventLine;
-      try {
-        ev = JSON.parse(line) as PeerEventLine;
-      } catch {
-        this.stderr.push(`(stdout) ${line}\n`);
-        return;
-      }
-      this.events.push(ev);
-      const i = this.#waiters.findIndex((w) => w.name === ev.event);
-      if (i >= 0) this.#waiters.splice(i, 1)[0]!.resolve(ev);
-    });
-    this.proc.stderr!.on('data', (d: Buffer) => this.stderr.push(d.toString()));
-  }
-
-  /** The next event called `name` not yet taken by an earlier waitFor. */
-  waitFor(name: string, timeoutMs = 20_000): Promise<PeerEventLine> {
-    const i = this.events.findIndex((e) => e.event === name);
-    if (i >= 0) return Promise.resolve(this.events.splice(i, 1)[0]!);
-    if (this.#exitInfo) return Promise.reject(new Error(`qmp-peer exited before '${name}'; stderr:\n${this.stderr.join('')}`));
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`timed out waiting for '${name}'; stderr:\n${this.stderr.join('')}`)), timeoutMs);
-      this.#waiters.push({
-        name,
-        resolve: (e) => {
-          clearTimeout(t);
-          this.events.splice(this.events.indexOf(e), 1);
-          resolve(e);
-        },
-        reject: (e) => {
-          clearTimeout(t);
-          reject(e);
-        },
-      });
-    });
-  }
-
-  exited(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    return this.#exited;
-  }
-
-  async dispose(): Promise<void> {
-    if (this.#exitInfo === null) this.proc.kill('SIGKILL');
-    await this.#exited;
-    this.sock.close();
-  }
-}
-
 export class QmpPeers {
-  #all: QmpPeer[] = [];
-  spawn(scenario: string, args: string[] = [], options: { netns?: string } = {}): QmpPeer {
-    const p = new QmpPeer(scenario, args, options);
-    this.#all.push(p);
-    return p;
+  readonly #peers = new Peers();
+  spawn(scenario: string, args: string[] = [], options: { netns?: string } = {}): Peer & { sock: FdSocket } {
+    return this.#peers.spawn(scenario, args, { fixture: 'qmp-peer.ts', socket: 'stream', ...options }) as Peer & { sock: FdSocket };
   }
-  async disposeAll(): Promise<void> {
-    await Promise.all(this.#all.splice(0).map((p) => p.dispose()));
+  disposeAll(): Promise<void> {
+    return this.#peers.disposeAll();
   }
 }
