@@ -172,6 +172,34 @@ describe.each(TYPES)('FdSocket.pair (%s)', (type) => {
   });
 });
 
+describe('seqpacket gather lists', () => {
+  it('a gather list is cut into records of at most recordSize, every byte in order, the fds on the first record', async () => {
+    const [a, b] = FdSocket.pair('seqpacket', { recordSize: 1000 });
+    const e = native.eventfd(7);
+    // Segments of awkward sizes, crossing record boundaries, with an empty one among them.
+    const segments = [3, 997, 0, 2500, 1, 1499].map((n, i) => Buffer.alloc(n, 0x41 + i));
+    const total = segments.reduce((t, s) => t + s.length, 0);
+    await a.send(segments, [e]);
+    await a.send([Buffer.from('end')]);
+    const records: { len: number; fds: number[] }[] = [];
+    const parts: Buffer[] = [];
+    while (parts.reduce((t, p) => t + p.length, 0) < total + 3) {
+      const c = (await b.read())!;
+      records.push({ len: c.data.length, fds: c.fds });
+      parts.push(Buffer.from(c.data));
+    }
+    expect(Buffer.concat(parts).equals(Buffer.concat([...segments, Buffer.from('end')]))).toBe(true);
+    // Records: 1000, 1000, 1000, 1000, 1000 (= 5000 bytes of the first message), then 'end'.
+    expect(records.map((r) => r.len)).toEqual([1000, 1000, 1000, 1000, 1000, 3]);
+    expect(records[0]!.fds).toHaveLength(1);
+    expect(records.slice(1).every((r) => r.fds.length === 0)).toBe(true);
+    expect(counter(records[0]!.fds[0]!)).toBe(7);
+    closeFds([e, ...records[0]!.fds]);
+    a.close();
+    b.close();
+  });
+});
+
 describe('FdSocket backpressure and lifecycle', () => {
   it('stops reading at the high-water mark and resumes as the reader drains', async () => {
     const [a, b] = FdSocket.pair('stream', { highWaterMark: 256 * 1024 });

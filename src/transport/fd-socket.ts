@@ -110,6 +110,10 @@ interface Slab {
 
 interface SendOp {
   buf: Uint8Array;
+  /** seqpacket: one record sent from a gather list (no copy); `buf` is then unused. */
+  iov: Uint8Array[] | null;
+  /** Bytes of this op (buf.length, or the iov's total). */
+  len: number;
   off: number;
   fds: number[] | null;
   msg: PendingMessage;
@@ -118,6 +122,7 @@ interface SendOp {
 const RESOLVED: Promise<void> = Promise.resolve();
 const NOOP = (): void => {};
 const EMPTY_FDS: number[] = [];
+const EMPTY_BUF = new Uint8Array(0);
 const MAX_GATHER_BYTES = 4 * 1024 * 1024;
 const READS_PER_TICK = 256;
 /** recvmmsg batches: this many messages per syscall, each given this many bytes. */
@@ -308,8 +313,10 @@ export class FdSocket extends EventEmitter {
     let buf: Uint8Array;
     if (data instanceof Uint8Array) buf = data;
     else if (Array.isArray(data)) {
-      // Gather lists without fds on a stream socket are queued as they are; otherwise join them.
+      // Gather lists without fds on a stream socket are queued as they are; on a
+      // seqpacket socket they are cut into records of gather lists; otherwise joined.
       if (fds.length === 0 && this.type === 'stream') return this.#submitSegments(data as readonly Uint8Array[], withPromise);
+      if (this.type === 'seqpacket' && fds.length <= SCM_MAX_FD) return this.#submitRecords(data as readonly Uint8Array[], fds, withPromise);
       buf = Buffer.concat(data as readonly Uint8Array[]);
     } else throw BackendTransferError.invalidArgument('data must be a Uint8Array or an array of them');
     const nfds = fds.length;
@@ -360,6 +367,41 @@ export class FdSocket extends EventEmitter {
     return this.#enqueue(pieceList, 0, withPromise);
   }
 
+  /** seqpacket: the segments as records of at most recordSize bytes, each a gather list; the fds ride on the first. */
+  #submitRecords(segments: readonly Uint8Array[], fds: readonly number[], withPromise: boolean): PendingMessage | null {
+    const records: { iov: Uint8Array[]; len: number }[] = [];
+    let cur: { iov: Uint8Array[]; len: number } = { iov: [], len: 0 };
+    for (const s of segments) {
+      if (!(s instanceof Uint8Array)) throw BackendTransferError.invalidArgument('data must be Uint8Arrays');
+      for (let pos = 0; pos < s.length; ) {
+        if (cur.len === this.#recordSize || cur.iov.length === native.IOV_MAX) {
+          records.push(cur);
+          cur = { iov: [], len: 0 };
+        }
+        const take = Math.min(s.length - pos, this.#recordSize - cur.len);
+        cur.iov.push(pos === 0 && take === s.length ? s : s.subarray(pos, pos + take));
+        cur.len += take;
+        pos += take;
+      }
+    }
+    if (cur.len > 0) records.push(cur);
+    if (records.length === 0) {
+      if (fds.length === 0) return null;
+      throw new BackendTransferError(ErrorCodes.ERR_FDS_NEED_BYTES, `${fds.length} fds need at least one byte to ride on, but the message has none`, {
+        details: { fds: fds.length, bytes: 0 },
+      });
+    }
+    if (fds.length > 0) validateFds(fds);
+    const msg = this.#newMessage(records.length, 0, withPromise);
+    const wasIdle = this.#opHead === this.#ops.length;
+    records.forEach((r, i) => {
+      this.#ops.push({ buf: EMPTY_BUF, iov: r.iov, len: r.len, off: 0, fds: i === 0 && fds.length > 0 ? fds.slice() : null, msg });
+      this.#queuedBytes += r.len;
+    });
+    if (wasIdle) this.#flush();
+    return msg;
+  }
+
   #submitSegments(segments: readonly Uint8Array[], withPromise: boolean): PendingMessage | null {
     const list: { buf: Uint8Array; off: number; fds: number[] | null }[] = [];
     for (const s of segments) {
@@ -371,19 +413,24 @@ export class FdSocket extends EventEmitter {
   }
 
   #enqueue(pieces: { buf: Uint8Array; off: number; fds: number[] | null }[], alreadySent: number, withPromise: boolean): PendingMessage {
-    const msg: PendingMessage = { opsLeft: pieces.length, sentBytes: alreadySent, settled: false, resolve: NOOP, reject: this.#failQueued, promise: null };
+    const msg = this.#newMessage(pieces.length, alreadySent, withPromise);
+    const wasIdle = this.#opHead === this.#ops.length;
+    for (const p of pieces) {
+      this.#ops.push({ buf: p.buf, iov: null, len: p.buf.length, off: p.off, fds: p.fds, msg });
+      this.#queuedBytes += p.buf.length - p.off;
+    }
+    if (wasIdle) this.#flush();
+    return msg;
+  }
+
+  #newMessage(ops: number, alreadySent: number, withPromise: boolean): PendingMessage {
+    const msg: PendingMessage = { opsLeft: ops, sentBytes: alreadySent, settled: false, resolve: NOOP, reject: this.#failQueued, promise: null };
     if (withPromise) {
       msg.promise = new Promise<void>((resolve, reject) => {
         msg.resolve = resolve;
         msg.reject = reject;
       });
     }
-    const wasIdle = this.#opHead === this.#ops.length;
-    for (const p of pieces) {
-      this.#ops.push({ buf: p.buf, off: p.off, fds: p.fds, msg });
-      this.#queuedBytes += p.buf.length - p.off;
-    }
-    if (wasIdle) this.#flush();
     return msg;
   }
 
@@ -416,10 +463,12 @@ export class FdSocket extends EventEmitter {
       let n: number;
       let gathered = 1;
       try {
-        if (op.fds !== null || this.type === 'seqpacket') {
+        if (op.iov !== null) {
+          n = this.#sendmsg(op.iov, op.fds ?? undefined); // one seqpacket record: all or nothing
+        } else if (op.fds !== null || this.type === 'seqpacket') {
           n = this.#sendmsg(op.off ? op.buf.subarray(op.off) : op.buf, op.fds ?? undefined);
         } else {
-          let bytes = op.buf.length - op.off;
+          let bytes = op.len - op.off;
           const iov: Uint8Array[] = [op.off ? op.buf.subarray(op.off) : op.buf];
           for (let j = this.#opHead + 1; j < ops.length && iov.length < native.IOV_MAX && bytes < MAX_GATHER_BYTES; j++) {
             const next = ops[j]!;
@@ -438,7 +487,7 @@ export class FdSocket extends EventEmitter {
         const msg = op.msg;
         while (this.#opHead < ops.length && ops[this.#opHead]!.msg === msg) {
           const o = ops[this.#opHead++]!;
-          this.#queuedBytes -= o.buf.length - o.off;
+          this.#queuedBytes -= o.len - o.off;
         }
         msg.settled = true;
         msg.reject(mapped);
@@ -457,12 +506,12 @@ export class FdSocket extends EventEmitter {
       // Advance across ops by n bytes.
       while (n > 0) {
         const cur = ops[this.#opHead]!;
-        const left = cur.buf.length - cur.off;
+        const left = cur.len - cur.off;
         const take = Math.min(left, n);
         cur.off += take;
         cur.msg.sentBytes += take;
         n -= take;
-        if (cur.off === cur.buf.length) {
+        if (cur.off === cur.len) {
           this.#opHead++;
           if (--cur.msg.opsLeft === 0 && !cur.msg.settled) {
             cur.msg.settled = true;
