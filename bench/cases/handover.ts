@@ -61,12 +61,12 @@ export function handoverCases(s: Scale): Case[] {
     cases.push(
       {
         group: GT,
-        name: 'downtime (freeze to adopted)',
+        name: 'downtime (freeze to adopted), owners up 1 s',
         unit: 'ms',
         lowerIsBetter: true,
         absoluteTarget: 5,
         run: async () => {
-          const r = await runDemo({ chardevs: 4, vhostDevices: 2, tapQueues: 8, stateBytes: 4 * MiB, trafficMs: 150, cli });
+          const r = await runDemo({ chardevs: 4, vhostDevices: 2, tapQueues: 8, stateBytes: 4 * MiB, trafficMs: 1000, cli });
           if (!r.ok) throw new Error(`typical VM handover failed: ${r.problems.join('; ')}`);
           typical.total.push(r.totalMs ?? NaN);
           typical.detail = { fds: r.fds, phases: r.phases };
@@ -74,7 +74,20 @@ export function handoverCases(s: Scale): Case[] {
         },
         extra: () => ({ vhostNet: 'not on this machine (no /dev/vhost-net)', last: typical.detail }),
       },
-      { group: GT, name: 'total handover time', unit: 'ms', lowerIsBetter: true, run: async () => typical.total.shift() ?? NaN },
+      {
+        // Right after start-up V8 still compiles and collects in the background, on the same two cores.
+        group: GT,
+        name: 'downtime (freeze to adopted), owners up 0.15 s',
+        unit: 'ms',
+        lowerIsBetter: true,
+        absoluteTarget: 5,
+        run: async () => {
+          const r = await runDemo({ chardevs: 4, vhostDevices: 2, tapQueues: 8, stateBytes: 4 * MiB, trafficMs: 150, cli });
+          if (!r.ok) throw new Error(`typical VM handover failed: ${r.problems.join('; ')}`);
+          return r.downtimeMs ?? NaN;
+        },
+      },
+      { group: GT, name: 'total handover time, owners up 1 s', unit: 'ms', lowerIsBetter: true, run: async () => typical.total.shift() ?? NaN },
     );
   } else {
     console.warn(`SKIP typical-VM handover benchmark: ${why}`);

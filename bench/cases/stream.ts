@@ -9,6 +9,8 @@ import {
   type Plan,
   type StreamChannel,
 } from '../../src/index.js';
+import { writeSync } from 'node:fs';
+import { closeFd, native } from '../../src/index.js';
 import { startPeer } from '../lib/harness.js';
 import type { Case, Scale } from './types.js';
 
@@ -73,6 +75,44 @@ async function decodeOnly(total: number, part: number, crc: boolean): Promise<nu
   return bytes / s / 1e9;
 }
 
+/** A sealed memfd holding `total` bytes: state that already lives in a memfd (guest RAM, say). */
+function stateMemfd(total: number): number {
+  const fd = native.memfd_create('bench-state');
+  const chunk = Buffer.alloc(4 * MiB, 0x5a);
+  for (let off = 0; off < total; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, total - off), off);
+  native.fcntl_add_seals(fd, native.F_SEAL_SHRINK | native.F_SEAL_GROW | native.F_SEAL_WRITE);
+  return fd;
+}
+
+/**
+ * The whole state in one sealed memfd, sent by descriptor (no CRC: computing one
+ * means reading all of it). The target either keeps the fd (its bytes are there
+ * to map or read) or reads every byte out of it. GB/s of state handed over.
+ */
+async function oneMemfd(total: number, target: 'keep' | 'read'): Promise<number> {
+  const { hello, plan } = stateHandshake(Features.MEMFD_PAYLOAD | Features.FDS);
+  const memfd = stateMemfd(total); // made before the clock starts, like the VMM's own memory
+  const peer = await startPeer('stream-sink.ts', [target], 'stream');
+  try {
+    const w = new StreamWriter(fdSocketChannel(peer.sock));
+    const t0 = performance.now();
+    await w.hello(hello);
+    await w.plan(plan);
+    await w.section({ id: 'ram', instance: 0, version: 1 }, [], { memfd, length: total });
+    await w.endOfState();
+    await w.eof();
+    const ack = await peer.sock.read();
+    const t1 = performance.now();
+    const got = Number(ack!.data.toString().split(' ')[0]);
+    if (got !== total) throw new Error(`stream sink got ${got} of ${total} bytes`);
+    return total / ((t1 - t0) / 1000) / 1e9;
+  } finally {
+    closeFd(memfd);
+    peer.sock.close();
+    await peer.exited;
+  }
+}
+
 /** The full stack between two processes: StreamWriter → FdSocket → StreamReader. GB/s. */
 async function fullStack(total: number, part: number, opts: { crc: boolean; memfd?: boolean; type?: 'stream' | 'seqpacket' }): Promise<number> {
   const features = (opts.crc ? Features.BODY_CRC : 0) | (opts.memfd ? Features.MEMFD_PAYLOAD | Features.FDS : 0);
@@ -102,6 +142,8 @@ export function streamCases(s: Scale): Case[] {
     { group: G1, name: 'migration stream, 1 MiB parts, no CRC', unit: 'GB/s', target: 0.9, run: () => fullStack(s.bulkBytes, MiB, { crc: false }) },
     { group: G1, name: 'migration stream, 1 MiB parts by sealed memfd, CRC', unit: 'GB/s', run: () => fullStack(s.bulkBytes, MiB, { crc: true, memfd: true }) },
     { group: G1, name: 'migration stream, 1 MiB parts by sealed memfd, no CRC', unit: 'GB/s', run: () => fullStack(s.bulkBytes, MiB, { crc: false, memfd: true }) },
+    { group: G1, name: 'migration stream, all in one sealed memfd, target keeps the fd', unit: 'GB/s', run: () => oneMemfd(s.bulkBytes, 'keep') },
+    { group: G1, name: 'migration stream, all in one sealed memfd, target reads it', unit: 'GB/s', run: () => oneMemfd(s.bulkBytes, 'read') },
     { group: GS, name: 'migration stream, 1 MiB parts, CRC', unit: 'GB/s', target: 0.9, run: () => fullStack(s.bulkBytes, MiB, { crc: true, type: 'seqpacket' }) },
     { group: 'codec alone (no socket), 1 MiB parts', name: 'encode, CRC', unit: 'GB/s', run: () => encodeOnly(s.bulkBytes, MiB, true) },
     { group: 'codec alone (no socket), 1 MiB parts', name: 'encode, no CRC', unit: 'GB/s', run: () => encodeOnly(s.bulkBytes, MiB, false) },
