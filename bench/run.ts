@@ -1,8 +1,8 @@
-// npm run bench [-- --quick] [--runs N] [--only substring]
+// npm run bench [-- --quick] [--runs N] [--only substring] [--render bench/results/FILE.json]
 // Runs every case interleaved (run 1 of every case, then run 2, ...), so that a
 // noisy machine hurts all of them alike, and reports medians, min–max and ratios to
 // the baseline measured in the same run.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH, ROOT, buildC, machine, stats, type Stats } from './lib/harness.js';
@@ -18,8 +18,17 @@ const { values } = parseArgs({
     runs: { type: 'string' },
     only: { type: 'string' },
     'no-docs': { type: 'boolean', default: false },
+    /** Re-render docs/benchmarks.md and the chart from a saved report (after editing bench/analysis.md). */
+    render: { type: 'string' },
   },
 });
+if (values.render) {
+  const saved = JSON.parse(readFileSync(values.render, 'utf8')) as Report;
+  writeFileSync(join(ROOT, 'docs', 'benchmarks-ratios.svg'), renderSvg(saved));
+  writeFileSync(join(ROOT, 'docs', 'benchmarks.md'), renderMarkdown(saved));
+  console.log(`wrote docs/benchmarks.md and docs/benchmarks-ratios.svg from ${values.render}`);
+  process.exit(0);
+}
 const quick = values.quick!;
 const runs = Number(values.runs ?? (quick ? 3 : 5));
 const MiB = 1 << 20;
@@ -84,8 +93,10 @@ for (const row of rows) {
 
 mkdirSync(join(BENCH, 'results'), { recursive: true });
 const stamp = report.date.replace(/[:.]/g, '-');
-writeFileSync(join(BENCH, 'results', `${quick ? 'quick' : 'full'}-${stamp}.json`), JSON.stringify(report, null, 2));
-writeFileSync(join(BENCH, 'results', `latest-${quick ? 'quick' : 'full'}.json`), JSON.stringify(report, null, 2));
+// A run of some cases only (--only) is kept apart from the full and quick runs.
+const kind = values.only ? 'partial' : quick ? 'quick' : 'full';
+writeFileSync(join(BENCH, 'results', `${kind}-${stamp}.json`), JSON.stringify(report, null, 2));
+if (kind !== 'partial') writeFileSync(join(BENCH, 'results', `latest-${kind}.json`), JSON.stringify(report, null, 2));
 if (!quick && !values['no-docs'] && !values.only) {
   writeFileSync(join(ROOT, 'docs', 'benchmarks-ratios.svg'), renderSvg(report));
   writeFileSync(join(ROOT, 'docs', 'benchmarks.md'), renderMarkdown(report));

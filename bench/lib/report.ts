@@ -66,7 +66,9 @@ export function renderMarkdown(r: Report): string {
     let target = '';
     if (row.target !== null) target = `≥ ${row.target}× — ${row.met ? 'met' : '**missed**'}`;
     else if (row.absoluteTarget !== null) target = `${row.lowerIsBetter ? '<' : '≥'} ${row.absoluteTarget} ${row.unit} — ${row.met ? 'met' : '**missed**'}`;
-    const extra = row.extra ? ` (${Object.entries(row.extra).map(([k, v]) => `${k} ${String(v)}`).join(', ')})` : '';
+    // Scalars go next to the name; nested details (phase timings, say) stay in the JSON results.
+    const scalars = row.extra ? Object.entries(row.extra).filter(([, v]) => v === null || typeof v !== 'object') : [];
+    const extra = scalars.length ? ` (${scalars.map(([k, v]) => `${k}: ${String(v)}`).join(', ')})` : '';
     out.push(`| ${row.name}${extra} | ${num(row.median)} ${row.unit} | ${num(row.min)} – ${num(row.max)} | ${ratio} | ${target} |`);
   }
   out.push('');
@@ -85,7 +87,9 @@ export function renderSvg(r: Report): string {
   const gap = 8;
   const left = 420;
   const width = 900;
-  const scaleMax = Math.max(1.2, ...rows.map((x) => x.ratio ?? 0), ...rows.map((x) => x.target ?? 0)) * 1.05;
+  // The axis stops at 2×: a ratio beyond it (the memfd passed by descriptor, ~50×) is drawn cut, with its value.
+  const CAP = 2;
+  const scaleMax = Math.min(CAP, Math.max(1.2, ...rows.map((x) => x.ratio ?? 0), ...rows.map((x) => x.target ?? 0))) * 1.05;
   const px = (v: number) => left + ((width - left - 40) * v) / scaleMax;
   const height = 40 + rows.length * (barH + gap) + 30;
   const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -98,8 +102,10 @@ export function renderSvg(r: Report): string {
     const ratio = row.ratio!;
     const color = row.met === false ? '#d9534f' : row.met === true ? '#5cb85c' : '#5b8def';
     parts.push(`<text x="${left - 8}" y="${y + 13}" text-anchor="end">${esc(`${row.group.replace(/:.*$/, '')}: ${row.name}`)}</text>`);
-    parts.push(`<rect x="${left}" y="${y}" width="${Math.max(1, px(ratio) - left)}" height="${barH}" fill="${color}"/>`);
-    parts.push(`<text x="${px(ratio) + 4}" y="${y + 13}">${ratio.toFixed(2)}×</text>`);
+    const shown = Math.min(ratio, CAP);
+    parts.push(`<rect x="${left}" y="${y}" width="${Math.max(1, px(shown) - left)}" height="${barH}" fill="${color}"/>`);
+    if (ratio > CAP) parts.push(`<text x="${px(shown) - 4}" y="${y + 13}" text-anchor="end" fill="white" font-weight="bold">≫</text>`);
+    parts.push(`<text x="${px(shown) + 4}" y="${y + 13}">${ratio.toFixed(2)}×</text>`);
     if (row.target !== null) parts.push(`<line x1="${px(row.target)}" x2="${px(row.target)}" y1="${y - 2}" y2="${y + barH + 2}" stroke="black" stroke-width="2"/>`);
   });
   const axisY = 36 + rows.length * (barH + gap) + 4;
