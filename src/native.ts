@@ -74,6 +74,8 @@ export interface NativeBinding {
   getpeername(fd: number): string | null;
   shutdown(fd: number, how: number): void;
   close(fd: number): void;
+  /** close_range(first, last, 0): every fd in [first, last], in one syscall. */
+  close_range(first: number, last: number): void;
   /** fcntl(F_DUPFD_CLOEXEC) */
   dup(fd: number, minFd?: number): number;
   fcntl_getfl(fd: number): number;

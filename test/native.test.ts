@@ -46,6 +46,44 @@ describe('errno mapping', () => {
   });
 });
 
+describe('closing fds', () => {
+  const isOpen = (fd: number): boolean => {
+    try {
+      native.fcntl_getfd(fd);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  it('close_range closes a whole range in one call; its errors carry the syscall', () => {
+    const fds = Array.from({ length: 6 }, () => native.eventfd(0)).sort((a, b) => a - b);
+    const lo = fds[0]!;
+    const hi = fds[fds.length - 1]!;
+    expect(hi - lo).toBe(5); // fresh fds take the lowest free numbers
+    native.close_range(lo, hi);
+    for (const fd of fds) expect(isOpen(fd)).toBe(false);
+    expect(() => native.close_range(hi, lo)).toThrow(expect.objectContaining({ code: 'EINVAL', syscall: 'close_range' }));
+  });
+
+  it('closeFds closes exactly the listed fds: runs in one go, gaps and strays untouched, repeats and closed fds ignored', () => {
+    const fds = Array.from({ length: 40 }, () => native.eventfd(0)).sort((a, b) => a - b);
+    // keep three that are not listed: one inside a long run, and both ends of another
+    const keep = [fds[10]!, fds[20]!, fds[25]!];
+    const listed = fds.filter((fd) => !keep.includes(fd));
+    const shuffled = [...listed].reverse();
+    shuffled.push(listed[3]!, listed[3]!); // repeated
+    const stale = native.eventfd(0);
+    native.close(stale);
+    shuffled.push(stale, -1); // not open, and not an fd at all
+    closeFds(shuffled);
+    for (const fd of listed) expect(isOpen(fd)).toBe(false);
+    for (const fd of keep) expect(isOpen(fd)).toBe(true);
+    closeFds(new Set(keep)); // any iterable, and short lists
+    for (const fd of keep) expect(isOpen(fd)).toBe(false);
+  });
+});
+
 describe('sockets', () => {
   it('creates non-blocking, close-on-exec sockets of both types', () => {
     for (const type of [native.SOCK_STREAM, native.SOCK_SEQPACKET]) {

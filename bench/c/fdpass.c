@@ -1,7 +1,9 @@
 // Baseline: sendmsg/recvmsg with SCM_RIGHTS over an AF_UNIX socketpair between two
 // processes. Modes:
-//   pipelined N K : N messages of 1 byte + K fds, sent back to back; the receiver
-//                   takes each batch and closes the fds it got.
+//   pipelined N K [range] : N messages of 1 byte + K fds, sent back to back; the
+//                   receiver takes each batch and closes the fds it got, one close(2)
+//                   each, or with "range" one close_range(2) per batch when the batch
+//                   is a run of consecutive numbers (as closeFds does in the library).
 //   pingpong N    : N round trips of 1 byte + 1 fd each way... one fd each way.
 // Prints one JSON line.
 #define _GNU_SOURCE
@@ -10,6 +12,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +43,20 @@ static int send_fds(int sock, const int* fds, int n) {
 }
 
 // Receives one batch, closes its fds, returns how many came (-1 on EOF/error).
+static int use_range = 0;
+
+static void close_batch(const int* fds, int n) {
+  if (use_range && n > 1) {
+    int lo = fds[0], hi = fds[0];
+    for (int i = 1; i < n; i++) {
+      if (fds[i] < lo) lo = fds[i];
+      if (fds[i] > hi) hi = fds[i];
+    }
+    if (hi - lo + 1 == n && syscall(SYS_close_range, (unsigned)lo, (unsigned)hi, 0u) == 0) return;
+  }
+  for (int i = 0; i < n; i++) close(fds[i]);
+}
+
 static int recv_close(int sock, char* buf, size_t len) {
   char cbuf[CMSG_SPACE(sizeof(int) * SCM_MAX_FD)];
   struct iovec iov = {buf, len};
@@ -55,7 +72,7 @@ static int recv_close(int sock, char* buf, size_t len) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     int n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     int* fds = (int*)CMSG_DATA(c);
-    for (int i = 0; i < n; i++) close(fds[i]);
+    close_batch(fds, n);
     count += n;
   }
   return count;
@@ -70,6 +87,7 @@ int main(int argc, char** argv) {
   long n = atol(argv[2]);
   int k = argc > 3 ? atoi(argv[3]) : 1;
   if (k < 1 || k > SCM_MAX_FD) k = 1;
+  use_range = argc > 4 && strcmp(argv[4], "range") == 0;
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) { perror("socketpair"); return 1; }
   // Same socket buffer sizes as the library side under test (BT_SNDBUF, 0 = kernel default).

@@ -26,8 +26,8 @@ async function fdsocketBulk(type: SocketType, total: number, part: number): Prom
 }
 
 /** Pipelined: `messages` writes of one byte and k fds (one eventfd, repeated), waiting for drain() at the high-water mark. fds/s. */
-async function fdsocketFds(messages: number, k: number): Promise<number> {
-  const peer = await startPeer('fdsocket-sink.ts', [messages, messages * k]);
+async function fdsocketFds(messages: number, k: number, close: 'batch' | 'each' = 'batch'): Promise<number> {
+  const peer = await startPeer('fdsocket-sink.ts', [messages, messages * k, close]);
   const efd = native.eventfd(0);
   const fds = new Array<number>(k).fill(efd);
   const one = Buffer.from([7]);
@@ -218,6 +218,10 @@ export function transportCases(s: Scale): Case[] {
     // fds, 253 per message
     { group: 'fd passing: 253 fds per message, pipelined', name: 'C sendmsg/recvmsg', unit: 'fds/s', baseline: true, run: async () => { const r = runC('fdpass', ['pipelined', s.fdMessages253, 253]); return r['fds']! / r['seconds']!; } },
     { group: 'fd passing: 253 fds per message, pipelined', name: 'FdSocket', unit: 'fds/s', target: 0.8, run: () => fdsocketFds(s.fdMessages253, 253) },
+    // the C program with close_range per batch: what closeFds does, done in C
+    { group: 'fd passing: 253 fds per message, pipelined', name: 'C, close_range per batch', unit: 'fds/s', run: async () => { const r = runC('fdpass', ['pipelined', s.fdMessages253, 253, 'range']); return r['fds']! / r['seconds']!; } },
+    // the same, with the receiver closing each fd by itself (closeFd per fd, as the C program does) instead of closeFds (close_range over runs)
+    { group: 'fd passing: 253 fds per message, pipelined', name: 'FdSocket, closeFd per fd', unit: 'fds/s', run: () => fdsocketFds(s.fdMessages253, 253, 'each') },
     // ping-pong
     { group: 'ping-pong: 1 byte + 1 fd each way', name: 'C sendmsg/recvmsg', unit: 'round trips/s', baseline: true, run: async () => { const r = runC('fdpass', ['pingpong', s.pingpongs]); return r['fds']! / r['seconds']!; } },
     { group: 'ping-pong: 1 byte + 1 fd each way', name: 'FdSocket', unit: 'round trips/s', run: () => fdsocketPingPong(s.pingpongs) },

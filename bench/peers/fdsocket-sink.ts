@@ -1,10 +1,12 @@
 // Benchmark peer: FdSocket on fd 3 in push mode with recycled receive memory.
 // Says "ready" (one byte), then takes everything until TOTAL bytes and FDS fds have
-// arrived, closing fds as they come, and answers with one byte.
-import { FdSocket, closeFd } from '../../src/index.js';
+// arrived, closing fds as they come (closeFds per message; with argv 'each', closeFd
+// per fd, as the C baseline does), and answers with one byte.
+import { FdSocket, closeFd, closeFds } from '../../src/index.js';
 
 const total = Number(process.argv[2]);
 const wantFds = Number(process.argv[3] ?? 0);
+const each = process.argv[4] === 'each';
 const sock = FdSocket.fromFd(3, { recycleReadBuffers: true });
 let bytes = 0;
 let fds = 0;
@@ -13,7 +15,8 @@ await new Promise<void>((resolve, reject) => {
   sock
     .consume((c) => {
       bytes += c.data.length;
-      for (const fd of c.fds) closeFd(fd);
+      if (each) for (const fd of c.fds) closeFd(fd);
+      else if (c.fds.length > 0) closeFds(c.fds);
       fds += c.fds.length;
       if (bytes >= total && fds >= wantFds) {
         sock.pause();

@@ -13,9 +13,52 @@ export function closeFd(fd: number): boolean {
   }
 }
 
-/** Closes every fd in the list; errors are ignored. */
+/** A run at least this long is closed with one close_range(2) instead of one close(2) per fd. */
+const RANGE_MIN = 4;
+let haveCloseRange = true;
+
+/**
+ * Closes every fd in the list; errors (an fd not open) are ignored.
+ *
+ * Fds received together usually have consecutive numbers (the kernel hands out the
+ * lowest free ones), so runs of RANGE_MIN or more consecutive listed fds go in one
+ * close_range(first, last) each. Only listed fds are ever in such a range, so the
+ * effect is exactly that of closing them one by one; it costs one syscall (and one
+ * call into the addon) per run instead of per fd. Without close_range (Linux < 5.9)
+ * it falls back to close(2).
+ */
 export function closeFds(fds: Iterable<number>): void {
-  for (const fd of fds) closeFd(fd);
+  const list = Array.isArray(fds) ? (fds as number[]) : [...fds];
+  if (list.length < RANGE_MIN || !haveCloseRange) {
+    for (const fd of list) closeFd(fd);
+    return;
+  }
+  const sorted = Int32Array.from(list).sort();
+  let i = 0;
+  while (i < sorted.length) {
+    const first = sorted[i]!;
+    let j = i + 1;
+    let last = first;
+    // extend over consecutive numbers; a repeated fd stays inside the run
+    while (j < sorted.length && (sorted[j] === last || sorted[j] === last + 1)) last = sorted[j++]!;
+    if (last - first + 1 >= RANGE_MIN && closeRange(first, last)) {
+      i = j;
+      continue;
+    }
+    for (let k = i; k < j; k++) if (k === i || sorted[k] !== sorted[k - 1]) closeFd(sorted[k]!);
+    i = j;
+  }
+}
+
+function closeRange(first: number, last: number): boolean {
+  if (first < 0 || !haveCloseRange) return false;
+  try {
+    native.close_range(first, last);
+    return true;
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ENOSYS') haveCloseRange = false;
+    return false;
+  }
 }
 
 /** A close-on-exec duplicate of `fd`. */
