@@ -80,6 +80,8 @@ const report: Report = { date: new Date().toISOString(), quick, runs, seconds: M
 // Terminal table
 console.log(`\nbackend-transfer benchmarks (${quick ? 'quick' : 'full'}, ${runs} runs, medians; ratio = this / baseline of the group)\n`);
 let group = '';
+const nameWidth = Math.max(...rows.map((r) => r.name.length));
+const rangeWidth = Math.max(...rows.map((r) => `[${fmt(r.min)} – ${fmt(r.max)}]`.length));
 for (const row of rows) {
   if (row.group !== group) {
     group = row.group;
@@ -88,7 +90,7 @@ for (const row of rows) {
   const ratio = row.ratio === null ? '' : `${row.ratio.toFixed(2)}x`;
   const target = row.target !== null ? ` (target ${row.target}x: ${row.met ? 'met' : 'MISSED'})` : row.absoluteTarget !== null ? ` (target ${row.lowerIsBetter ? '<=' : '>='} ${row.absoluteTarget}: ${row.met ? 'met' : 'MISSED'})` : '';
   const extra = row.extra ? `  ${JSON.stringify(row.extra)}` : '';
-  console.log(`  ${row.name.padEnd(34)} ${fmt(row.median).padStart(10)} ${row.unit.padEnd(14)} [${fmt(row.min)} – ${fmt(row.max)}] ${ratio.padStart(6)}${target}${extra}`);
+  console.log(`  ${row.name.padEnd(nameWidth)} ${fmt(row.median).padStart(10)} ${row.unit.padEnd(14)} ${`[${fmt(row.min)} – ${fmt(row.max)}]`.padEnd(rangeWidth)} ${ratio.padStart(6)}${target}${extra}`);
 }
 
 mkdirSync(join(BENCH, 'results'), { recursive: true });
