@@ -18,7 +18,7 @@ import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type DeviceOutcome, type SendHandoverOptions, type SendHandoverResult, type SourcePhase } from './types.js';
-import { PhaseClock, abortedError, limited, now, processGone, randomProbe } from './util.js';
+import { PhaseClock, abortedError, collectGarbage, limited, now, processGone, randomProbe } from './util.js';
 import { closeFds } from '../fd/index.js';
 import { native } from '../native.js';
 import { warmUpHandover } from './warmup.js';
@@ -109,6 +109,9 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
 
     enter('handshake');
     aborted();
+    // The caller's garbage is collected now, not by a major GC inside the downtime
+    // (early, so that V8's background sweeping is done by the freeze).
+    if (o.collectGarbage !== false) collectGarbage();
     writer = new StreamWriter(fdSocketChannel(sock), {
       partSize: o.partSize,
       memfdThreshold: o.memfdPayloads ? 64 * 1024 : Number.MAX_SAFE_INTEGER,

@@ -20,7 +20,7 @@ import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { PhaseClock, limited, now, processGone } from './util.js';
+import { PhaseClock, collectGarbage, limited, now, processGone } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
@@ -145,6 +145,8 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     pidfd = sock.peerPidfd();
 
     enter('handshake');
+    // Now rather than by a major GC inside the downtime, which starts soon after WELCOME.
+    if (o.collectGarbage !== false) collectGarbage();
     // Frames are assembled in one reused buffer: what is kept is copied out of it
     // (device state into its own buffer, VMM state into room made before the freeze).
     reader = new StreamReader({ role: 'target', verifyFdKinds: o.verifyFdKinds ?? true, reuseBuffers: true });

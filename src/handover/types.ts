@@ -78,6 +78,13 @@ export interface SendHandoverOptions {
    */
   warmUp?: boolean;
   /**
+   * Runs a full garbage collection as the handshake starts, so that V8 does not
+   * stop this process for one inside the downtime (measured in the demo: a major
+   * GC of 8–13 ms right after the freeze in 5 of 6 runs without it, none in 8
+   * runs with it). The handshake takes that GC instead. Default true.
+   */
+  collectGarbage?: boolean;
+  /**
    * SO_SNDBUF for the session's socket, so that the state can be queued to the
    * kernel at once instead of waiting for the target to drain it piece by
    * piece. Default: room for the state (up to 4 MiB; the kernel caps it at
@@ -121,6 +128,8 @@ export interface ReceiveHandoverOptions {
   verifyFdKinds?: boolean;
   /** As in SendHandoverOptions: warm the handover path before the source freezes (default true). */
   warmUp?: boolean;
+  /** As in SendHandoverOptions: a full garbage collection as the handshake starts, so that none falls in the downtime (default true). */
+  collectGarbage?: boolean;
 }
 
 export interface ReceiveHandoverResult {

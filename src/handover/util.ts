@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { existsSync } from 'node:fs';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import { closeFd, closeFds } from '../fd/index.js';
@@ -17,6 +19,36 @@ export function randomProbe(): Buffer {
 }
 
 export const now = (): number => performance.now();
+
+let gcFn: (() => void) | null | undefined;
+
+/**
+ * A full, synchronous garbage collection, run by the session as its handshake
+ * starts so that V8 is unlikely to need a major one inside the downtime. Uses
+ * global.gc when the process runs with --expose-gc, else exposes gc() in one new
+ * context (the flag is set, and cleared again at once). Returns false where
+ * neither works.
+ */
+export function collectGarbage(): boolean {
+  if (gcFn === undefined) {
+    const g = (globalThis as { gc?: unknown }).gc;
+    if (typeof g === 'function') gcFn = g as () => void;
+    else {
+      try {
+        setFlagsFromString('--expose-gc');
+        const f = runInNewContext('gc') as unknown;
+        gcFn = typeof f === 'function' ? (f as () => void) : null;
+      } catch {
+        gcFn = null;
+      } finally {
+        setFlagsFromString('--no-expose-gc');
+      }
+    }
+  }
+  if (!gcFn) return false;
+  gcFn();
+  return true;
+}
 
 /**
  * Whether the process behind `pidfd` has exited, waiting up to `ms` for it (a

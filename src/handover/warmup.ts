@@ -60,8 +60,8 @@ export function warmUpHandover(): Promise<void> {
       const targets = [new GenericTarget({ id: 'warm-generic' }), new ChardevSocketTarget({ id: 'warm-chardev' }), new VhostUserTarget({ id: 'warm-vhost' })];
       const state = Buffer.alloc(256 * 1024, 0x5a);
       const [, r] = await Promise.all([
-        sendHandover({ socket: a, devices: sources, state, partSize: 64 * 1024, backendTransfer: true, warmUp: false }),
-        receiveHandover({ socket: b, accept: targets, backendTransfer: true, warmUp: false }),
+        sendHandover({ socket: a, devices: sources, state, partSize: 64 * 1024, backendTransfer: true, warmUp: false, collectGarbage: false }),
+        receiveHandover({ socket: b, accept: targets, backendTransfer: true, warmUp: false, collectGarbage: false }),
       ]);
       for (const d of r.devices.values()) (d.backend as { close?: () => void } | null)?.close?.();
     } finally {
