@@ -82,6 +82,10 @@ export interface SendHandoverOptions {
    * stop this process for one inside the downtime (measured in the demo: a major
    * GC of 8–13 ms right after the freeze in 5 of 6 runs without it, none in 8
    * runs with it). The handshake takes that GC instead. Default true.
+   * It uses global.gc where node runs with --expose-gc; otherwise it sets that
+   * flag with v8.setFlagsFromString for a moment to get gc() in a new context,
+   * and clears it again (Node's docs call flags changed after start-up
+   * unpredictable: start node with --expose-gc, or set this false, to avoid it).
    */
   collectGarbage?: boolean;
   /**
