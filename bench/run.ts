@@ -33,7 +33,7 @@ const quick = values.quick!;
 const runs = Number(values.runs ?? (quick ? 3 : 5));
 const MiB = 1 << 20;
 const scale: Scale = quick
-  ? { quick, bulkBytes: 256 * MiB, fdMessages1: 50_000, fdMessages253: 2_000, pingpongs: 5_000, ipcHandles: 2_000, usocketFds: 10_000, daemonFds: 3_000, daemonState: 64 * MiB, rssBytes: 512 * MiB }
+  ? { quick, bulkBytes: 256 * MiB, fdMessages1: 50_000, fdMessages253: 2_000, pingpongs: 5_000, ipcHandles: 1_000, usocketFds: 10_000, daemonFds: 3_000, daemonState: 64 * MiB, rssBytes: 512 * MiB }
   : { quick, bulkBytes: 1024 * MiB, fdMessages1: 200_000, fdMessages253: 10_000, pingpongs: 20_000, ipcHandles: 10_000, usocketFds: 50_000, daemonFds: 30_000, daemonState: 1024 * MiB, rssBytes: 4096 * MiB };
 
 buildC();
@@ -47,10 +47,11 @@ const results = new Map<Case, number[]>();
 const started = Date.now();
 for (let r = 0; r < runs; r++) {
   for (const c of cases) {
+    const t0 = performance.now();
     const v = await c.run();
     if (!results.has(c)) results.set(c, []);
     results.get(c)!.push(v);
-    process.stderr.write(`run ${r + 1}/${runs}  ${c.group} / ${c.name}: ${fmt(v)} ${c.unit}\n`);
+    process.stderr.write(`run ${r + 1}/${runs}  ${c.group} / ${c.name}: ${fmt(v)} ${c.unit}  (${((performance.now() - t0) / 1000).toFixed(1)} s)\n`);
   }
 }
 
