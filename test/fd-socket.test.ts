@@ -229,12 +229,39 @@ describe('FdSocket backpressure and lifecycle', () => {
     b.close();
   });
 
+  it("a peer's last words are still read after a send to it failed (EPIPE), with their fds", async () => {
+    const [a, b] = FdSocket.pair();
+    const efd = native.eventfd(0);
+    await b.send(Buffer.from('no, and here is why'), [efd]);
+    closeFd(efd);
+    b.close();
+    // Every send fails (EPIPE), the first one after some bytes went into the
+    // kernel's buffer, or not; the receiving side is untouched.
+    const big = Buffer.alloc(8 << 20);
+    const sends = [a.send(big), a.send(Buffer.from('x'))];
+    for (const p of sends) await expect(p).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED' });
+    const c = await a.read();
+    expect(c!.data.toString()).toBe('no, and here is why');
+    expect(c!.fds).toHaveLength(1);
+    expect(inspectFd(c!.fds[0]!).kind).toBe('eventfd');
+    closeFds(c!.fds);
+    expect(await a.read()).toBeNull();
+    a.close();
+  });
+
   it('rejects sends after close and sends to a closed peer', async () => {
     const [a, b] = FdSocket.pair();
     b.close();
     await expect(a.send(Buffer.alloc(1 << 20))).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED' });
-    expect(a.closed).toBe(true);
+    // Only the sending side failed: the socket stays open for what the peer sent before.
+    expect(a.closed).toBe(false);
+    expect(a.writeError?.code).toBe('ERR_PEER_CLOSED');
     await expect(a.send(Buffer.from('x'))).rejects.toBeInstanceOf(BackendTransferError);
+    expect(() => a.write(Buffer.from('x'))).toThrow(expect.objectContaining({ code: 'ERR_PEER_CLOSED' }));
+    await expect(a.drain()).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED' });
+    await expect(a.end()).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED' });
+    expect(await a.read()).toBeNull();
+    a.close();
     const [c, d] = FdSocket.pair();
     c.close();
     await expect(c.send(Buffer.from('x'))).rejects.toMatchObject({ code: 'ERR_SOCKET_CLOSED' });

@@ -132,6 +132,23 @@ describe('a handover between two processes', () => {
   });
 });
 
+describe('a target that refuses mid-transfer and hangs up', () => {
+  it('the source, still sending its state, reports the NACK (not a broken pipe), thaws and keeps its backends', async () => {
+    // 64 MiB of state with a 1 MiB send buffer: the source is mid-state (EPIPE) when
+    // the target, which refused the first section, has sent its NACK and closed.
+    for (let round = 0; round < 3; round++) {
+      const { peer, path } = await source({ stateBytes: 64 * MiB, lie: true });
+      const t = receive(path);
+      const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+      await expect(t.done).rejects.toMatchObject({ code: 'ERR_STREAM_FD_KIND' });
+      expect(s.event).toBe('handover-failed');
+      expect(s.code).toBe('ERR_HANDOVER_REFUSED');
+      expect((s.details as { code: string }).code).toBe('ERR_STREAM_FD_KIND');
+      expect(s).toMatchObject({ frozen: 1, thawed: 1, leaked: 0, works: true });
+    }
+  });
+});
+
 describe("the caller's abort and the phase timeouts", () => {
   it('the source aborts after its freeze: ABORT, it thaws and keeps working backends, the target closes what it got', async () => {
     const { peer, path } = await source({ stateBytes: MiB, abortAt: 'in-freeze' });

@@ -70,6 +70,32 @@ export class ItemQueue {
     });
   }
 
+  /**
+   * The first queued item of `type` (a NACK, an ABORT), or the next to arrive
+   * within `ms`; null if none comes. Used when a send failed because the peer
+   * went away: its last word may still be on its way in. Items passed over stay
+   * queued.
+   */
+  async find<T extends StreamItem['type']>(type: T, ms: number): Promise<Extract<StreamItem, { type: T }> | null> {
+    const deadline = Date.now() + ms;
+    let seen = 0;
+    for (;;) {
+      for (; seen < this.#items.length; seen++) {
+        if (this.#items[seen]!.type === type) return this.#items.splice(seen, 1)[0] as Extract<StreamItem, { type: T }>;
+      }
+      const left = deadline - Date.now();
+      if (this.#error || this.#ended || left <= 0) return null;
+      let it: StreamItem;
+      try {
+        it = await this.next(left, `a ${type}`);
+      } catch {
+        return null;
+      }
+      if (it.type === type) return it as Extract<StreamItem, { type: T }>;
+      this.#items.splice(seen++, 0, it); // keep it, in order
+    }
+  }
+
   /** Closes the fds of items nobody took. */
   drain(): void {
     for (const it of this.#items.splice(0)) closeSectionItem(it);

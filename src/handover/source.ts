@@ -68,13 +68,13 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     if (o.signal?.aborted && !commitSent) throw abortedError(clock.phase);
   };
   const timed = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => limited(p, ms, what, limits);
+  const refused = (it: Extract<StreamItem, { type: 'nack' }>) =>
+    new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${clock.phase}: ${it.nack.code}: ${it.nack.reason}`, {
+      details: { phase: clock.phase, code: it.nack.code, reason: it.nack.reason },
+    });
   const expect = async (what: string, ms: number, ok: (it: StreamItem) => boolean): Promise<StreamItem> => {
     const it = await timed(queue!.next(0, what), ms, `waiting for ${what}`);
-    if (it.type === 'nack') {
-      throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${clock.phase}: ${it.nack.code}: ${it.nack.reason}`, {
-        details: { phase: clock.phase, code: it.nack.code, reason: it.nack.reason },
-      });
-    }
+    if (it.type === 'nack') throw refused(it);
     if (!ok(it)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected ${what}, the target sent ${it.type}`);
     return it;
   };
@@ -217,8 +217,13 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       timings: { totalMs: clock.elapsed(), downtimeMs: tFreeze !== null && tAdopted !== null ? tAdopted - tFreeze : null, phases: clock.spent },
     };
   } catch (err) {
-    const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${clock.phase})`);
+    let e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${clock.phase})`);
     const failedIn = clock.phase;
+    // A send failed because the target hung up: it may have said why first.
+    if (e.code === ErrorCodes.ERR_PEER_CLOSED && queue && !commitSent) {
+      const nack = await queue.find('nack', 300);
+      if (nack) e = refused(nack);
+    }
     enter('aborted');
     if (!commitSent && writer && !writer.error && sock && !sock.closed) {
       // Tell the target why, so it closes what it received; never wait long for that.

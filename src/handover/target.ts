@@ -61,13 +61,14 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let sourceAborted = false;
   const next = async (what: string, ms: number): Promise<StreamItem> => {
     const it = await guard(queue!.next(0, what), ms, `waiting for ${what}`);
-    if (it.type === 'abort') {
-      sourceAborted = true;
-      throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${clock.phase}: ${it.abort.code}: ${it.abort.reason}`, {
-        details: { phase: clock.phase, code: it.abort.code, reason: it.abort.reason },
-      });
-    }
+    if (it.type === 'abort') throw abortedBySource(it);
     return it;
+  };
+  const abortedBySource = (it: Extract<StreamItem, { type: 'abort' }>) => {
+    sourceAborted = true;
+    return new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${clock.phase}: ${it.abort.code}: ${it.abort.reason}`, {
+      details: { phase: clock.phase, code: it.abort.code, reason: it.abort.reason },
+    });
   };
 
   /** Every accepted device, resolved: the adopted backend, else its opener's, else none. */
@@ -251,8 +252,13 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     enter('done');
     return await finish('committed', true);
   } catch (err) {
-    const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${clock.phase})`);
+    let e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${clock.phase})`);
     const failedIn = clock.phase;
+    // A send failed because the source hung up: it may have sent ABORT first.
+    if (e.code === ErrorCodes.ERR_PEER_CLOSED && queue && !committed) {
+      const abort = await queue.find('abort', 300);
+      if (abort) e = abortedBySource(abort);
+    }
     // The source went away without COMMIT or ABORT. If its process is gone for good,
     // nobody else holds these backends: keep what arrived whole (a takeover).
     const sourceVanished = e.code === ErrorCodes.ERR_PEER_CLOSED || e.code === ErrorCodes.ERR_STREAM_TRUNCATED;

@@ -132,6 +132,12 @@ const SEQPACKET_MAX_RECORD = 256 * 1024;
 
 /** Message-level send failures: the connection is fine, only this message cannot go. */
 const MESSAGE_LEVEL_SEND_ERRORS = new Set(['EBADF', 'ETOOMANYREFS', 'EMSGSIZE', 'EINVAL']);
+/**
+ * sendmsg errors that mean the peer stopped reading (closed, or shut its side):
+ * they fail the sending side only. What the peer sent before it went is still in
+ * this socket's receive queue and can be read (a refusal and its reason, say).
+ */
+const PEER_GONE_SEND_ERRORS = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
 
 function typeOf(t: SocketType): number {
   return t === 'seqpacket' ? native.SOCK_SEQPACKET : native.SOCK_STREAM;
@@ -194,6 +200,8 @@ export class FdSocket extends EventEmitter {
   readonly #writableHighWaterMark: number;
   #endWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   #writeShut = false;
+  /** Set when the peer stopped taking bytes (EPIPE and kin): sends fail, reads go on. */
+  #writeError: BackendTransferError | null = null;
   readonly #recordSize: number;
 
   /** Takes ownership of `fd`, an AF_UNIX socket of the given type. Prefer FdSocket.fromFd, which checks. */
@@ -236,6 +244,14 @@ export class FdSocket extends EventEmitter {
     return this.#error;
   }
 
+  /**
+   * The error that failed the sending side only (the peer closed or shut down its
+   * reading side: ERR_PEER_CLOSED), while what it sent before can still be read.
+   */
+  get writeError(): BackendTransferError | null {
+    return this.#writeError;
+  }
+
   /** True once the peer has shut down its side and every buffered chunk was read. */
   get readableEnded(): boolean {
     return this.#eof && this.#chunkHead === this.#chunks.length;
@@ -272,6 +288,7 @@ export class FdSocket extends EventEmitter {
    */
   send(data: Uint8Array | readonly Uint8Array[], fds: readonly number[] = EMPTY_FDS): Promise<void> {
     if (this.#error) return Promise.reject(this.#error);
+    if (this.#writeError) return Promise.reject(this.#writeError);
     if (this.#closed) return Promise.reject(BackendTransferError.socketClosed());
     if (this.#endRequested) return Promise.reject(BackendTransferError.socketClosed('writable side'));
     try {
@@ -290,6 +307,7 @@ export class FdSocket extends EventEmitter {
    */
   write(data: Uint8Array | readonly Uint8Array[], fds: readonly number[] = EMPTY_FDS): boolean {
     if (this.#error) throw this.#error;
+    if (this.#writeError) throw this.#writeError;
     if (this.#closed || this.#endRequested) throw BackendTransferError.socketClosed(this.#closed ? 'socket' : 'writable side');
     this.#submit(data, fds, false);
     // Count each queued piece as at least 256 bytes: a flood of tiny messages costs memory too.
@@ -299,6 +317,7 @@ export class FdSocket extends EventEmitter {
   /** Resolves when everything queued has been taken by the kernel. */
   drain(): Promise<void> {
     if (this.#error) return Promise.reject(this.#error);
+    if (this.#writeError) return Promise.reject(this.#writeError);
     if (this.#closed) return Promise.reject(BackendTransferError.socketClosed());
     if (this.#opHead === this.#ops.length) return RESOLVED;
     return new Promise((resolve, reject) => this.#drainWaiters.push({ resolve, reject }));
@@ -452,8 +471,28 @@ export class FdSocket extends EventEmitter {
       return new BackendTransferError(ErrorCodes.ERR_INVALID_ARGUMENT, `sendmsg on fd ${this.fd}: an fd to send is not open (${(err as Error).message})`, { cause: err });
     }
     const mapped = BackendTransferError.fromSystem(err, `sendmsg on fd ${this.fd}`);
-    if (!(firstBytesOfMessage && MESSAGE_LEVEL_SEND_ERRORS.has(code))) this.#fail(mapped);
+    if (PEER_GONE_SEND_ERRORS.has(code)) this.#failWrites(mapped);
+    else if (!(firstBytesOfMessage && MESSAGE_LEVEL_SEND_ERRORS.has(code))) this.#fail(mapped);
     return mapped;
+  }
+
+  /** The sending side is done for: every queued message and waiter fails with `err`; reading goes on. */
+  #failWrites(err: BackendTransferError): void {
+    if (this.#writeError || this.#closed) return;
+    this.#writeError = err;
+    for (let i = this.#opHead; i < this.#ops.length; i++) {
+      const m = this.#ops[i]!.msg;
+      if (!m.settled) {
+        m.settled = true;
+        m.reject(err);
+      }
+    }
+    this.#ops = [];
+    this.#opHead = 0;
+    this.#queuedBytes = 0;
+    for (const w of this.#endWaiters.splice(0)) w.reject(err);
+    for (const w of this.#drainWaiters.splice(0)) w.reject(err);
+    this.#updatePoll();
   }
 
   #flush(): void {
@@ -482,7 +521,7 @@ export class FdSocket extends EventEmitter {
       } catch (err) {
         const first = op.msg.sentBytes === 0 && gathered === 1;
         const mapped = this.#sendFailed(err, first);
-        if (this.#closed) return;
+        if (this.#closed || this.#writeError) return; // everything queued has failed with it
         // Only this message failed: drop its ops and go on with the next one.
         const msg = op.msg;
         while (this.#opHead < ops.length && ops[this.#opHead]!.msg === msg) {
@@ -538,6 +577,7 @@ export class FdSocket extends EventEmitter {
    */
   end(): Promise<void> {
     if (this.#error) return Promise.reject(this.#error);
+    if (this.#writeError) return Promise.reject(this.#writeError);
     if (this.#closed) return Promise.reject(BackendTransferError.socketClosed());
     this.#endRequested = true;
     if (this.#writeShut) return RESOLVED;
