@@ -197,6 +197,15 @@ describe("the caller's abort and the phase timeouts", () => {
     expect(s.leaked).toBe(0);
   });
 
+  it("a freeze() that never returns times out: the source thaws and keeps everything, the target is told", async () => {
+    const { peer, path } = await source({ stateBytes: MiB, freezeHangs: true, timeouts: { freeze: 300 } });
+    const t = receive(path);
+    const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
+    expect(s).toMatchObject({ event: 'handover-failed', code: 'ERR_TIMEOUT', frozen: 1, thawed: 1, works: true, leaked: 0 });
+    expect((s.details as { phase: string }).phase).toBe('freeze');
+    await expect(t.done).rejects.toMatchObject({ code: 'ERR_HANDOVER_ABORTED' });
+  });
+
   it('a target that accepts and then says nothing: the handshake times out, the source keeps everything', async () => {
     const path = sockPath();
     const server = FdServer.listen(path);

@@ -77,7 +77,11 @@ export class OwnerProcess {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#listeners = this.#listeners.filter((l) => l !== listener);
-        reject(new Error(`timed out waiting for ${want.join('/')} from owner ${this.pid}; stderr:\n${this.stderr}`));
+        const last = this.events
+          .slice(-6)
+          .map((e) => (e.event === 'phase' ? `phase ${String(e.phase)}` : e.event))
+          .join(', ');
+        reject(new Error(`timed out waiting for ${want.join('/')} from owner ${this.pid} (its last events: ${last || 'none'}); stderr:\n${this.stderr}`));
       }, timeoutMs);
       const listener = (e: OwnerEvent) => {
         if (e.event === '__exit__') {

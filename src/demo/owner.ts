@@ -143,8 +143,15 @@ function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number): Traffi
   const sleep = (ms: number, signal: AbortSignal) =>
     new Promise<void>((r) => {
       if (signal.aborted) return r();
-      const t = setTimeout(r, ms);
-      signal.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
+      const onAbort = () => {
+        clearTimeout(t);
+        r();
+      };
+      const t = setTimeout(() => {
+        signal.removeEventListener('abort', onAbort);
+        r();
+      }, ms);
+      signal.addEventListener('abort', onAbort, { once: true });
     });
   const run = async (signal: AbortSignal): Promise<void> => {
     while (running) {

@@ -167,7 +167,10 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     aborted();
     tFreeze = now();
     frozen = true;
-    await o.freeze?.();
+    // Bounded, so that a freeze() that never returns cannot hold the handover (and
+    // the target) forever; the caller's abort is heard after it, as before.
+    const freezing = o.freeze?.();
+    if (freezing) await limited(Promise.resolve(freezing), timeouts.freeze, "the caller's freeze()", { phase: () => clock.phase, abortable: () => false });
     enter('transfer');
     tTransfer = now();
     // Queue every section at once (the writer keeps them in order), so that small

@@ -12,6 +12,8 @@ export interface PhaseTimeouts {
   connect?: number;
   authenticate?: number;
   handshake?: number;
+  /** The caller's freeze() (source). On timeout the source fails, tells the target and calls thaw(). */
+  freeze?: number;
   transfer?: number;
   verify?: number;
   adopt?: number;
@@ -23,6 +25,7 @@ export const DEFAULT_TIMEOUTS: Required<PhaseTimeouts> = {
   connect: 10_000,
   authenticate: 5_000,
   handshake: 10_000,
+  freeze: 10_000,
   transfer: 0,
   verify: 30_000,
   adopt: 30_000,
