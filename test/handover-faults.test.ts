@@ -226,12 +226,16 @@ describe.sequential('kill -9 of the target at each phase', () => {
 
 describe.sequential('other faults', () => {
   it('a target that stops reading: the source times out, keeps everything and goes on', async () => {
-    const w = await world({ stateBytes: 32 * 1024 * 1024, timeouts: { transfer: 1500 } });
+    // The target pauses on entering 'transfer', but one event-loop tick of its reader
+    // may already have taken tens of MiB by then (and the kernel and its buffer hold
+    // 16 MiB more): with 128 MiB the source is almost always still sending when it
+    // times out; if everything did fit, it times out waiting for ACK(LOADED) instead.
+    const w = await world({ stateBytes: 128 * 1024 * 1024, timeouts: { transfer: 1500, verify: 1500 } });
     const t = newOwner(w, { stopReadingAt: 'transfer', timeouts: { transfer: 0 } });
     await t.waitFor('listening');
     const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
     expect(r).toMatchObject({ event: 'handover-failed', code: 'ERR_TIMEOUT' });
-    expect((r.details as { phase: string }).phase).toBe('transfer');
+    expect(['transfer', 'verify']).toContain((r.details as { phase: string }).phase);
     await expectAliveWith(w, w.old);
   });
 
