@@ -284,6 +284,33 @@ describe('FdSocket backpressure and lifecycle', () => {
     s.close();
   });
 
+  it('a reset connection (the peer closed with our bytes unread) still yields what it sent before, fds included, then ERR_PEER_CLOSED', async () => {
+    for (const mode of ['read', 'consume'] as const) {
+      const [a, b] = native.socketpair(native.SOCK_STREAM);
+      const s = new FdSocket(a, 'stream');
+      const efd = native.eventfd(0);
+      native.sendmsg(b, Buffer.from('last words'), [efd]);
+      closeFd(efd);
+      native.sendmsg(a, Buffer.from('never read by the peer'));
+      closeFd(b); // unread data: ECONNRESET for us, after what it queued
+      await new Promise((r) => setTimeout(r, 50)); // the socket has seen the data and the reset by now
+      const got: ReceivedChunk[] = [];
+      if (mode === 'read') {
+        got.push((await s.read())!);
+        await expect(s.read()).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED' });
+      } else {
+        await expect(s.consume((c) => got.push(c))).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED' });
+      }
+      expect(Buffer.concat(got.map((c) => c.data)).toString()).toBe('last words');
+      const fds = got.flatMap((c) => c.fds);
+      expect(fds.map((fd) => inspectFd(fd).kind)).toEqual(['eventfd']);
+      closeFds(fds);
+      expect(s.readableEnded).toBe(false); // it did not end cleanly
+      await expect(s.send(Buffer.from('x'))).rejects.toMatchObject({ code: 'ERR_PEER_CLOSED' });
+      s.close();
+    }
+  });
+
   it('a closed fd in the fd list fails only that message', async () => {
     const [a, b] = FdSocket.pair();
     const efd = native.eventfd(0);

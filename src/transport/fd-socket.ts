@@ -202,6 +202,8 @@ export class FdSocket extends EventEmitter {
   #writeShut = false;
   /** Set when the peer stopped taking bytes (EPIPE and kin): sends fail, reads go on. */
   #writeError: BackendTransferError | null = null;
+  /** Set when the connection was reset (ECONNRESET): what was received is still read, then this. */
+  #readError: BackendTransferError | null = null;
   readonly #recordSize: number;
 
   /** Takes ownership of `fd`, an AF_UNIX socket of the given type. Prefer FdSocket.fromFd, which checks. */
@@ -254,7 +256,7 @@ export class FdSocket extends EventEmitter {
 
   /** True once the peer has shut down its side and every buffered chunk was read. */
   get readableEnded(): boolean {
-    return this.#eof && this.#chunkHead === this.#chunks.length;
+    return this.#eof && this.#readError === null && this.#chunkHead === this.#chunks.length;
   }
 
   /** Bytes received and not yet read. */
@@ -476,6 +478,32 @@ export class FdSocket extends EventEmitter {
     return mapped;
   }
 
+  /** A receive failed: a reset connection ends the reading side (after what is buffered); anything else fails the socket. */
+  #recvFailed(e: unknown, syscall: string): void {
+    const mapped = BackendTransferError.fromSystem(e, `${syscall} on fd ${this.fd}`);
+    if (PEER_GONE_SEND_ERRORS.has((e as { code?: string }).code ?? '')) this.#peerGone(mapped);
+    else this.#fail(mapped);
+  }
+
+  /**
+   * The peer reset the connection. The kernel hands out what it had queued before
+   * the reset, then the error once: so reading ends here, the chunks already
+   * received are still read (fds included), and then `err` is what read() rejects
+   * with and consume() ends with. Sending fails with it at once.
+   */
+  #peerGone(err: BackendTransferError): void {
+    if (this.#closed) return;
+    if (!this.#eof) {
+      this.#readError = err;
+      this.#eof = true;
+      this.#batchRecv = false;
+    }
+    this.#failWrites(err);
+    this.#updatePoll();
+    this.#wake();
+    if (this.#consumer && !this.#paused && this.#chunkHead === this.#chunks.length) this.#finishConsume(this.#readError);
+  }
+
   /** The sending side is done for: every queued message and waiter fails with `err`; reading goes on. */
   #failWrites(err: BackendTransferError): void {
     if (this.#writeError || this.#closed) return;
@@ -613,6 +641,7 @@ export class FdSocket extends EventEmitter {
     const c = this.tryRead();
     if (c !== undefined) return Promise.resolve(c);
     if (this.#error) return Promise.reject(this.#error);
+    if (this.#readError) return Promise.reject(this.#readError);
     if (this.#closed) return Promise.reject(BackendTransferError.socketClosed());
     return new Promise((resolve, reject) => {
       this.#readWaiters.push({ resolve, reject });
@@ -643,7 +672,7 @@ export class FdSocket extends EventEmitter {
       if (wasFull) this.#updatePoll();
       return c;
     }
-    if (this.#error || this.#closed) return undefined;
+    if (this.#error || this.#closed || this.#readError) return undefined;
     if (this.#eof) return null;
     return undefined;
   }
@@ -707,7 +736,7 @@ export class FdSocket extends EventEmitter {
   /** Delivers what is buffered, finishes at EOF, and polls for more otherwise. */
   #afterDelivery(): void {
     this.#deliverBuffered();
-    if (this.#consumer !== null && !this.#paused && this.#eof && this.#chunkHead === this.#chunks.length) this.#finishConsume(null);
+    if (this.#consumer !== null && !this.#paused && this.#eof && this.#chunkHead === this.#chunks.length) this.#finishConsume(this.#readError);
     else this.#updatePoll();
   }
 
@@ -781,11 +810,11 @@ export class FdSocket extends EventEmitter {
       }
       if (soError !== 0) {
         const peerGone = soError === 104 || soError === 32 || soError === 107; // ECONNRESET, EPIPE, ENOTCONN
-        this.#fail(
-          new BackendTransferError(peerGone ? ErrorCodes.ERR_PEER_CLOSED : ErrorCodes.ERR_SYSTEM, `socket fd ${this.fd} failed (errno ${soError})${peerGone ? ': the peer closed the connection' : ''}`, {
-            details: { errno: soError },
-          }),
-        );
+        const e = new BackendTransferError(peerGone ? ErrorCodes.ERR_PEER_CLOSED : ErrorCodes.ERR_SYSTEM, `socket fd ${this.fd} failed (errno ${soError})${peerGone ? ': the peer closed the connection' : ''}`, {
+          details: { errno: soError },
+        });
+        if (peerGone) this.#peerGone(e);
+        else this.#fail(e);
         return;
       }
       this.#updatePoll();
@@ -819,7 +848,7 @@ export class FdSocket extends EventEmitter {
             this.stats.recvmsgCalls++;
             n = native.recvmsg(this.fd, region, 0, region.length, meta);
           } catch (e) {
-            this.#fail(BackendTransferError.fromSystem(e, `recvmsg on fd ${this.fd}`));
+            this.#recvFailed(e, 'recvmsg');
             return;
           }
           if (n < 0) break;
@@ -837,7 +866,7 @@ export class FdSocket extends EventEmitter {
         this.stats.recvmsgCalls++;
         n = native.recvmsg(this.fd, slab.buf, slab.pos, this.#slabSize - slab.pos, meta);
       } catch (e) {
-        this.#fail(BackendTransferError.fromSystem(e, `recvmsg on fd ${this.fd}`));
+        this.#recvFailed(e, 'recvmsg');
         return;
       }
       if (n < 0) break; // EAGAIN
@@ -859,7 +888,7 @@ export class FdSocket extends EventEmitter {
       this.stats.recvmsgCalls++;
       count = native.recvmmsg(this.fd, slab.buf, slab.pos, BATCH_SLICE * BATCH_VLEN, bm, BATCH_VLEN);
     } catch (e) {
-      this.#fail(BackendTransferError.fromSystem(e, `recvmmsg on fd ${this.fd}`));
+      this.#recvFailed(e, 'recvmmsg');
       return false;
     }
     if (count < 0) return false; // EAGAIN
@@ -946,7 +975,10 @@ export class FdSocket extends EventEmitter {
   #wake(): void {
     while (this.#readWaiters.length > 0) {
       const c = this.tryRead();
-      if (c === undefined) break;
+      if (c === undefined) {
+        if (this.#readError) for (const w of this.#readWaiters.splice(0)) w.reject(this.#readError);
+        break;
+      }
       this.#readWaiters.shift()!.resolve(c);
     }
   }
