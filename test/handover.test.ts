@@ -9,7 +9,9 @@ import { mkdtempSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { FdServer, GenericTarget, inspectFd, receiveHandover, warmUpHandover, type GenericBackend, type HandoverEvent, type ReceiveHandoverOptions } from '../src/index.js';
+import { AckStage, FdServer, FdSocket, GenericTarget, StreamReader, StreamWriter, fdSocketChannel, inspectFd, receiveHandover, warmUpHandover, type GenericBackend, type HandoverEvent, type ReceiveHandoverOptions } from '../src/index.js';
+import { ItemQueue } from '../src/handover/items.js';
+import { buildStream } from './helpers/stream.js';
 import { countOpenFds, trackFdLeaks } from './helpers/fds.js';
 import { Peers, type Peer } from './helpers/child.js';
 
@@ -145,6 +147,38 @@ describe('a target that refuses mid-transfer and hangs up', () => {
       expect(s.code).toBe('ERR_HANDOVER_REFUSED');
       expect((s.details as { code: string }).code).toBe('ERR_STREAM_FD_KIND');
       expect(s).toMatchObject({ frozen: 1, thawed: 1, leaked: 0, works: true });
+    }
+  });
+});
+
+describe("looking for the peer's last word (ItemQueue.find)", () => {
+  it('skips what is queued without losing or reordering it, and waits for new items without blocking the loop', async () => {
+    const built = await buildStream([]);
+    built.channel.close();
+    const [a, b] = FdSocket.pair();
+    const w = new StreamWriter(fdSocketChannel(a));
+    const q = new ItemQueue(b, new StreamReader({ role: 'source' }));
+    try {
+      await w.welcome(built.welcome);
+      await w.ack(AckStage.LOADED, 'one');
+      await w.ack(AckStage.VERIFIED, 'two');
+      await new Promise((r) => setTimeout(r, 50)); // all three are queued now
+      let ticks = 0;
+      const tick = setInterval(() => ticks++, 5);
+      const t0 = Date.now();
+      expect(await q.find('nack', 100)).toBeNull();
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(90);
+      expect(ticks).toBeGreaterThan(3); // the event loop ran meanwhile
+      setTimeout(() => void w.nack('ERR_X', 'because'), 20);
+      const n = await q.find('nack', 1000);
+      clearInterval(tick);
+      expect(n?.nack).toMatchObject({ code: 'ERR_X', reason: 'because' });
+      expect((await q.next(100, 'welcome')).type).toBe('welcome');
+      expect(await q.next(100, 'ack')).toMatchObject({ type: 'ack', ack: { detail: 'one' } });
+      expect(await q.next(100, 'ack')).toMatchObject({ type: 'ack', ack: { detail: 'two' } });
+    } finally {
+      a.close();
+      b.close();
     }
   });
 });

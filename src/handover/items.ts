@@ -74,25 +74,28 @@ export class ItemQueue {
    * The first queued item of `type` (a NACK, an ABORT), or the next to arrive
    * within `ms`; null if none comes. Used when a send failed because the peer
    * went away: its last word may still be on its way in. Items passed over stay
-   * queued.
+   * queued, in order.
    */
   async find<T extends StreamItem['type']>(type: T, ms: number): Promise<Extract<StreamItem, { type: T }> | null> {
-    const deadline = Date.now() + ms;
-    let seen = 0;
-    for (;;) {
-      for (; seen < this.#items.length; seen++) {
-        if (this.#items[seen]!.type === type) return this.#items.splice(seen, 1)[0] as Extract<StreamItem, { type: T }>;
+    // Set the queued items aside, so that next() waits for new ones only.
+    const held = this.#items.splice(0);
+    try {
+      const i = held.findIndex((x) => x.type === type);
+      if (i >= 0) return held.splice(i, 1)[0] as Extract<StreamItem, { type: T }>;
+      const deadline = Date.now() + ms;
+      for (let left = ms; left > 0; left = deadline - Date.now()) {
+        let it: StreamItem;
+        try {
+          it = await this.next(left, `a ${type}`);
+        } catch {
+          return null; // the time is up, or the stream ended or failed
+        }
+        if (it.type === type) return it as Extract<StreamItem, { type: T }>;
+        held.push(it);
       }
-      const left = deadline - Date.now();
-      if (this.#error || this.#ended || left <= 0) return null;
-      let it: StreamItem;
-      try {
-        it = await this.next(left, `a ${type}`);
-      } catch {
-        return null;
-      }
-      if (it.type === type) return it as Extract<StreamItem, { type: T }>;
-      this.#items.splice(seen++, 0, it); // keep it, in order
+      return null;
+    } finally {
+      this.#items.unshift(...held);
     }
   }
 
