@@ -133,11 +133,12 @@ const SEQPACKET_MAX_RECORD = 256 * 1024;
 /** Message-level send failures: the connection is fine, only this message cannot go. */
 const MESSAGE_LEVEL_SEND_ERRORS = new Set(['EBADF', 'ETOOMANYREFS', 'EMSGSIZE', 'EINVAL']);
 /**
- * sendmsg errors that mean the peer stopped reading (closed, or shut its side):
- * they fail the sending side only. What the peer sent before it went is still in
- * this socket's receive queue and can be read (a refusal and its reason, say).
+ * Errors that mean the peer went away (closed, reset, or shut its side). On a send
+ * they fail the sending side only; on a receive they end the reading side after
+ * what was queued. Either way, what the peer sent before it went can still be
+ * read (a refusal and its reason, say).
  */
-const PEER_GONE_SEND_ERRORS = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
+const PEER_GONE_ERRORS = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
 
 function typeOf(t: SocketType): number {
   return t === 'seqpacket' ? native.SOCK_SEQPACKET : native.SOCK_STREAM;
@@ -473,7 +474,7 @@ export class FdSocket extends EventEmitter {
       return new BackendTransferError(ErrorCodes.ERR_INVALID_ARGUMENT, `sendmsg on fd ${this.fd}: an fd to send is not open (${(err as Error).message})`, { cause: err });
     }
     const mapped = BackendTransferError.fromSystem(err, `sendmsg on fd ${this.fd}`);
-    if (PEER_GONE_SEND_ERRORS.has(code)) this.#failWrites(mapped);
+    if (PEER_GONE_ERRORS.has(code)) this.#failWrites(mapped);
     else if (!(firstBytesOfMessage && MESSAGE_LEVEL_SEND_ERRORS.has(code))) this.#fail(mapped);
     return mapped;
   }
@@ -481,7 +482,7 @@ export class FdSocket extends EventEmitter {
   /** A receive failed: a reset connection ends the reading side (after what is buffered); anything else fails the socket. */
   #recvFailed(e: unknown, syscall: string): void {
     const mapped = BackendTransferError.fromSystem(e, `${syscall} on fd ${this.fd}`);
-    if (PEER_GONE_SEND_ERRORS.has((e as { code?: string }).code ?? '')) this.#peerGone(mapped);
+    if (PEER_GONE_ERRORS.has((e as { code?: string }).code ?? '')) this.#peerGone(mapped);
     else this.#fail(mapped);
   }
 
@@ -508,19 +509,24 @@ export class FdSocket extends EventEmitter {
   #failWrites(err: BackendTransferError): void {
     if (this.#writeError || this.#closed) return;
     this.#writeError = err;
+    this.#rejectSends(err);
+    this.#updatePoll();
+  }
+
+  /** Every queued message, end() and drain() fails with `reason`; the queue is emptied. */
+  #rejectSends(reason: Error): void {
     for (let i = this.#opHead; i < this.#ops.length; i++) {
       const m = this.#ops[i]!.msg;
       if (!m.settled) {
         m.settled = true;
-        m.reject(err);
+        m.reject(reason);
       }
     }
     this.#ops = [];
     this.#opHead = 0;
     this.#queuedBytes = 0;
-    for (const w of this.#endWaiters.splice(0)) w.reject(err);
-    for (const w of this.#drainWaiters.splice(0)) w.reject(err);
-    this.#updatePoll();
+    for (const w of this.#endWaiters.splice(0)) w.reject(reason);
+    for (const w of this.#drainWaiters.splice(0)) w.reject(reason);
   }
 
   #flush(): void {
@@ -1058,18 +1064,7 @@ export class FdSocket extends EventEmitter {
     this.#pool = [];
     this.#bufferedFds = 0;
     const reason = err ?? BackendTransferError.socketClosed();
-    for (let i = this.#opHead; i < this.#ops.length; i++) {
-      const m = this.#ops[i]!.msg;
-      if (!m.settled) {
-        m.settled = true;
-        m.reject(reason);
-      }
-    }
-    this.#ops = [];
-    this.#opHead = 0;
-    this.#queuedBytes = 0;
-    for (const w of this.#endWaiters.splice(0)) w.reject(reason);
-    for (const w of this.#drainWaiters.splice(0)) w.reject(reason);
+    this.#rejectSends(reason);
     for (const w of this.#readWaiters.splice(0)) w.reject(reason);
     this.#finishConsume(err); // a local close() ends consume() normally
     if (unclaimed > 0) this.emit('unclaimed-fds', { count: unclaimed, firstSeq });
