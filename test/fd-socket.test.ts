@@ -15,19 +15,13 @@ import {
   type ReceivedChunk,
   type SocketType,
 } from '../src/index.js';
-import { countOpenFds, openFds, trackFdLeaks } from './helpers/fds.js';
+import { countOpenFds, counter, openFds, trackFdLeaks } from './helpers/fds.js';
 import { Peers } from './helpers/child.js';
 import { isRoot } from './helpers/env.js';
 
 trackFdLeaks();
 const peers = new Peers();
 afterEach(() => peers.disposeAll());
-
-function counter(fd: number): number {
-  const b = Buffer.alloc(8);
-  readSync(fd, b, 0, 8, null);
-  return Number(b.readBigUInt64LE(0));
-}
 
 /** Reads until `bytes` bytes arrived; returns the data and every fd, in order. */
 async function readAll(sock: FdSocket, bytes: number): Promise<{ data: Buffer; fds: number[]; chunks: ReceivedChunk[] }> {

@@ -1,7 +1,6 @@
 // The stream between two real processes over an FdSocket: the handshake both
 // ways, sections with many fds and a multi-MiB state in parts (inline and by
 // memfd), the return path, commit and EOF.
-import { readSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   AckStage,
@@ -15,18 +14,12 @@ import {
   pumpFdSocket,
   type SectionItem,
 } from '../src/index.js';
-import { trackFdLeaks } from './helpers/fds.js';
+import { counter, trackFdLeaks } from './helpers/fds.js';
 import { Peers } from './helpers/child.js';
 
 trackFdLeaks();
 const peers = new Peers();
 afterEach(() => peers.disposeAll());
-
-function counter(fd: number): number {
-  const b = Buffer.alloc(8);
-  readSync(fd, b, 0, 8, null);
-  return Number(b.readBigUInt64LE(0));
-}
 
 describe.each([['inline'], ['memfd']])('a stream from a child process (%s payloads)', (mode) => {
   it('arrives whole: every fd in order, the state intact, commit and EOF', async () => {

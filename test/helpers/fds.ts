@@ -1,6 +1,6 @@
 // fd leak checks: after every test, the set of open fds in /proc/self/fd must be
 // what it was before.
-import { readdirSync, readlinkSync } from 'node:fs';
+import { readSync, readdirSync, readlinkSync } from 'node:fs';
 import { afterEach, beforeEach } from 'vitest';
 
 export function openFds(): Map<number, string> {
@@ -53,4 +53,11 @@ export function trackFdLeaks(): void {
     }
     throw new Error(`fd leak: ${leaked.length} fd(s) left open by this test:\n  ${leaked.slice(0, 20).join('\n  ')}`);
   });
+}
+
+/** Reads an eventfd's counter (and resets it): proves the fd is the one that was signalled. */
+export function counter(fd: number): number {
+  const b = Buffer.alloc(8);
+  readSync(fd, b, 0, 8, null);
+  return Number(b.readBigUInt64LE(0));
 }
