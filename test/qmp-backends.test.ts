@@ -19,7 +19,7 @@ import {
 import { trackFdLeaks } from './helpers/fds.js';
 import { netnsUnavailable, skipUnless } from './helpers/env.js';
 import { createNetns, deleteNetns, linkInfo } from './helpers/netns.js';
-import { QemuInstances, QmpPeers, gdbChecksum, ownFdLink, qemuUnavailable } from './helpers/qemu.js';
+import { QemuInstances, QmpPeers, gdbChecksum, ownFdLink, qemuUnavailable, rejection } from './helpers/qemu.js';
 
 trackFdLeaks();
 const qemus = new QemuInstances();
@@ -47,16 +47,6 @@ function release(fds: number[]): void {
 }
 
 const byNumber = (a: number, b: number): number => a - b;
-
-async function rejection(p: Promise<unknown>): Promise<BackendTransferError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(BackendTransferError);
-    return err as BackendTransferError;
-  }
-  throw new Error('expected a rejection');
-}
 
 function newNetns(): string {
   const ns = createNetns('qmp');

@@ -10,7 +10,7 @@ import { BackendTransferError, ErrorCodes, FdSocket, closeFd, inspectFd, native 
 import { JsonObjectSplitter, QmpClient, QmpErrorCodes, isQmpCommandError, type QmpEvent } from '../src/qmp/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
 import { skipUnless } from './helpers/env.js';
-import { QemuInstances, qemuUnavailable } from './helpers/qemu.js';
+import { QemuInstances, qemuUnavailable, rejection } from './helpers/qemu.js';
 
 trackFdLeaks();
 const qemus = new QemuInstances();
@@ -19,17 +19,6 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) c();
   await qemus.disposeAll();
 });
-
-/** Resolves with the rejection of `p` (fails if it resolves). */
-async function rejection(p: Promise<unknown>): Promise<BackendTransferError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(BackendTransferError);
-    return err as BackendTransferError;
-  }
-  throw new Error('expected a rejection');
-}
 
 function memfd(name: string): number {
   const fd = native.memfd_create(name);

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { expect } from 'vitest';
 import { BackendTransferError, ErrorCodes, FdSocket } from '../../src/index.js';
 import { QmpClient, type QmpConnectOptions } from '../../src/qmp/index.js';
 import { hasCommand } from './env.js';
@@ -244,4 +245,15 @@ export class QmpPeers {
   disposeAll(): Promise<void> {
     return this.#peers.disposeAll();
   }
+}
+
+/** Resolves with the rejection of `p` (fails if it resolves). */
+export async function rejection(p: Promise<unknown>): Promise<BackendTransferError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).toBeInstanceOf(BackendTransferError);
+    return err as BackendTransferError;
+  }
+  throw new Error('expected a rejection');
 }
