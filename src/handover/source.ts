@@ -5,7 +5,7 @@
 // target verified and adopted every backend → COMMIT → once the target confirmed
 // the commit, release the source's copies. Any failure before COMMIT leaves the
 // source exactly as it was (its fds were only ever duplicated) and thaws it.
-import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BackendTransferError, ErrorCodes, withoutCode } from '../errors.js';
 import { offersFor } from '../backends/policy.js';
 import type { SourceDevice } from '../backends/types.js';
 import { fdBudget } from '../stream/budget.js';
@@ -65,11 +65,11 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
 
   const limits = { phase: () => clock.phase, signal: o.signal, abortable: () => !commitSent };
   const aborted = () => {
-    if (o.signal?.aborted && !commitSent) throw abortedError(clock.phase);
+    if (o.signal?.aborted && !commitSent) throw abortedError(clock.phase, o.signal);
   };
   const timed = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => limited(p, ms, what, limits);
   const refused = (it: Extract<StreamItem, { type: 'nack' }>) =>
-    new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${clock.phase}: ${it.nack.code}: ${it.nack.reason}`, {
+    new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${clock.phase}: ${it.nack.code}: ${withoutCode(it.nack.reason, it.nack.code)}`, {
       details: { phase: clock.phase, code: it.nack.code, reason: it.nack.reason },
     });
   const expect = async (what: string, ms: number, ok: (it: StreamItem) => boolean): Promise<StreamItem> => {
@@ -232,7 +232,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       // Tell the target why, so it closes what it received; never wait long for that.
       await Promise.race([
         writer
-          .abort(e.code, e.message)
+          .abort(e.code, withoutCode(e.message, e.code))
           .then(() => writer!.eof())
           .catch(() => undefined),
         new Promise((r) => setTimeout(r, 500)),

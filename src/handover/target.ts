@@ -5,7 +5,7 @@
 // adopt them → wait for COMMIT. Without COMMIT, everything received is closed.
 // After it, each accepted device resolves: the received backend, else one its
 // opener makes.
-import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BackendTransferError, ErrorCodes, withoutCode } from '../errors.js';
 import { acceptFor } from '../backends/policy.js';
 import type { Arrival, Resolved, TargetDevice } from '../backends/types.js';
 import { closeFds } from '../fd/index.js';
@@ -20,7 +20,7 @@ import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { PhaseClock, collectGarbage, limited, now, processGone } from './util.js';
+import { PhaseClock, abortedError, collectGarbage, limited, now, processGone } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
@@ -66,7 +66,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   };
   const abortedBySource = (it: Extract<StreamItem, { type: 'abort' }>) => {
     sourceAborted = true;
-    return new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${clock.phase}: ${it.abort.code}: ${it.abort.reason}`, {
+    return new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${clock.phase}: ${it.abort.code}: ${withoutCode(it.abort.reason, it.abort.code)}`, {
       details: { phase: clock.phase, code: it.abort.code, reason: it.abort.reason },
     });
   };
@@ -126,7 +126,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let planned = false;
   let endOfState = false;
   try {
-    if (o.signal?.aborted) throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, 'handover aborted by the caller before it began');
+    if (o.signal?.aborted) throw abortedError('prepare', o.signal);
     // Listen first, so that a source can connect (into the backlog) while this side warms up.
     if (typeof o.socket === 'string') listener = FdServer.listen(o.socket, { peer: o.peer });
     if (o.warmUp !== false) await guard(warmUpHandover(), 0, 'warming up');
@@ -276,7 +276,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       if (writer && !writer.error && sock && !sock.closed && !sourceAborted) {
         await Promise.race([
           writer
-            .nack(e.code, e.message)
+            .nack(e.code, withoutCode(e.message, e.code))
             .then(() => writer!.eof())
             .catch(() => undefined),
           new Promise((r) => setTimeout(r, 500)),
