@@ -90,7 +90,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
     const vOut = o.without?.includes('vhost-user') || o.vhostDevices === 0;
     const vReason = vOut ? (o.vhostDevices === 0 ? 'left out (--vhost-devices 0)' : 'left out (--without vhost-user)') : vhostUnavailable();
     if (vReason === null) for (let i = 0; i < (o.vhostDevices ?? 1); i++) qsds.push(await StorageDaemon.start({ sizeBytes: 64 * 1024 * 1024, numQueues: 2 }));
-    else skipped.push({ backend: 'vhost-user (qemu-storage-daemon)', reason: vReason, enable: vOut ? 'leave out that option' : 'apt-get install qemu-system-common' });
+    else skipped.push({ backend: 'vhost-user (qemu-storage-daemon)', reason: vReason, enable: vOut ? (o.vhostDevices === 0 ? 'give --vhost-devices 1 or more' : 'leave out --without vhost-user') : 'apt-get install qemu-system-common' });
     const tOut = o.without?.includes('tap') === true;
     let tReason = tOut ? 'left out (--without tap)' : tapUnavailable();
     let tEnable = tOut ? 'leave out --without tap' : 'run as root (sudo) with iproute2 installed';

@@ -198,6 +198,18 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     const planItem = await next('PLAN', timeouts.handshake);
     if (planItem.type !== 'plan') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected PLAN, the source sent ${planItem.type}`);
     planned = true;
+    if (o.onEvent) {
+      // Say what will not arrive: nothing else would (the handover itself succeeds).
+      for (const t of o.accept) {
+        const p = planItem.plan.devices.find((x) => x.id === t.id && x.instance === t.instance);
+        const offered = hello.offers.some((x) => x.id === t.id && x.instance === t.instance);
+        if (!p) o.onEvent({ type: 'warning', message: `device ${t.id}: ${offered ? 'offered by the source but not planned (kind or version does not match)' : 'the source did not offer it (under another id?)'}: nothing of it arrives` });
+        else if (!p.withFds && t.acceptFds) o.onEvent({ type: 'warning', message: `device ${t.id}: only its state arrives, not its backend's fds` });
+      }
+      for (const x of hello.offers) {
+        if (x.id !== STATE_DEVICE_ID && !o.accept.some((t) => t.id === x.id && t.instance === x.instance)) o.onEvent({ type: 'warning', message: `the source offered device ${x.id} (${x.kind}), which this side does not accept` });
+      }
+    }
     for (const p of planItem.plan.devices) {
       const target = o.accept.find((t) => t.id === p.id && t.instance === p.instance) ?? null;
       pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0) }, parts: [], complete: false });
