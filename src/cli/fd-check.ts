@@ -47,7 +47,7 @@ export function eventLoopFds(): Map<number, string> {
       pipes.set(link, [...(pipes.get(link) ?? []), fd]);
     }
   }
-  for (const [link, fds] of pipes) if (fds.length > 1) for (const fd of fds) if (!owned.has(fd)) owned.set(fd, `both ends of ${link} are in this process (a self-pipe of the event loop)`);
+  for (const [link, fds] of pipes) if (fds.length > 1) for (const fd of fds) if (!owned.has(fd)) owned.set(fd, `one end of ${link}, a pipe whose both ends are in this process (a self-pipe of the event loop)`);
   return owned;
 }
 
