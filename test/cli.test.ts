@@ -277,7 +277,8 @@ describe('warnings, exit codes, escaping', () => {
     await socketAppears(sockPath);
     const efd = native.eventfd(0);
     // transfer is not true: the fd stays with the source.
-    const desc = file('warn-devices.json', { socket: sockPath, devices: [{ kind: 'generic', id: 'misc', fds: [{ name: 'irq', fd: 3, kind: 'eventfd' }] }] });
+    // 'extra' is not accepted by the target (it accepts 'other' instead).
+    const desc = file('warn-devices.json', { socket: sockPath, devices: [{ kind: 'generic', id: 'misc', fds: [{ name: 'irq', fd: 3, kind: 'eventfd' }] }, { kind: 'generic', id: 'extra', fds: [] }] });
     const sender = cli(['send', '--devices', desc], { fds: [efd] });
     closeFds([efd]);
     const [s, r] = await Promise.all([sender, receiver]);
@@ -286,6 +287,8 @@ describe('warnings, exit codes, escaping', () => {
     expect(s.stderr).toMatch(/warning: device misc: its 1 fd\(s\) stay here: the device does not have transfer: true/);
     expect(r.stderr).toMatch(/warning: device other: the source did not offer it/);
     expect(r.stderr).toMatch(/warning: device misc: only its state arrives/);
+    expect(s.stderr).toMatch(/warning: device extra: the target did not take it \(unknown-device/);
+    expect(r.stderr).toMatch(/warning: the source offered device extra \(generic\), which this side does not accept/);
   });
 
   it('inspect of a file that cannot be read is bad input (exit 2), not a damaged stream', async () => {
