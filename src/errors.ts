@@ -117,7 +117,7 @@ export class BackendTransferError extends Error {
   details?: Record<string, unknown>;
 
   constructor(code: ErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}) {
-    super(`${code}: ${message}`, options.cause === undefined ? undefined : { cause: options.cause });
+    super(`${code}: ${withoutCode(message, code)}`, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'BackendTransferError';
     this.code = code;
     const cause = options.cause as SystemErrorLike | undefined;
@@ -174,6 +174,21 @@ export class BackendTransferError extends Error {
       default:
         return new BackendTransferError(ErrorCodes.ERR_SYSTEM, `${context}: ${text}`, { cause: err });
     }
+  }
+}
+
+/**
+ * `text` without the leading `CODE: ` that an error message carries (its own code,
+ * or `code` when given): for putting one error's message inside another's without
+ * the code twice (`ERR_X: ERR_X: ...`), and for reasons that travel in NACK and
+ * ABORT frames, whose code travels beside them.
+ */
+export function withoutCode(text: string, code?: string): string {
+  let t = text;
+  for (;;) {
+    const m = /^(ERR_[A-Z0-9_]+): /.exec(t);
+    if (!m || (code !== undefined && m[1] !== code)) return t;
+    t = t.slice(m[0].length);
   }
 }
 

@@ -53,24 +53,25 @@ function ownNetnsIno(): number | null {
 }
 
 /** Reads the TAP's description from its queue fds (and what the caller knows). */
-export function describeTap(queues: readonly number[], vhostFds: readonly number[] = [], known: { offloads?: number; ifindex?: number } = {}): TapMeta {
-  if (queues.length === 0) throw invalid('tap', 'no queue fds');
+export function describeTap(queues: readonly number[], vhostFds: readonly number[] = [], known: { offloads?: number; ifindex?: number; id?: string } = {}): TapMeta {
+  const dev = known.id ?? 'tap';
+  if (queues.length === 0) throw invalid(dev, 'no queue fds');
   let ifname = '';
   let flags = 0;
   const enabled: boolean[] = [];
   queues.forEach((fd, i) => {
     const info = inspectFd(fd);
-    if (info.kind !== 'tap' || !info.tun) throw invalid('tap', `queue ${i} (fd ${fd}) is not a TAP queue but ${info.kind}`);
+    if (info.kind !== 'tap' || !info.tun) throw invalid(dev, `queue ${i} (fd ${fd}) is not a TAP queue but ${info.kind}`);
     if (i === 0) {
       ifname = info.tun.name;
       flags = info.tun.flags & FLAG_MASK;
     } else if (info.tun.name !== ifname || (info.tun.flags & FLAG_MASK) !== flags) {
-      throw invalid('tap', `queue ${i} belongs to ${info.tun.name} (flags 0x${info.tun.flags.toString(16)}), queue 0 to ${ifname}`);
+      throw invalid(dev, `queue ${i} belongs to ${info.tun.name} (flags 0x${info.tun.flags.toString(16)}), queue 0 to ${ifname}`);
     }
     enabled.push((info.tun.flags & native.IFF_DETACH_QUEUE) === 0);
   });
   for (const [i, fd] of vhostFds.entries()) {
-    if (inspectFd(fd).kind !== 'vhost-net') throw invalid('tap', `vhost fd ${i} (fd ${fd}) is not /dev/vhost-net`);
+    if (inspectFd(fd).kind !== 'vhost-net') throw invalid(dev, `vhost fd ${i} (fd ${fd}) is not /dev/vhost-net`);
   }
   const netnsIno = netnsInoOf(queues[0]!);
   let ifindex: number | null = known.ifindex ?? null;

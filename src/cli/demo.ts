@@ -3,11 +3,21 @@
 import { parseArgs } from 'node:util';
 import { runDemo, type DemoReport } from '../demo/demo.js';
 import type { Command } from './main.js';
+import { BackendTransferError } from '../errors.js';
+import { escapeText } from './escape.js';
 
 function size(n: number): string {
   if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
   if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(1)} KiB`;
   return `${n} B`;
+}
+
+/** A whole number option within [min, max]; undefined when not given. */
+function count(name: string, v: string | undefined, min: number, max: number): number | undefined {
+  if (v === undefined) return undefined;
+  const n = /^\d+$/.test(v.trim()) ? Number(v.trim()) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw BackendTransferError.invalidArgument(`${name} ${v}: give a whole number from ${min} to ${max}`);
+  return n;
 }
 
 export function formatDemo(r: DemoReport): string {
@@ -34,10 +44,10 @@ export function formatDemo(r: DemoReport): string {
   }
   if (r.skipped.length) {
     out.push('');
-    for (const s of r.skipped) out.push(`  skipped       ${s.backend}: ${s.reason}. To include it: ${s.enable}.`);
+    for (const s of r.skipped) out.push(`  skipped       ${s.backend}: ${escapeText(s.reason)}. To include it: ${s.enable}.`);
   }
   out.push('');
-  out.push(r.ok ? '  OK: every backend moved live, no peer saw a reconnect, traffic kept flowing.' : `  PROBLEMS:\n${r.problems.map((p) => `    - ${p}`).join('\n')}`);
+  out.push(r.ok ? '  OK: every backend moved live, no peer saw a reconnect, traffic kept flowing.' : `  PROBLEMS:\n${r.problems.map((p) => `    - ${escapeText(p)}`).join('\n')}`);
   return out.join('\n');
 }
 
@@ -59,7 +69,7 @@ export const demoCommand: Command = {
     if (values.help) {
       console.log(
         [
-          'usage: backend-transfer demo [--json] [--chardevs N] [--vhost-devices N] [--tap-queues N] [--state-mib N] [--without tap|vhost-user]',
+          'usage: backend-transfer demo [--json] [--chardevs 1-64] [--vhost-devices 0-8] [--tap-queues 1-64] [--state-mib 0-1024] [--without tap|vhost-user]...',
           '',
           'Starts an "old" and a "new" owner process. The old one sets up real backends and keeps traffic',
           'flowing through them: a chardev socket to an echo peer (always), vhost-user-blk connections to',
@@ -70,14 +80,20 @@ export const demoCommand: Command = {
       );
       return 0;
     }
+    const without = values.without ?? [];
+    for (const w of without) if (w !== 'tap' && w !== 'vhost-user') throw BackendTransferError.invalidArgument(`--without ${w}: give tap or vhost-user (the chardev is always part of the demo)`);
+    const chardevs = count('--chardevs', values.chardevs, 1, 64);
+    const vhostDevices = count('--vhost-devices', values['vhost-devices'], 0, 8);
+    const tapQueues = count('--tap-queues', values['tap-queues'], 1, 64);
+    const stateMib = count('--state-mib', values['state-mib'], 0, 1024);
     const tty = process.stderr.isTTY && !values.json;
     const phases: string[] = [];
     const r = await runDemo({
-      chardevs: values.chardevs ? Number(values.chardevs) : undefined,
-      vhostDevices: values['vhost-devices'] ? Number(values['vhost-devices']) : undefined,
-      tapQueues: values['tap-queues'] ? Number(values['tap-queues']) : undefined,
-      stateBytes: values['state-mib'] ? Number(values['state-mib']) * 1024 * 1024 : undefined,
-      without: (values.without ?? []) as ('tap' | 'vhost-user')[],
+      chardevs,
+      vhostDevices,
+      tapQueues,
+      stateBytes: stateMib === undefined ? undefined : stateMib * 1024 * 1024,
+      without: without as ('tap' | 'vhost-user')[],
       onProgress: (e) => {
         if (e.event !== 'phase' || !tty) return;
         phases.push(String(e.phase));

@@ -1,12 +1,13 @@
 // `backend-transfer inspect FILE`: prints the sections of a recorded stream (our
 // counterpart to QEMU's analyze-migration.py). A file holds the bytes only, so fd
 // attachments are shown by kind and name from the frames that declare them.
-import { createReadStream } from 'node:fs';
+import { accessSync, constants, createReadStream, statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { BackendTransferError } from '../errors.js';
 import { StreamReader, type SectionItem, type StreamItem } from '../stream/reader.js';
 import { Features, type EndOfState, type Hello, type Plan } from '../stream/wire.js';
 import type { Command } from './main.js';
+import { escapeText as esc, safeJson } from './escape.js';
 
 export interface InspectedSection {
   sectionId: number;
@@ -121,7 +122,7 @@ function featureNames(f: number): string {
 
 export function formatReport(r: InspectReport): string {
   const out: string[] = [];
-  out.push(`${r.file}: ${size(r.bytes)}`);
+  out.push(`${esc(r.file)}: ${size(r.bytes)}`);
   if (r.hello) out.push(`HELLO  versions ${r.hello.minVersion}..${r.hello.maxVersion}, features ${featureNames(r.hello.features)}, ${r.hello.offers.length} device(s) offered`);
   if (r.plan) {
     const withFds = r.plan.devices.filter((d) => d.withFds);
@@ -131,12 +132,12 @@ export function formatReport(r: InspectReport): string {
     out.push('');
     const rows = r.sections.map((s) => [
       String(s.sectionId),
-      `${s.device}/${s.instance}`,
-      s.kind,
+      `${esc(s.device)}/${s.instance}`,
+      esc(s.kind),
       String(s.version),
       String(s.frames),
       size(s.payloadBytes) + (s.memfdParts ? ` +${s.memfdParts} memfd part(s)` : ''),
-      s.attachments.length ? s.attachments.map((a) => `${a.kind}:${a.name}`).join(' ') : '-',
+      s.attachments.length ? s.attachments.map((a) => `${esc(a.kind)}:${esc(a.name)}`).join(' ') : '-',
       s.crc === 'bad' ? `BAD (${s.badFrames} frame(s))` : s.crc,
     ]);
     const head = ['id', 'device', 'kind', 'ver', 'frames', 'payload', 'fd attachments', 'crc'];
@@ -147,8 +148,8 @@ export function formatReport(r: InspectReport): string {
   }
   out.push('');
   if (r.endOfState) out.push(`END_OF_STATE  ${r.endOfState.sectionCount} section(s), ${r.endOfState.totalFds} fd(s), ${size(r.endOfState.payloadBytes)} of state`);
-  if (r.control.length) out.push(`control  ${r.control.join(', ')}`);
-  if (r.error) out.push(`ERROR  ${r.error.message}`);
+  if (r.control.length) out.push(`control  ${r.control.map(esc).join(', ')}`);
+  if (r.error) out.push(`ERROR  ${esc(r.error.message)}`);
   else out.push(r.complete ? 'complete (EOF frame seen)' : 'incomplete');
   return out.join('\n');
 }
@@ -158,11 +159,19 @@ export const inspectCommand: Command = {
   async run(argv) {
     const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
     if (values.help || positionals.length !== 1) {
-      console.log('usage: backend-transfer inspect FILE [--json]\n\nPrints each section of a recorded migration stream: id, device, version, sizes,\nfd attachments by kind and name, and CRC status. Exit status 1 when the stream is damaged.');
+      console.log('usage: backend-transfer inspect FILE [--json]\n\nPrints each section of a recorded migration stream: id, device, version, sizes,\nfd attachments by kind and name, and CRC status. Exit status 1 when the stream is damaged,\n2 when FILE cannot be read.');
       return values.help ? 0 : 2;
     }
-    const report = await inspectFile(positionals[0]!);
-    if (values.json) console.log(JSON.stringify(report, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2));
+    const file = positionals[0]!;
+    // A file that cannot be read is bad input (exit 2), not a damaged stream (exit 1).
+    try {
+      if (!statSync(file).isFile()) throw Object.assign(new Error('not a regular file'), { code: 'EISDIR' });
+      accessSync(file, constants.R_OK);
+    } catch (err) {
+      throw BackendTransferError.invalidArgument(`cannot read ${file}: ${(err as Error).message}`);
+    }
+    const report = await inspectFile(file);
+    if (values.json) console.log(safeJson(report));
     else console.log(formatReport(report));
     return report.error || !report.complete || report.sections.some((s) => s.crc === 'bad') ? 1 : 0;
   },

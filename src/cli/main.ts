@@ -1,6 +1,7 @@
 // backend-transfer CLI entry: dispatches subcommands (node:util parseArgs).
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { escapeText } from './escape.js';
 
 export interface Command {
   summary: string;
@@ -38,14 +39,15 @@ export async function run(argv: string[]): Promise<number> {
   }
   const cmd = commands.get(name);
   if (!cmd) {
-    console.error(`backend-transfer: unknown command '${name}'\n\n${usage()}`);
+    console.error(`backend-transfer: unknown command '${escapeText(name)}'\n\n${usage()}`);
     return 2;
   }
   try {
     return await cmd.run(rest);
   } catch (err) {
     const e = err as { code?: string; message?: string };
-    console.error(`backend-transfer ${name}: ${e.message ?? String(err)}`);
+    // Messages can carry peer text (reasons, ids): escaped, multi-line layout kept.
+    console.error(`backend-transfer ${name}: ${String(e.message ?? err).split('\n').map(escapeText).join('\n')}`);
     return e.code === 'ERR_INVALID_ARGUMENT' || e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' ? 2 : 1;
   }
 }

@@ -8,6 +8,10 @@ import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { BackendTransferError } from '../errors.js';
 import { closeFds } from '../fd/index.js';
+import { escapeText, safeJson } from './escape.js';
+import { checkExecSize, descriptionMemfd, execEnv, resolveProgram } from './exec.js';
+import { checkSendFds } from './fd-check.js';
+import { handoverOptionSpecs, handoverOptions, handoverOptionsUsage } from './options.js';
 import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../backends/chardev-socket.js';
 import { GenericSource, GenericTarget, type GenericBackend } from '../backends/generic.js';
 import { TapSource, TapTarget, type TapBackend } from '../backends/tap.js';
@@ -15,7 +19,7 @@ import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../back
 import type { SourceDevice, TargetDevice } from '../backends/types.js';
 import { sendHandover } from '../handover/source.js';
 import { receiveHandover } from '../handover/target.js';
-import type { HandoverEvent } from '../handover/types.js';
+import type { HandoverEvent, ReceiveHandoverOptions, SendHandoverOptions } from '../handover/types.js';
 import type { AttachmentKind } from '../stream/wire.js';
 import type { Command } from './main.js';
 
@@ -179,47 +183,85 @@ function readJson(path: string): Json {
   }
 }
 
+/** Prints a failed handover (peer text escaped) and gives its exit status. */
+function failed(command: string, err: unknown, json: boolean, warnings: string[]): number {
+  const e = err as BackendTransferError;
+  if (json) console.log(safeJson({ error: { code: e.code, message: e.message, details: e.details ?? null }, warnings }));
+  else console.error(`backend-transfer ${command}: ${escapeText(e.message)}`);
+  return e.code === 'ERR_INVALID_ARGUMENT' ? 2 : 1;
+}
+
+/** Collects the session's warnings; prints each (escaped) to stderr unless the output is JSON. */
+function warningSink(command: string, json: boolean): { warnings: string[]; onEvent: (e: HandoverEvent) => void } {
+  const warnings: string[] = [];
+  return {
+    warnings,
+    onEvent: (e) => {
+      if (e.type !== 'warning') return;
+      warnings.push(e.message);
+      if (!json) console.error(`backend-transfer ${command}: warning: ${escapeText(e.message)}`);
+    },
+  };
+}
+
 export const sendCommand: Command = {
   summary: 'hand the backends of a JSON description over a unix socket (--json)',
   async run(argv) {
     const { values } = parseArgs({
       args: argv,
-      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, ...handoverOptionSpecs, help: { type: 'boolean', short: 'h' } },
     });
     if (values.help || !values.devices) {
       console.log(
         [
-          'usage: backend-transfer send --devices FILE.json [--socket PATH] [--state FILE] [--json] [--no-backend-transfer]',
+          'usage: backend-transfer send --devices FILE.json [--socket PATH] [--state FILE] [--json] [--no-backend-transfer] [shared options]',
           '',
           'FILE.json: { "socket": "/run/vmm/handover.sock", "backendTransfer": true, "devices": [',
           '  { "kind": "tap", "id": "net0", "transfer": true, "queues": [3, 4], "vhostFds": [] },',
           '  { "kind": "chardev-socket", "id": "serial0", "transfer": true, "fd": 5, "role": "client", "address": "/run/s.sock" }, ... ] }',
-          'fd numbers are fds this process inherited. The README lists every kind\'s fields.',
+          'fd numbers are fds this process inherited; each is checked (open, not the event loop\'s own, of its',
+          'declared kind) before connecting. npx passes only fds 0-2: run node_modules/.bin/backend-transfer.',
+          'The README lists every kind\'s fields.',
+          '',
+          handoverOptionsUsage,
         ].join('\n'),
       );
       return values.help ? 0 : 2;
     }
+    const opts = handoverOptions(values);
     const desc = readJson(values.devices);
     const socket = values.socket ?? (desc.socket as string | undefined);
     if (!socket) throw bad('no socket: give --socket or "socket" in the description');
     const devices = ((desc.devices as Json[]) ?? []).map(sourceDevice);
+    const backendTransfer = values['no-backend-transfer'] ? false : desc.backendTransfer !== false;
+    if (backendTransfer) checkSendFds(devices);
     const state = values.state ? readFileSync(values.state) : typeof desc.state === 'string' ? Buffer.from(desc.state, 'base64') : undefined;
     const bar = progressBar(process.stderr.isTTY === true && !values.json);
+    const sink = warningSink('send', values.json === true);
     try {
-      const r = await sendHandover({ socket, devices, state, backendTransfer: values['no-backend-transfer'] ? false : desc.backendTransfer !== false, onEvent: bar.onEvent });
+      const r = await sendHandover({
+        ...opts.extra,
+        socket,
+        devices,
+        state,
+        backendTransfer,
+        peer: opts.peer,
+        timeouts: opts.timeouts,
+        onEvent: (e) => {
+          bar.onEvent(e);
+          sink.onEvent(e);
+        },
+      } as SendHandoverOptions);
       bar.stop();
-      if (values.json) console.log(JSON.stringify(r, null, 2));
+      if (values.json) console.log(safeJson({ ...r, warnings: sink.warnings }));
       else {
-        for (const d of r.devices) console.log(`${d.id.padEnd(12)} ${d.kind.padEnd(15)} ${d.outcome.padEnd(11)} ${d.fds} fd(s)`);
+        for (const d of r.devices) console.log(`${escapeText(d.id).padEnd(12)} ${escapeText(d.kind).padEnd(15)} ${d.outcome.padEnd(11)} ${d.fds} fd(s)`);
         console.log(`state ${r.stateBytes} bytes, ${r.fds} fds, downtime ${r.timings.downtimeMs?.toFixed(2) ?? '-'} ms, total ${r.timings.totalMs.toFixed(1)} ms`);
       }
       return 0;
     } catch (err) {
       bar.stop();
-      const e = err as BackendTransferError;
-      if (values.json) console.log(JSON.stringify({ error: { code: e.code, message: e.message, details: e.details ?? null } }, null, 2));
-      else console.error(`backend-transfer send: ${e.message}`);
-      return 1;
+      return failed('send', err, values.json === true, sink.warnings);
     }
   },
 };
@@ -230,33 +272,55 @@ export const receiveCommand: Command = {
     const { values, positionals } = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { listen: { type: 'string' }, accept: { type: 'string' }, exec: { type: 'boolean' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      options: { listen: { type: 'string' }, accept: { type: 'string' }, exec: { type: 'boolean' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, ...handoverOptionSpecs, help: { type: 'boolean', short: 'h' } },
     });
     if (values.help || !values.listen || !values.accept) {
       console.log(
         [
-          'usage: backend-transfer receive --listen PATH --accept FILE.json [--json] [--exec -- CMD ARGS...]',
+          'usage: backend-transfer receive --listen PATH --accept FILE.json [--json] [shared options] [--exec -- CMD ARGS...]',
           '',
           'FILE.json: { "backendTransfer": true, "devices": [ { "kind": "tap", "id": "net0" }, { "kind": "chardev-socket", "id": "serial0" } ] }',
           'Prints what came (each backend\'s fds, in order, with its metadata). With --exec, CMD runs with those',
-          'fds inherited as 3, 4, ... and BT_HANDOVER set to the same description with the child\'s fd numbers;',
-          'without it the fds are closed when this command exits.',
+          'fds inherited as 3, 4, ..., BT_HANDOVER_FD naming one more inherited fd (a sealed memfd) that holds',
+          'the same description with the child\'s fd numbers as JSON, and BT_HANDOVER set to that JSON when it',
+          'fits in the environment (128 KiB). CMD is checked (found, executable, arguments within limits)',
+          'before a source is accepted. Without --exec the fds are closed when this command exits.',
+          '',
+          handoverOptionsUsage,
         ].join('\n'),
       );
       return values.help ? 0 : 2;
     }
+    const opts = handoverOptions(values);
     const desc = readJson(values.accept);
     const accept = ((desc.devices as Json[]) ?? []).map(targetDevice);
+    // --exec: a program that cannot start is found now, not after the commit.
+    let exec: { program: string; args: string[] } | null = null;
+    if (values.exec) {
+      const [cmd, ...args] = positionals;
+      if (!cmd) throw bad('--exec needs a command after --');
+      exec = { program: resolveProgram(cmd), args };
+      checkExecSize(exec.program, args, process.env);
+    } else if (positionals.length) throw bad(`unexpected argument ${positionals[0]} (a command to run needs --exec --)`);
     const bar = progressBar(process.stderr.isTTY === true && !values.json);
+    const sink = warningSink('receive', values.json === true);
     let r;
     try {
-      r = await receiveHandover({ socket: values.listen, accept, backendTransfer: values['no-backend-transfer'] ? false : desc.backendTransfer !== false, onEvent: bar.onEvent });
+      r = await receiveHandover({
+        ...opts.extra,
+        socket: values.listen,
+        accept,
+        backendTransfer: values['no-backend-transfer'] ? false : desc.backendTransfer !== false,
+        peer: opts.peer,
+        timeouts: opts.timeouts,
+        onEvent: (e) => {
+          bar.onEvent(e);
+          sink.onEvent(e);
+        },
+      } as ReceiveHandoverOptions);
     } catch (err) {
       bar.stop();
-      const e = err as BackendTransferError;
-      if (values.json) console.log(JSON.stringify({ error: { code: e.code, message: e.message, details: e.details ?? null } }, null, 2));
-      else console.error(`backend-transfer receive: ${e.message}`);
-      return 1;
+      return failed('receive', err, values.json === true, sink.warnings);
     }
     bar.stop();
     const out: Json[] = [];
@@ -266,22 +330,34 @@ export const receiveCommand: Command = {
       out.push({ id: d.id, kind: d.kind, how: d.how, fds: fds.map((f) => ({ name: f.name, fd: f.fd })), meta: meta(d.kind, d.backend) });
       all.push(...fds.map((f) => f.fd));
     }
-    const report = { outcome: r.outcome, complete: r.complete, devices: out, stateBytes: r.stateBytes, timings: r.timings };
-    if (!values.exec) {
-      console.log(values.json ? JSON.stringify(report, null, 2) : out.map((d) => `${String(d.id).padEnd(12)} ${String(d.kind).padEnd(15)} ${String(d.how).padEnd(9)} fds ${(d.fds as { fd: number }[]).map((f) => f.fd).join(',') || '-'}`).join('\n'));
+    const report = { outcome: r.outcome, complete: r.complete, devices: out, stateBytes: r.stateBytes, timings: r.timings, warnings: sink.warnings };
+    if (!exec) {
+      console.log(
+        values.json
+          ? safeJson(report)
+          : out.map((d) => `${escapeText(d.id).padEnd(12)} ${escapeText(d.kind).padEnd(15)} ${String(d.how).padEnd(9)} fds ${(d.fds as { fd: number }[]).map((f) => f.fd).join(',') || '-'}`).join('\n'),
+      );
       closeFds(all);
       return 0;
     }
     // The child gets the fds as 3, 4, ...: rewrite the description with its numbers.
     const childFd = new Map(all.map((fd, i) => [fd, 3 + i]));
     const forChild = { ...report, devices: out.map((d) => ({ ...d, fds: (d.fds as { name: string; fd: number }[]).map((f) => ({ name: f.name, fd: childFd.get(f.fd) })) })) };
-    const [cmd, ...args] = positionals;
-    if (!cmd) throw bad('--exec needs a command after --');
-    const child = spawn(cmd, args, { stdio: ['inherit', 'inherit', 'inherit', ...all], env: { ...process.env, BT_HANDOVER: JSON.stringify(forChild) } });
-    closeFds(all); // the child has its copies
+    const text = JSON.stringify(forChild);
+    const descFd = 3 + all.length;
+    let memfd: number;
+    try {
+      memfd = descriptionMemfd(text);
+    } catch (err) {
+      closeFds(all);
+      throw err;
+    }
+    const { program, args } = exec;
+    const child = spawn(program, args, { stdio: ['inherit', 'inherit', 'inherit', ...all, memfd], env: execEnv(program, args, process.env, text, descFd) });
+    closeFds([...all, memfd]); // the child has its copies
     return await new Promise<number>((resolve) => {
       child.on('error', (e) => {
-        console.error(`backend-transfer receive: cannot run ${cmd}: ${e.message}`);
+        console.error(`backend-transfer receive: cannot run ${escapeText(program)}: ${escapeText(e.message)}`);
         resolve(127);
       });
       child.on('close', (code) => resolve(code ?? 1));

@@ -87,12 +87,23 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
     // The real peers.
     const echoPath = join(dir, 'echo.sock');
     echo = startEchoPeer(echoPath);
-    const vReason = o.without?.includes('vhost-user') ? 'left out (--without vhost-user)' : vhostUnavailable();
+    const vOut = o.without?.includes('vhost-user') || o.vhostDevices === 0;
+    const vReason = vOut ? (o.vhostDevices === 0 ? 'left out (--vhost-devices 0)' : 'left out (--without vhost-user)') : vhostUnavailable();
     if (vReason === null) for (let i = 0; i < (o.vhostDevices ?? 1); i++) qsds.push(await StorageDaemon.start({ sizeBytes: 64 * 1024 * 1024, numQueues: 2 }));
-    else skipped.push({ backend: 'vhost-user (qemu-storage-daemon)', reason: vReason, enable: 'apt-get install qemu-system-common' });
-    const tReason = o.without?.includes('tap') ? 'left out (--without tap)' : tapUnavailable();
-    if (tReason === null) ns = new TapNamespace('bt0');
-    else skipped.push({ backend: 'TAP (multi-queue, in a private network namespace)', reason: tReason, enable: 'run as root (sudo) with iproute2 installed' });
+    else skipped.push({ backend: 'vhost-user (qemu-storage-daemon)', reason: vReason, enable: vOut ? (o.vhostDevices === 0 ? 'give --vhost-devices 1 or more' : 'leave out --without vhost-user') : 'apt-get install qemu-system-common' });
+    const tOut = o.without?.includes('tap') === true;
+    let tReason = tOut ? 'left out (--without tap)' : tapUnavailable();
+    let tEnable = tOut ? 'leave out --without tap' : 'run as root (sudo) with iproute2 installed';
+    if (tReason === null) {
+      try {
+        ns = new TapNamespace('bt0');
+      } catch (err) {
+        // Root in a user namespace (unshare -Urn), a container without CAP_SYS_ADMIN: no netns here.
+        tReason = `a network namespace cannot be created here (${(err as Error).message})`;
+        tEnable = 'run as real root, outside a user namespace or restricted container';
+      }
+    }
+    if (tReason !== null) skipped.push({ backend: 'TAP (multi-queue, in a private network namespace)', reason: tReason, enable: tEnable });
 
     const base: OwnerConfig = {
       role: 'old',

@@ -142,6 +142,9 @@ function sockTypeName(t: number): 'stream' | 'seqpacket' | 'dgram' | 'other' {
  * an eventfd, a memfd, a listening socket and a connected socket apart.
  */
 export function inspectFd(fd: number): FdInfo {
+  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) {
+    throw BackendTransferError.invalidArgument(`inspectFd: fd must be an integer from 0 to 2147483647, got ${typeof fd === 'number' ? fd : typeof fd}`);
+  }
   let st;
   try {
     st = native.fstat(fd);

@@ -5,14 +5,14 @@
 // target verified and adopted every backend → COMMIT → once the target confirmed
 // the commit, release the source's copies. Any failure before COMMIT leaves the
 // source exactly as it was (its fds were only ever duplicated) and thaws it.
-import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BackendTransferError, ErrorCodes, withoutCode } from '../errors.js';
 import { offersFor } from '../backends/policy.js';
 import type { SourceDevice } from '../backends/types.js';
 import { fdBudget } from '../stream/budget.js';
 import { fdSocketChannel } from '../stream/channel.js';
 import { computePlan } from '../stream/negotiate.js';
 import { StreamReader, type StreamItem } from '../stream/reader.js';
-import { AckStage, Features, STREAM_VERSION, type Hello, type Plan, type Welcome } from '../stream/wire.js';
+import { AckStage, Features, REASON_NAMES, STREAM_VERSION, type Hello, type Plan, type Welcome } from '../stream/wire.js';
 import { StreamWriter } from '../stream/writer.js';
 import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
@@ -65,11 +65,11 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
 
   const limits = { phase: () => clock.phase, signal: o.signal, abortable: () => !commitSent };
   const aborted = () => {
-    if (o.signal?.aborted && !commitSent) throw abortedError(clock.phase);
+    if (o.signal?.aborted && !commitSent) throw abortedError(clock.phase, o.signal);
   };
   const timed = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => limited(p, ms, what, limits);
   const refused = (it: Extract<StreamItem, { type: 'nack' }>) =>
-    new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${clock.phase}: ${it.nack.code}: ${it.nack.reason}`, {
+    new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${clock.phase}: ${it.nack.code}: ${withoutCode(it.nack.reason, it.nack.code)}`, {
       details: { phase: clock.phase, code: it.nack.code, reason: it.nack.reason },
     });
   const expect = async (what: string, ms: number, ok: (it: StreamItem) => boolean): Promise<StreamItem> => {
@@ -161,6 +161,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     }
     const plan: Plan = computePlan(hello, welcome);
     await timed(writer.plan(plan), timeouts.handshake, 'sending PLAN');
+    warnUnmoved(o, plan, welcome);
 
     // The downtime starts here: from now on the backends are not used.
     enter('freeze');
@@ -232,7 +233,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       // Tell the target why, so it closes what it received; never wait long for that.
       await Promise.race([
         writer
-          .abort(e.code, e.message)
+          .abort(e.code, withoutCode(e.message, e.code))
           .then(() => writer!.eof())
           .catch(() => undefined),
         new Promise((r) => setTimeout(r, 500)),
@@ -258,6 +259,25 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     queue?.drain();
     reader?.close();
     if (sock && !(o.socket instanceof FdSocket)) sock.close();
+  }
+}
+
+/** A `warning` event for each device whose fds will not move, with why (else nothing says so). */
+function warnUnmoved(o: SendHandoverOptions, plan: Plan, welcome: Welcome): void {
+  if (!o.onEvent) return;
+  for (const d of o.devices) {
+    const p = plan.devices.find((x) => x.id === d.id && x.instance === d.instance);
+    const n = d.fdCount();
+    const answer = welcome.answers.find((a) => a.id === d.id && a.instance === d.instance);
+    let why: string | null = null;
+    if (!p) why = `the target did not take it (${answer ? (REASON_NAMES[answer.reason] ?? `reason ${answer.reason}`) : 'no answer'}; does it accept this id and kind?): nothing of it moves`;
+    else if (!p.withFds && n > 0) {
+      if (!o.backendTransfer) why = `its ${n} fd(s) stay here: backendTransfer is off, only its state moves`;
+      else if (!d.transfer) why = `its ${n} fd(s) stay here: the device does not have transfer: true, only its state moves`;
+      else if (!welcome.canPassFds) why = `its ${n} fd(s) stay here: the target cannot receive fds on this channel, only its state moves`;
+      else why = `its ${n} fd(s) stay here: the target takes only its state`;
+    }
+    if (why) o.onEvent({ type: 'warning', message: `device ${d.id}: ${why}` });
   }
 }
 

@@ -5,7 +5,7 @@
 // adopt them → wait for COMMIT. Without COMMIT, everything received is closed.
 // After it, each accepted device resolves: the received backend, else one its
 // opener makes.
-import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BackendTransferError, ErrorCodes, withoutCode } from '../errors.js';
 import { acceptFor } from '../backends/policy.js';
 import type { Arrival, Resolved, TargetDevice } from '../backends/types.js';
 import { closeFds } from '../fd/index.js';
@@ -20,7 +20,7 @@ import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { PhaseClock, collectGarbage, limited, now, processGone } from './util.js';
+import { PhaseClock, abortedError, collectGarbage, limited, now, processGone } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
@@ -66,7 +66,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   };
   const abortedBySource = (it: Extract<StreamItem, { type: 'abort' }>) => {
     sourceAborted = true;
-    return new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${clock.phase}: ${it.abort.code}: ${it.abort.reason}`, {
+    return new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `the source aborted in phase ${clock.phase}: ${it.abort.code}: ${withoutCode(it.abort.reason, it.abort.code)}`, {
       details: { phase: clock.phase, code: it.abort.code, reason: it.abort.reason },
     });
   };
@@ -126,7 +126,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let planned = false;
   let endOfState = false;
   try {
-    if (o.signal?.aborted) throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, 'handover aborted by the caller before it began');
+    if (o.signal?.aborted) throw abortedError('prepare', o.signal);
     // Listen first, so that a source can connect (into the backlog) while this side warms up.
     if (typeof o.socket === 'string') listener = FdServer.listen(o.socket, { peer: o.peer });
     if (o.warmUp !== false) await guard(warmUpHandover(), 0, 'warming up');
@@ -198,6 +198,18 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     const planItem = await next('PLAN', timeouts.handshake);
     if (planItem.type !== 'plan') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected PLAN, the source sent ${planItem.type}`);
     planned = true;
+    if (o.onEvent) {
+      // Say what will not arrive: nothing else would (the handover itself succeeds).
+      for (const t of o.accept) {
+        const p = planItem.plan.devices.find((x) => x.id === t.id && x.instance === t.instance);
+        const offered = hello.offers.some((x) => x.id === t.id && x.instance === t.instance);
+        if (!p) o.onEvent({ type: 'warning', message: `device ${t.id}: ${offered ? 'offered by the source but not planned (kind or version does not match)' : 'the source did not offer it (under another id?)'}: nothing of it arrives` });
+        else if (!p.withFds && t.acceptFds) o.onEvent({ type: 'warning', message: `device ${t.id}: only its state arrives, not its backend's fds` });
+      }
+      for (const x of hello.offers) {
+        if (x.id !== STATE_DEVICE_ID && !o.accept.some((t) => t.id === x.id && t.instance === x.instance)) o.onEvent({ type: 'warning', message: `the source offered device ${x.id} (${x.kind}), which this side does not accept` });
+      }
+    }
     for (const p of planItem.plan.devices) {
       const target = o.accept.find((t) => t.id === p.id && t.instance === p.instance) ?? null;
       pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0) }, parts: [], complete: false });
@@ -276,7 +288,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       if (writer && !writer.error && sock && !sock.closed && !sourceAborted) {
         await Promise.race([
           writer
-            .nack(e.code, e.message)
+            .nack(e.code, withoutCode(e.message, e.code))
             .then(() => writer!.eof())
             .catch(() => undefined),
           new Promise((r) => setTimeout(r, 500)),

@@ -114,8 +114,22 @@ export class PhaseClock<P extends string> {
   }
 }
 
-export function abortedError(phase: string): BackendTransferError {
-  return new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}`, { details: { phase } });
+/**
+ * The caller's abort reason as text, or null for none (an abort() without a
+ * reason gives a DOMException AbortError, which says nothing more).
+ */
+export function abortReason(signal: AbortSignal | undefined): string | null {
+  const r: unknown = signal?.reason;
+  if (r === undefined || r === null) return null;
+  if (r instanceof Error) return r.name === 'AbortError' && (r as { code?: unknown }).code === 20 ? null : r.message || r.name;
+  return String(r);
+}
+
+export function abortedError(phase: string, signal?: AbortSignal): BackendTransferError {
+  const reason = abortReason(signal);
+  return new BackendTransferError(ErrorCodes.ERR_HANDOVER_ABORTED, `handover aborted by the caller in phase ${phase}${reason === null ? '' : `: ${reason}`}`, {
+    details: { phase, ...(reason === null ? {} : { reason }) },
+  });
 }
 
 /**
@@ -127,12 +141,12 @@ export function limited<T>(p: Promise<T>, ms: number, what: string, c: { phase: 
   if (c.signal?.aborted && c.abortable()) {
     // Already aborted: its event has fired, so a listener would never hear it.
     p.catch(() => undefined);
-    return Promise.reject(abortedError(c.phase()));
+    return Promise.reject(abortedError(c.phase(), c.signal));
   }
   return new Promise<T>((resolve, reject) => {
     const timer = ms ? setTimeout(() => reject(BackendTransferError.timeout(`${what} (phase ${c.phase()})`, ms)), ms) : null;
     const onAbort = () => {
-      if (c.abortable()) reject(abortedError(c.phase()));
+      if (c.abortable()) reject(abortedError(c.phase(), c.signal));
     };
     c.signal?.addEventListener('abort', onAbort, { once: true });
     const settle = () => {
