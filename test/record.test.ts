@@ -2,7 +2,7 @@
 // library's reader and `backend-transfer inspect` read it back.
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, readSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -66,6 +66,23 @@ describe('recordHandover', () => {
     } finally {
       native.close(efd);
     }
+  });
+
+  it('backend-transfer send --record FILE writes the stream, and inspect reads it', async () => {
+    const desc = join(dir, 'devices.json');
+    const stateFile = join(dir, 'state.bin');
+    writeFileSync(desc, JSON.stringify({ devices: [{ kind: 'generic', id: 'g', transfer: true, fds: [], metadata: { x: 'y' } }] }));
+    writeFileSync(stateFile, Buffer.alloc(5000, 9));
+    const file = join(dir, 'cli.bts');
+    const sent = await run(process.execPath, ['--import', 'tsx', 'src/cli/bin.ts', 'send', '--devices', desc, '--state', stateFile, '--record', file, '--json'], { cwd: ROOT });
+    expect(JSON.parse(sent.stdout)).toMatchObject({ file, sections: 2, payloadBytes: 5000 + 33 });
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/cli/bin.ts', 'inspect', '--json', file], { cwd: ROOT });
+    const report = JSON.parse(stdout) as { complete: boolean; error: unknown; sections: { device: string; payloadBytes: number }[] };
+    expect([report.complete, report.error]).toEqual([true, null]);
+    expect(report.sections.map((s) => [s.device, s.payloadBytes])).toEqual([
+      ['g', 33],
+      ['vmm-state', 5000],
+    ]);
   });
 
   it('an unwritable path fails at once with the system error, and writes nothing', async () => {

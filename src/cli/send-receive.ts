@@ -13,6 +13,7 @@ import { GenericSource, GenericTarget, type GenericBackend } from '../backends/g
 import { TapSource, TapTarget, type TapBackend } from '../backends/tap.js';
 import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../backends/vhost-user.js';
 import type { SourceDevice, TargetDevice } from '../backends/types.js';
+import { recordHandover } from '../handover/record.js';
 import { sendHandover } from '../handover/source.js';
 import { receiveHandover } from '../handover/target.js';
 import type { HandoverEvent } from '../handover/types.js';
@@ -184,26 +185,32 @@ export const sendCommand: Command = {
   async run(argv) {
     const { values } = parseArgs({
       args: argv,
-      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, record: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     });
     if (values.help || !values.devices) {
       console.log(
         [
-          'usage: backend-transfer send --devices FILE.json [--socket PATH] [--state FILE] [--json] [--no-backend-transfer]',
+          'usage: backend-transfer send --devices FILE.json [--socket PATH | --record FILE] [--state FILE] [--json] [--no-backend-transfer]',
           '',
           'FILE.json: { "socket": "/run/vmm/handover.sock", "backendTransfer": true, "devices": [',
           '  { "kind": "tap", "id": "net0", "transfer": true, "queues": [3, 4], "vhostFds": [] },',
           '  { "kind": "chardev-socket", "id": "serial0", "transfer": true, "fd": 5, "role": "client", "address": "/run/s.sock" }, ... ] }',
           'fd numbers are fds this process inherited. The README lists every kind\'s fields.',
+          'With --record FILE, no handover: the state-only stream is written to FILE (for backend-transfer inspect).',
         ].join('\n'),
       );
       return values.help ? 0 : 2;
     }
     const desc = readJson(values.devices);
-    const socket = values.socket ?? (desc.socket as string | undefined);
-    if (!socket) throw bad('no socket: give --socket or "socket" in the description');
     const devices = ((desc.devices as Json[]) ?? []).map(sourceDevice);
     const state = values.state ? readFileSync(values.state) : typeof desc.state === 'string' ? Buffer.from(desc.state, 'base64') : undefined;
+    if (values.record) {
+      const r = await recordHandover({ to: values.record, devices, state });
+      console.log(values.json ? JSON.stringify({ file: values.record, bytes: r.bytes, sections: r.sections, payloadBytes: Number(r.payloadBytes), plan: r.plan }, null, 2) : `${values.record}: ${r.bytes} bytes, ${r.sections} section(s), ${r.payloadBytes} bytes of state (state only, no fds)`);
+      return 0;
+    }
+    const socket = values.socket ?? (desc.socket as string | undefined);
+    if (!socket) throw bad('no socket: give --socket or "socket" in the description');
     const bar = progressBar(process.stderr.isTTY === true && !values.json);
     try {
       const r = await sendHandover({ socket, devices, state, backendTransfer: values['no-backend-transfer'] ? false : desc.backendTransfer !== false, onEvent: bar.onEvent });

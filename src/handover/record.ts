@@ -94,9 +94,11 @@ export async function recordHandover(o: RecordHandoverOptions): Promise<RecordHa
     await writer.eof();
   } finally {
     if (typeof o.to === 'string') {
+      // 'close', not 'finish': the file's fd is closed by then.
       await new Promise<void>((resolve, reject) => {
         out.once('error', reject);
-        out.end(() => resolve());
+        out.once('close', () => resolve());
+        out.end();
       });
     }
   }
