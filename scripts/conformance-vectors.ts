@@ -521,8 +521,8 @@ function liveHandover(o: { firstFdSeqOnSection?: number; sectionKind?: AttKind; 
 
 function recordedThen(name: string, description: string, code: string, bad: (s: StreamBuilder) => void, features = BODY_CRC): void {
   const s = recorded([{ kind: 'state', id: 'cpu0' }], features);
-  const at = s.length;
   bad(s);
+  const at = s.lastFrameOffset; // the failing frame is the last one
   vectors.push({ name, description, direction: 'main', reader: 'inspect', stream: s, expect: err(s, code, at) });
 }
 
