@@ -640,6 +640,86 @@ recordedThen('bad-memfd-without-feature', 'PAYLOAD_IN_MEMFD without the negotiat
   vectors.push({ name: 'bad-plan-total', description: "PLAN's totalFds (1) is not the sum of its devices' fdCount (0).", direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
 }
 
+{
+  const s = recorded([{ kind: 'state', id: 'cpu0' }]);
+  s.frame(T.SECTION_FULL, fullCpu0());
+  s.frame(T.END_OF_STATE, endOfState(1, 0, 5), { firstFdSeq: 5 });
+  s.frame(T.ABORT, abort('ERR_TIMEOUT', 'the target took too long'));
+  s.frame(T.EOF, empty());
+  vectors.push({
+    name: 'valid-firstfdseq-ignored-and-abort',
+    description: 'A frame without fds whose firstFdSeq is 5: a reader ignores the field when fdCount is 0 (writers put 0). Then the source gives up: ABORT, EOF.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: ok(s),
+  });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, hello({ features: BODY_CRC, canPassFds: 0, offers: [{ kind: 'state', id: 'x'.repeat(4097) }] }), { expectFrame: false });
+  vectors.push({ name: 'bad-string-too-long', description: 'An offer id of 4097 bytes (str limit 4096).', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_TOO_LARGE', 8) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, hello({ features: BODY_CRC, canPassFds: 0, offers: [], info: { pad: 'p'.repeat(65536) } }), { expectFrame: false });
+  vectors.push({ name: 'bad-info-too-large', description: "HELLO's info JSON over 64 KiB.", direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_TOO_LARGE', 8) });
+}
+{
+  const s = new StreamBuilder();
+  const b = hello({ features: BODY_CRC, canPassFds: 0, offers: [] });
+  b.bytes.writeUInt32LE(1000, 16); // offerCount: 1000 offers cannot fit in the 4 bytes left
+  s.frame(T.HELLO, b, { expectFrame: false });
+  vectors.push({ name: 'bad-count-does-not-fit', description: 'HELLO says 1000 offers, its body has room for none (at least 17 bytes each).', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+}
+{
+  // HELLO laid out field by field, with info = the JSON array [1].
+  const t = new StreamBuilder();
+  const body = Buffer.concat([u16(1), u16(1), u32(BODY_CRC), u8(0), u8(0), u32(0xffffffff), blob(Buffer.alloc(0)), u32(0), blob(Buffer.from('[1]'))]);
+  t.frame(T.HELLO, { bytes: body, decoded: {} }, { expectFrame: false });
+  vectors.push({ name: 'bad-json-not-object', description: "HELLO's info is the JSON array [1], not an object.", direction: 'main', reader: 'inspect', stream: t, expect: err(t, 'ERR_STREAM_PROTOCOL', 8) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, hello({ features: BODY_CRC | FDS, canPassFds: 1, probe: PROBE, offers: [] }), { fdCount: 0, sendFds: false, expectFrame: false });
+  vectors.push({ name: 'bad-probe-without-fd', description: 'HELLO has a probe but declares fdCount 0.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+}
+recordedThen('bad-fds-on-end-of-state', 'END_OF_STATE declares an fd (only section frames and HELLO carry fds).', 'ERR_STREAM_PROTOCOL', (s) => {
+  s.frame(T.SECTION_FULL, fullCpu0());
+  s.frame(T.END_OF_STATE, endOfState(1, 0, 5), { fdCount: 1, firstFdSeq: 0, expectFrame: false });
+});
+recordedThen('bad-fdcount-over-limit', 'A section header declaring 4097 fds (limit 4096 per frame).', 'ERR_STREAM_TOO_LARGE', (s) =>
+  s.frame(T.SECTION_FULL, fullCpu0(), { fdCount: 4097, firstFdSeq: 0, expectFrame: false }),
+);
+recordedThen('bad-attachment-kind', 'An attachment of kind 9 (unknown).', 'ERR_STREAM_PROTOCOL', (s) => {
+  const b = section(T.SECTION_FULL, { sectionId: 1, idstr: 'cpu0', atts: [{ kind: 'generic', name: 'x' }], payload: regs });
+  b.bytes[4 + 4 + 4 + 2 + 4 + 2] = 9; // the attachment's kind byte
+  s.frame(T.SECTION_FULL, b, { fds: [{ kind: 'eventfd', value: 0, note: 'an fd of an attachment of unknown kind' }], expectFrame: false });
+});
+recordedThen('bad-device-version-old', 'A section of version 0 for a device planned at version 1.', 'ERR_DEVICE_VERSION_TOO_OLD', (s) =>
+  s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'cpu0', versionId: 0, payload: regs }), { expectFrame: false }),
+);
+{
+  const features = FDS | MEMFD_PAYLOAD | BODY_CRC;
+  for (const [name, description, code, content, crc] of [
+    ['bad-memfd-size', 'A sealed payload memfd of 7 bytes for a payloadLength of 8.', 'ERR_STREAM_MEMFD_SIZE', Buffer.from('7 bytes'), crc32(Buffer.from('8 bytes!'))],
+    ['bad-memfd-crc', "A sealed payload memfd whose content does not match payloadCrc.", 'ERR_STREAM_CRC', Buffer.from('8 bytes!'), crc32(Buffer.from('8 bytes?'))],
+  ] as const) {
+    const s = new StreamBuilder();
+    s.frame(T.HELLO, hello({ features, canPassFds: 1, offers: [stateOffer] }));
+    s.frame(T.PLAN, plan({ features, devices: [statePlanned] }));
+    const at = s.length;
+    s.frame(
+      T.SECTION_FULL,
+      section(T.SECTION_FULL, { sectionId: 1, idstr: 'vmm-state', atts: [{ kind: 'memfd', role: 1, name: 'payload' }], memfd: { length: 8, crc } }),
+      { flags: 1, fds: [{ kind: 'memfd', content: content.toString('hex'), sealed: true, note: 'payload memfd' }] },
+    );
+    s.frame(T.END_OF_STATE, endOfState(1, 0, 8));
+    s.frame(T.EOF, empty());
+    vectors.push({ name, description, direction: 'main', reader: 'inspect', stream: s, expect: err(s, code, at), expectWithoutFds: ok(s) });
+  }
+}
+
 // Live streams whose fault is in the fds (the bytes alone are fine, or fail later).
 {
   const { s, welcome: w, failAt } = liveHandover({ firstFdSeqOnSection: 0 });
@@ -791,6 +871,19 @@ const welcomeCpu = () => welcome({ features: BODY_CRC, canPassFds: 1, fdBudget: 
   const at = s.length;
   s.frame(T.ACK, ack(1), { bodyCrc: 'zero', expectFrame: false });
   vectors.push({ name: 'bad-return-body-crc', description: "An ACK with bodyCrc 0 although WELCOME's features have BODY_CRC.", direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_CRC', at) });
+}
+
+{
+  const s = new StreamBuilder();
+  s.frame(T.WELCOME, welcome({ features: BODY_CRC, canPassFds: 0, answers: [{ id: 'cpu0', decision: 3 }] }), { expectFrame: false });
+  vectors.push({ name: 'bad-return-decision', description: 'WELCOME with an answer of decision 3 (unknown).', direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.WELCOME, welcomeCpu());
+  const at = s.length;
+  s.frame(T.SECTION_FULL, fullCpu0(), { expectFrame: false });
+  vectors.push({ name: 'bad-return-section', description: 'A section frame on a return path.', direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
 }
 
 // ---------------------------------------------------------------- output
