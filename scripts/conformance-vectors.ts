@@ -431,6 +431,7 @@ function liveHandover(o: { firstFdSeqOnSection?: number; sectionKind?: AttKind; 
   );
   s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 2, idstr: 'vmm-state', payload: regs }));
   s.frame(T.END_OF_STATE, endOfState(2, 2, genericJson(['ram', 'irq'], Buffer.from('blob')).length + 5));
+  s.frame(T.COMMIT, empty()); // after the target's ACK(ADOPTED) on the return path
   s.frame(T.EOF, empty());
   return { s, welcome: w, failAt: sectionAt };
 }
@@ -565,6 +566,29 @@ recordedThen('bad-duplicate-section', 'A second section for the same device.', '
 recordedThen('bad-device-version', 'A section of version 2 for a device planned at version 1 (a recorded stream: the window is the planned version).', 'ERR_DEVICE_VERSION_TOO_NEW', (s) =>
   s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'cpu0', versionId: 2, payload: regs }), { expectFrame: false }),
 );
+{
+  const devices = [
+    { kind: 'state', id: 'cpu0' },
+    { kind: 'state', id: 'cpu1' },
+  ];
+  const s = recorded(devices);
+  s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 2, idstr: 'cpu1', payload: Buffer.from('second') }));
+  s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'cpu0', payload: regs }));
+  s.frame(T.END_OF_STATE, endOfState(2, 0, 11));
+  s.frame(T.EOF, empty());
+  vectors.push({ name: 'valid-sections-any-order', description: 'Sections need not follow PLAN order: cpu1 before cpu0.', direction: 'main', reader: 'inspect', stream: s, expect: ok(s) });
+  const d = recorded(devices);
+  d.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'cpu0', payload: regs }));
+  d.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'cpu1', payload: regs }), { expectFrame: false });
+  vectors.push({
+    name: 'bad-duplicate-section-id',
+    description: 'Two devices, one sectionId.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: d,
+    expect: err(d, 'ERR_STREAM_DUPLICATE_SECTION', d.lastFrameOffset),
+  });
+}
 recordedThen('bad-part-without-start', 'SECTION_PART with no section open.', 'ERR_STREAM_PROTOCOL', (s) =>
   s.frame(T.SECTION_PART, section(T.SECTION_PART, { sectionId: 1, payload: regs }), { expectFrame: false }),
 );
