@@ -202,6 +202,7 @@ def decode(data, role, welcome=None, fds=None, batches=None):
                         fail("ERR_STREAM_FD_EXTRA", "an fd no frame declared")
             else:
                 taken_fds = [None] * fdc
+            st["pending_fds"] = len(queue)
             c = Body(body, fail)
             decoded = decode_body(name, c, flags, fdc, taken_fds, role, welcome, st, fail)
             frames.append(dict(offset=pos, type=name, flags=flags, fdCount=fdc, firstFdSeq=first, body=decoded))
@@ -353,6 +354,8 @@ def decode_body(name, c, flags, fdc, fds, role, welcome, st, fail):
         return d
     c.finish()  # COMMIT, EOF
     if name == "EOF":
+        if st.get("pending_fds"):
+            fail("ERR_STREAM_FD_EXTRA", "fds still queued at EOF")
         st["finished"] = True
     return {}
 
