@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An independent decoder of the backend-transfer migration stream, version 1.
+"""A second decoder of the backend-transfer migration stream, version 1.
 
 Written from docs/stream-format.md alone (no look at src/), with the Python
 standard library only (zlib.crc32). It decodes a direction's bytes into frames
