@@ -4,8 +4,12 @@
 # both directions between it and this tree (HEAD): a generic device with a memfd
 # and an eventfd, plus 1 MiB of VMM state. The target checks that the fds work
 # and that the state's hash is intact (test/interop/cross-version-peer.mjs).
-# Cost: about 15 s with a warm npm cache (measured: 14 s for npm ci and the
-# native build of 0.1.0, 1 s for both handovers); allow 60 s with a cold cache.
+# The conformance vectors (docs/vectors) are replayed through both readers too.
+# Also: a HEAD or 0.1.0 target refusing a HELLO, read by the other version's
+# source (docs/stream-format.md, "Refusing a HELLO").
+# Cost: 15-35 s with a warm npm cache (measured: 14-29 s for npm ci and the
+# native build of 0.1.0 on a loaded 2-core machine, 2-3 s for the rest); allow
+# 60 s with a cold cache.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$PWD"
@@ -29,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-git worktree add --detach "$tmp/tree" "$ref" >/dev/null 2>&1
+git worktree add --detach "$tmp/tree" "$ref" >/dev/null || { echo "cross-version: FAIL: git worktree add $ref failed" >&2; exit 1; }
 echo "cross-version: release 0.1.0 = $(git -C "$tmp/tree" rev-parse --short HEAD) ($ref), HEAD = $(git rev-parse --short HEAD)"
 
 # node-gyp must not download headers: use Debian's (CI exports this too).
@@ -44,14 +48,23 @@ if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node_api.h ]; then
 t1=$(date +%s)
 echo "cross-version: 0.1.0 built in $((t1 - t0)) s"
 
-# This tree's build (the CI's npm install ran prepare; build what is missing).
-[ -f "$root/dist/index.js" ] || npm run build:ts >/dev/null
+# This tree's build (the CI's npm install ran prepare; rebuild what is missing or stale).
+if [ ! -f "$root/dist/index.js" ] || [ -n "$(find "$root/src" -newer "$root/dist/index.js" -print -quit)" ]; then npm run build:ts >/dev/null; fi
 [ -f "$root/build/Release/backend_transfer.node" ] || npm run build:native >/dev/null
 
 fail=0
+# The conformance vectors through both readers: HEAD agrees with all of them,
+# 0.1.0 with all but the behaviour added since (a NACK in place of WELCOME).
+echo "cross-version: docs/vectors through HEAD's and 0.1.0's StreamReader"
+node test/interop/replay-vectors.mjs "$root" || fail=1
+node test/interop/replay-vectors.mjs "$tmp/tree" --release-0.1.0 || fail=1
+
 echo "cross-version: 0.1.0 source -> HEAD target"
 node test/interop/cross-version.mjs "$tmp/tree" "$root" "0.1.0" "HEAD" || fail=1
 echo "cross-version: HEAD source -> 0.1.0 target"
 node test/interop/cross-version.mjs "$root" "$tmp/tree" "HEAD" "0.1.0" || fail=1
+echo "cross-version: a target refusing the HELLO (NACK in place of WELCOME), both ways"
+BT_XVER_MODE=refuse node test/interop/cross-version.mjs "$tmp/tree" "$root" "0.1.0" "HEAD" || fail=1
+BT_XVER_MODE=refuse node test/interop/cross-version.mjs "$root" "$tmp/tree" "HEAD" "0.1.0" || fail=1
 echo "cross-version: handovers took $(($(date +%s) - t1)) s, whole step $(($(date +%s) - t0)) s"
 exit $fail

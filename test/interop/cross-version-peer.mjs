@@ -4,6 +4,7 @@
 //
 //   node cross-version-peer.mjs source LIBROOT SOCKET
 //   node cross-version-peer.mjs target LIBROOT SOCKET
+//   node cross-version-peer.mjs source-refused|target-refusing LIBROOT SOCKET
 //
 // The source moves one generic device with a memfd and an eventfd, plus 1 MiB of
 // VMM state. The target checks that the fds work (it reads the memfd's contents,
@@ -93,6 +94,25 @@ try {
     const expected = sha(stateBytes());
     if (stateSha256 !== expected) problems.push(`state hash ${stateSha256}, expected ${expected} (${res.stateBytes} bytes)`);
     report(problems.length === 0, { problems, stateBytes: res.stateBytes, stateSha256, fds: res.fds });
+  } else if (role === 'source-refused') {
+    // A device id over the target's 4096-byte limit: the target refuses the HELLO
+    // with MAGIC NACK EOF (0.1.0 targets too). A source since 0.1.0 reports the
+    // target's code; a 0.1.0 source reads the early NACK as ERR_STREAM_PROTOCOL.
+    try {
+      await lib.sendHandover({ socket: socketPath, backendTransfer: true, devices: [new lib.GenericSource({ id: 'd'.repeat(5000), fds: [] })], timeouts: { connect: 20000 } });
+      report(false, { problems: ['the handover succeeded'] });
+    } catch (err) {
+      const expected = process.env.BT_LABEL === '0.1.0' ? { code: 'ERR_STREAM_PROTOCOL' } : { code: 'ERR_HANDOVER_REFUSED', target: 'ERR_STREAM_TOO_LARGE' };
+      const got = { code: err?.code, ...(err?.details?.code ? { target: err.details.code } : {}) };
+      report(JSON.stringify(got) === JSON.stringify(expected), { got, expected });
+    }
+  } else if (role === 'target-refusing') {
+    try {
+      await lib.receiveHandover({ socket: socketPath, backendTransfer: true, accept: [] });
+      report(false, { problems: ['the handover succeeded'] });
+    } catch (err) {
+      report(err?.code === 'ERR_STREAM_TOO_LARGE', { got: err?.code });
+    }
   } else {
     report(false, { problems: [`unknown role ${role}`] });
   }
