@@ -1,14 +1,17 @@
-// The independent decoder (test/interop/decode_stream.py, Python standard
-// library only, written from docs/stream-format.md) agrees with every
-// conformance vector, and decodes a stream recorded by recordHandover.
-import { execFile, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+// The second decoder (test/interop/decode_stream.py, Python standard library
+// only, following docs/stream-format.md, no code shared with the library) agrees
+// with every conformance vector and decodes a stream recorded by recordHandover;
+// a Python target built on it (test/interop/live_target.py) takes live
+// handovers from sendHandover, fds and all.
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { GenericSource, native, recordHandover } from '../src/index.js';
+import { GenericSource, native, recordHandover, sendHandover } from '../src/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
@@ -31,6 +34,58 @@ describe.skipIf(python === null)('the independent Python decoder', () => {
     const { stdout } = await run(python!, [SCRIPT, join(ROOT, 'docs/vectors')]);
     expect(stdout).toMatch(/^(\d+) vectors, 0 mismatch\(es\)$/m);
   });
+
+  for (const memfdPayloads of [false, true]) {
+    it(`a Python target takes a live handover from sendHandover: a memfd, an eventfd, 1 MiB of state${memfdPayloads ? ' (in a payload memfd)' : ''}`, async () => {
+      const path = join(dir, `live-${memfdPayloads}.sock`);
+      const py = spawn(python!, [join(ROOT, 'test/interop/live_target.py'), path], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let errText = '';
+      py.stdout.on('data', (d: Buffer) => (out += d));
+      py.stderr.on('data', (d: Buffer) => (errText += d));
+      const exited = new Promise<number | null>((resolve) => py.on('exit', (code) => resolve(code)));
+      for (let i = 0; i < 500 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 20));
+      const memfd = native.memfd_create('py-live');
+      const content = Buffer.from('guest memory, as the source wrote it');
+      writeSync(memfd, content, 0, content.length, 0);
+      const efd = native.eventfd(0);
+      const state = Buffer.alloc(1 << 20);
+      for (let i = 0; i < state.length; i++) state[i] = (i * 131) >>> 3;
+      let moved = false; // after the commit the source released (closed) its copies
+      try {
+        const res = await sendHandover({
+          socket: path,
+          backendTransfer: true,
+          memfdPayloads,
+          warmUp: false,
+          collectGarbage: false,
+          devices: [new GenericSource({ id: 'gen0', transfer: true, fds: [{ name: 'mem', fd: memfd, kind: 'memfd' }, { name: 'ev', fd: efd, kind: 'eventfd' }], state: Buffer.from('blob') })],
+          state,
+        });
+        moved = true;
+        expect(res.devices).toEqual([{ id: 'gen0', kind: 'generic', outcome: 'moved', fds: 2 }]);
+        expect(await exited, errText).toBe(0);
+        const got = JSON.parse(out) as Record<string, unknown>;
+        expect(got).toMatchObject({
+          ok: true,
+          memfd: content.toString(),
+          eventfd: 10,
+          stateBytes: state.length,
+          stateSha256: createHash('sha256').update(state).digest('hex'),
+          genericBlob: 'blob',
+          probe: 'ok',
+          // the probe, the two device fds, and with memfdPayloads the state's payload memfd
+          fdNumbering: memfdPayloads ? 4 : 3,
+        });
+      } finally {
+        if (!moved) {
+          native.close(memfd);
+          native.close(efd);
+        }
+        py.kill();
+      }
+    });
+  }
 
   it('decodes a stream recorded by recordHandover, CRCs, counts and order included', async () => {
     const efd = native.eventfd(0);
