@@ -5,13 +5,13 @@
 // handovers from sendHandover, fds and all.
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeSync } from 'node:fs';
+import { existsSync, mkdtempSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { GenericSource, native, recordHandover, sendHandover } from '../src/index.js';
+import { GenericTarget, GenericSource, native, receiveHandover, recordHandover, sendHandover, type GenericBackend } from '../src/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
@@ -82,6 +82,46 @@ describe.skipIf(python === null)('the independent Python decoder', () => {
           native.close(memfd);
           native.close(efd);
         }
+        py.kill();
+      }
+    });
+  }
+
+  for (const memfdPayload of [false, true]) {
+    it(`a Python source hands a live handover to receiveHandover: a memfd, an eventfd, 1 MiB of state${memfdPayload ? ' (in a payload memfd)' : ''}`, async () => {
+      const path = join(dir, `src-${memfdPayload}.sock`);
+      const target = receiveHandover({ socket: path, backendTransfer: true, warmUp: false, collectGarbage: false, accept: [new GenericTarget({ id: 'gen0', expect: { mem: 'memfd', ev: 'eventfd' } })] });
+      target.catch(() => undefined);
+      const py = spawn(python!, [join(ROOT, 'test/interop/live_source.py'), path, ...(memfdPayload ? ['--memfd-payload'] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let errText = '';
+      py.stdout.on('data', (d: Buffer) => (out += d));
+      py.stderr.on('data', (d: Buffer) => (errText += d));
+      const exited = new Promise<number | null>((resolve) => py.on('exit', (code) => resolve(code)));
+      try {
+        const res = await target;
+        const dev = res.devices.get('gen0')!;
+        expect([res.outcome, dev.how]).toEqual(['committed', 'received']);
+        const b = dev.backend as GenericBackend;
+        try {
+          const mem = Buffer.alloc(64);
+          const n = readSync(b.fd('mem'), mem, 0, 64, 0);
+          expect(mem.subarray(0, n).toString()).toBe('guest memory from a Python source');
+          const eight = Buffer.alloc(8);
+          eight.writeBigUInt64LE(3n);
+          writeSync(b.fd('ev'), eight);
+          expect(readSync(b.fd('ev'), eight, 0, 8, null)).toBe(8);
+          expect(eight.readBigUInt64LE()).toBe(3n);
+          expect([b.metadata, b.state.toString()]).toEqual([{ from: 'python' }, 'blob']);
+        } finally {
+          b.close();
+        }
+        expect(await exited, errText).toBe(0);
+        const got = JSON.parse(out) as { ok: boolean; stateSha256: string; fdsSent: number };
+        expect(got.ok).toBe(true);
+        expect(createHash('sha256').update(res.state!).digest('hex')).toBe(got.stateSha256);
+        expect(got.fdsSent).toBe(memfdPayload ? 4 : 3);
+      } finally {
         py.kill();
       }
     });
