@@ -165,8 +165,9 @@ def read_memfd(fd, length):
 def main():
     path = sys.argv[1]
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
+    srv.bind(path + ".tmp")
     srv.listen(1)
+    os.rename(path + ".tmp", path)  # the path appears only once it is listening
     conn, _ = srv.accept()
     srv.close()
     p = Peer(conn)
