@@ -17,6 +17,7 @@ import { GenericSource, GenericTarget, type GenericBackend } from '../backends/g
 import { TapSource, TapTarget, type TapBackend } from '../backends/tap.js';
 import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../backends/vhost-user.js';
 import type { SourceDevice, TargetDevice } from '../backends/types.js';
+import { recordHandover } from '../handover/record.js';
 import { sendHandover } from '../handover/source.js';
 import { receiveHandover } from '../handover/target.js';
 import type { HandoverEvent, ReceiveHandoverOptions, SendHandoverOptions } from '../handover/types.js';
@@ -209,12 +210,12 @@ export const sendCommand: Command = {
   async run(argv) {
     const { values } = parseArgs({
       args: argv,
-      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, ...handoverOptionSpecs, help: { type: 'boolean', short: 'h' } },
+      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, record: { type: 'string' }, ...handoverOptionSpecs, help: { type: 'boolean', short: 'h' } },
     });
     if (values.help || !values.devices) {
       console.log(
         [
-          'usage: backend-transfer send --devices FILE.json [--socket PATH] [--state FILE] [--json] [--no-backend-transfer] [shared options]',
+          'usage: backend-transfer send --devices FILE.json [--socket PATH | --record FILE] [--state FILE] [--json] [--no-backend-transfer] [shared options]',
           '',
           'FILE.json: { "socket": "/run/vmm/handover.sock", "backendTransfer": true, "devices": [',
           '  { "kind": "tap", "id": "net0", "transfer": true, "queues": [3, 4], "vhostFds": [] },',
@@ -222,6 +223,7 @@ export const sendCommand: Command = {
           'fd numbers are fds this process inherited; each is checked (open, not the event loop\'s own, of its',
           'declared kind) before connecting. npx passes only fds 0-2: run node_modules/.bin/backend-transfer.',
           'The README lists every kind\'s fields.',
+          'With --record FILE, no handover: the state-only stream is written to FILE (for backend-transfer inspect).',
           '',
           handoverOptionsUsage,
         ].join('\n'),
@@ -230,12 +232,17 @@ export const sendCommand: Command = {
     }
     const opts = handoverOptions(values);
     const desc = readJson(values.devices);
-    const socket = values.socket ?? (desc.socket as string | undefined);
-    if (!socket) throw bad('no socket: give --socket or "socket" in the description');
     const devices = ((desc.devices as Json[]) ?? []).map(sourceDevice);
     const backendTransfer = values['no-backend-transfer'] ? false : desc.backendTransfer !== false;
-    if (backendTransfer) checkSendFds(devices);
+    if (backendTransfer && !values.record) checkSendFds(devices);
     const state = values.state ? readFileSync(values.state) : typeof desc.state === 'string' ? Buffer.from(desc.state, 'base64') : undefined;
+    if (values.record) {
+      const r = await recordHandover({ to: values.record, devices, state });
+      console.log(values.json ? safeJson({ file: values.record, bytes: r.bytes, sections: r.sections, payloadBytes: Number(r.payloadBytes), plan: r.plan }) : `${escapeText(values.record)}: ${r.bytes} bytes, ${r.sections} section(s), ${r.payloadBytes} bytes of state (state only, no fds)`);
+      return 0;
+    }
+    const socket = values.socket ?? (desc.socket as string | undefined);
+    if (!socket) throw bad('no socket: give --socket or "socket" in the description');
     const bar = progressBar(process.stderr.isTTY === true && !values.json);
     const sink = warningSink('send', values.json === true);
     try {

@@ -211,6 +211,8 @@ export class StreamReader {
   #deviceFds = 0;
   #payloadBytes = 0n;
   #totalFdsSeen = 0;
+  /** Source role: the target sent NACK in place of WELCOME; only EOF may follow. */
+  #refusedEarly = false;
 
   constructor(options: StreamReaderOptions) {
     this.role = options.role;
@@ -460,6 +462,7 @@ export class StreamReader {
       bad(`inside section ${this.#openSectionId} (expected SECTION_PART or SECTION_END)`);
     }
     const handshakeDone = this.role === 'source' ? this.#welcome !== null : this.#hello !== null;
+    if (this.#refusedEarly && type !== FrameType.EOF && type !== FrameType.NACK) bad('after a NACK in place of WELCOME (only EOF may follow)');
     switch (type) {
       case FrameType.HELLO:
         if (this.role === 'source') bad('on a return path');
@@ -492,7 +495,10 @@ export class StreamReader {
       case FrameType.ACK:
       case FrameType.NACK:
         if (this.role !== 'source') bad('on a main stream');
-        if (!handshakeDone) bad('before WELCOME');
+        // A NACK instead of WELCOME is the target refusing the HELLO, with its reason.
+        if (!handshakeDone && type === FrameType.ACK) bad('before WELCOME');
+        if (this.#refusedEarly) bad('after a NACK in place of WELCOME');
+        if (!handshakeDone) this.#refusedEarly = true;
         break;
       case FrameType.COMMIT:
       case FrameType.ABORT:

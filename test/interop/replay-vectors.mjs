@@ -1,0 +1,67 @@
+// Replays docs/vectors (the bytes alone, as a file is read) through the
+// StreamReader of the build at LIBROOT: node replay-vectors.mjs LIBROOT [--release-0.1.0].
+// Checks the error code, the frame it comes with, and the types of the frames
+// decoded before it. With --release-0.1.0 the vectors of behaviour added after
+// that release are expected to differ, as the spec says (a NACK in place of
+// WELCOME: a 0.1.0 source reads it as ERR_STREAM_PROTOCOL).
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const [libRoot, flag] = process.argv.slice(2);
+if (!libRoot) {
+  console.error('usage: replay-vectors.mjs LIBROOT [--release-0.1.0]');
+  process.exit(2);
+}
+const { StreamReader } = await import(pathToFileURL(join(libRoot, 'dist', 'index.js')).href);
+const DIR = fileURLToPath(new URL('../../docs/vectors/', import.meta.url));
+// What a 0.1.0 reader does instead (docs/stream-format.md, "Refusing a HELLO").
+const OLD = {
+  'valid-return-refusal': { code: 'ERR_STREAM_PROTOCOL', offset: 8 },
+  'bad-return-welcome-after-refusal': { code: 'ERR_STREAM_PROTOCOL', offset: 8 },
+};
+const TYPES = { hello: 'HELLO', welcome: 'WELCOME', plan: 'PLAN', 'end-of-state': 'END_OF_STATE', ack: 'ACK', nack: 'NACK', ping: 'PING', pong: 'PONG', commit: 'COMMIT', abort: 'ABORT', eof: 'EOF' };
+const SECTIONS = { start: 'SECTION_START', part: 'SECTION_PART', end: 'SECTION_END', full: 'SECTION_FULL' };
+
+function frameStarts(bytes) {
+  const out = [];
+  for (let pos = 8; pos + 8 <= bytes.length; pos += 24 + bytes.readUInt32LE(pos + 4)) out.push(pos);
+  return out;
+}
+
+let bad = 0;
+const index = JSON.parse(readFileSync(join(DIR, 'index.json'), 'utf8'));
+for (const { name } of index) {
+  const v = JSON.parse(readFileSync(join(DIR, `${name}.json`), 'utf8'));
+  const bytes = readFileSync(join(DIR, v.file));
+  let exp = v.expectWithoutFds;
+  if (flag === '--release-0.1.0' && OLD[name]) exp = { ok: false, ...OLD[name], frames: exp.frames.filter((f) => f.offset < OLD[name].offset) };
+  const reader = v.direction === 'return' ? new StreamReader({ role: 'source' }) : new StreamReader({ role: 'inspect', fdsAbsent: true, verifyFdKinds: false });
+  const cuts = [...new Set([0, ...frameStarts(bytes), ...(exp.ok ? [] : [exp.offset]), bytes.length])].filter((x) => x <= bytes.length).sort((a, b) => a - b);
+  const types = [];
+  let error = null;
+  for (let i = 0; i + 1 < cuts.length && !error; i++) {
+    try {
+      for (const it of reader.feed(bytes.subarray(cuts[i], cuts[i + 1]))) types.push(it.type === 'section' ? SECTIONS[it.frame] : TYPES[it.type]);
+    } catch (e) {
+      error = { code: e.code, at: cuts[i] };
+    }
+  }
+  if (!error) {
+    try {
+      reader.end();
+    } catch (e) {
+      error = { code: e.code, at: bytes.length };
+    }
+  }
+  reader.close();
+  const next = [...frameStarts(bytes), bytes.length].find((x) => x > (exp.offset ?? 0)) ?? bytes.length;
+  const errOk = exp.ok ? error === null : error !== null && error.code === exp.code && error.at >= exp.offset && (error.at < next || exp.offset === bytes.length);
+  const typesOk = JSON.stringify(types) === JSON.stringify(exp.frames.map((f) => f.type));
+  if (!errOk || !typesOk) {
+    bad++;
+    console.log(`  MISMATCH ${name}: got ${JSON.stringify(error)} ${types.join(' ')}; expected ${exp.ok ? 'ok' : `${exp.code} at ${exp.offset}`} ${exp.frames.map((f) => f.type).join(' ')}`);
+  }
+}
+console.log(`  ${index.length} vectors through ${libRoot}: ${bad} mismatch(es)`);
+process.exit(bad ? 1 : 0);
