@@ -118,9 +118,9 @@ describe('a peer that floods', () => {
     const flooded = await s.waitFor('flooded', 60_000);
     const base = ((await t.waitFor('phase', 5000)) && t.events.find((e) => e.event === 'phase' && e.phase === 'transfer'))!.memory as { rss: number };
     const grown = peakRss(t.proc.pid!) - base.rss;
+    expect(grown, `target RSS grew by ${(grown / MiB).toFixed(1)} MiB (${(Number(flooded.bytes) / MiB).toFixed(1)} MiB of PINGs sent)`).toBeLessThan(64 * MiB);
     const tr = await first(t, ['received', 'receive-failed'], 20_000);
     expect(tr, JSON.stringify(tr)).toMatchObject({ event: 'receive-failed', code: 'ERR_PEER_FLOOD', leaked: 0 });
-    expect(grown, `target RSS grew by ${(grown / MiB).toFixed(1)} MiB (${Number(flooded.bytes) / MiB} MiB of PINGs sent)`).toBeLessThan(64 * MiB);
     const r = await first(s, ['handover-done', 'handover-failed'], 20_000);
     expectSourceKept(r);
   }, 90_000);
