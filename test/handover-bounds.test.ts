@@ -105,6 +105,7 @@ describe('a peer that floods', () => {
     expectSourceKept(r);
     const frozen = (s.events.find((e) => e.event === 'frozen')!.memory as { rss: number }).rss;
     const peak = (r.memory as { hwm: number }).hwm;
+    console.info(`flood test: the source's RSS grew by ${((peak - frozen) / MiB).toFixed(1)} MiB while the target flooded it`);
     expect(peak - frozen, `source RSS grew by ${((peak - frozen) / MiB).toFixed(1)} MiB`).toBeLessThan(64 * MiB);
   }, 60_000);
 
@@ -118,6 +119,7 @@ describe('a peer that floods', () => {
     const flooded = await s.waitFor('flooded', 60_000);
     const base = ((await t.waitFor('phase', 5000)) && t.events.find((e) => e.event === 'phase' && e.phase === 'transfer'))!.memory as { rss: number };
     const grown = peakRss(t.proc.pid!) - base.rss;
+    console.info(`flood test: the target's RSS grew by ${(grown / MiB).toFixed(1)} MiB (${(Number(flooded.bytes) / MiB).toFixed(1)} MiB of PINGs sent before it refused)`);
     expect(grown, `target RSS grew by ${(grown / MiB).toFixed(1)} MiB (${(Number(flooded.bytes) / MiB).toFixed(1)} MiB of PINGs sent)`).toBeLessThan(64 * MiB);
     const tr = await first(t, ['received', 'receive-failed'], 20_000);
     expect(tr, JSON.stringify(tr)).toMatchObject({ event: 'receive-failed', code: 'ERR_PEER_FLOOD', leaked: 0 });
