@@ -221,7 +221,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
 
     enter('release');
     for (const d of moved) d.release();
-    await writer.eof().catch(() => undefined);
+    // Courtesy, and bounded: a target that stopped reading must not hold this call.
+    await timed(writer.eof(), 2000, 'sending EOF').catch(() => undefined);
     // The target ends its direction too; its EOF is a courtesy, not a condition.
     guard.stop();
     await timed(queue.next(0, 'EOF'), 2000, 'the target EOF').catch(() => undefined);

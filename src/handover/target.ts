@@ -261,10 +261,11 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     if (c.type !== 'commit') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected COMMIT, the source sent ${c.type}`);
     committed = true;
     session.stop();
-    await writer.ack(AckStage.COMMITTED).catch(() => undefined);
+    // Bounded: the backends are ours now, and a source that stopped reading must not hold this call.
+    await guard(writer.ack(AckStage.COMMITTED), 2000, 'sending ACK(COMMITTED)', false).catch(() => undefined);
     // The rest is courtesy: the backends are ours whatever happens to the socket now.
     await guard(queue.next(0, 'EOF'), 2000, 'the source EOF').catch(() => undefined);
-    await writer.eof().catch(() => undefined);
+    await guard(writer.eof(), 2000, 'sending EOF', false).catch(() => undefined);
 
     enter('done');
     return await finish('committed', true);
