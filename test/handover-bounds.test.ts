@@ -176,6 +176,22 @@ describe('"is the peer gone?" asks about the process that holds the connection',
     expect((await p.ask({ cmd: 'check-chardev' }, 'chardev')).echoed).toBe('ping');
   }, 60_000);
 
+  it('(a, source side) the listening parent exits, its child holds the connection and never answers COMMIT: the source does not call the target gone (ERR_COMMIT_UNCERTAIN, no thaw)', async () => {
+    const path = sockPath();
+    const t = peers.spawn('fork-target-parent', [path, '{}'], FIXTURE);
+    await t.waitFor('listening');
+    const s = spawnSource(path, { timeouts: { commit: 2000 } });
+    await s.waitFor('ready');
+    s.command({ cmd: 'handover' });
+    grandchildren.push(Number((await t.waitFor('forked')).child));
+    await t.waitFor('parent-exits');
+    const r = await first(s, ['handover-done', 'handover-failed'], 30_000);
+    // COMMIT went into the child's socket: the child may read it yet. The source cannot know.
+    expect(r, JSON.stringify(r)).toMatchObject({ event: 'handover-failed', code: 'ERR_COMMIT_UNCERTAIN', frozen: true, thawed: false, leaked: 0 });
+    expect(r.details).toMatchObject({ commitSent: true, targetGone: false });
+    expect(r.owned).toEqual(ALL_OPEN);
+  }, 60_000);
+
   it('(c) the connecting process holds the connection and is killed at verify: the target takes over what arrived whole', async () => {
     const path = sockPath();
     const t = spawnTarget(path);

@@ -277,7 +277,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       throw new BackendTransferError(
         ErrorCodes.ERR_COMMIT_UNCERTAIN,
         `COMMIT was sent but the target did not confirm it (${e.message}) and is still running: it may own the backends now. The source kept its copies and did not thaw; settle it with the target before using them.`,
-        { cause: e, details: { phase: failedIn, commitSent: true } },
+        { cause: e, details: { phase: failedIn, commitSent: true, targetGone: false } },
       );
     }
     if (frozen) {
