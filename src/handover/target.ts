@@ -161,24 +161,24 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       sock,
       reader,
       (it) => {
-      if (it.type !== 'section') return;
-      bytes += it.bodyLength;
-      fdsCount += it.attachments.length;
-      // The reader reuses its buffer: take the payload out now, while it is valid.
-      if (it.idstr === STATE_DEVICE_ID) {
-        if (o.onState) o.onState(it.payload);
-        else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) it.payload.copy(stateBuf, stateBytes);
-        else {
-          if (stateBuf) {
-            // More than announced: go on in parts.
-            stateParts!.push(stateBuf.subarray(0, stateBytes));
-            stateBuf = null;
+        if (it.type !== 'section') return;
+        bytes += it.bodyLength;
+        fdsCount += it.attachments.length;
+        // The reader reuses its buffer: take the payload out now, while it is valid.
+        if (it.idstr === STATE_DEVICE_ID) {
+          if (o.onState) o.onState(it.payload);
+          else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) it.payload.copy(stateBuf, stateBytes);
+          else {
+            if (stateBuf) {
+              // More than announced: go on in parts.
+              stateParts!.push(stateBuf.subarray(0, stateBytes));
+              stateBuf = null;
+            }
+            stateParts!.push(Buffer.from(it.payload));
           }
-          stateParts!.push(Buffer.from(it.payload));
-        }
-        stateBytes += it.payload.length;
-        it.payload = EMPTY;
-      } else it.payload = Buffer.from(it.payload);
+          stateBytes += it.payload.length;
+          it.payload = EMPTY;
+        } else it.payload = Buffer.from(it.payload);
       },
       { pong: (token) => w.pong(token), onFlood: (err) => g.fail(err), onNoise: (n) => (g.noise += n) },
     );

@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { existsSync } from 'node:fs';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import { closeFd, closeFds } from '../fd/index.js';
 import { native } from '../native.js';
@@ -51,39 +50,6 @@ export function collectGarbage(): boolean {
   if (!gcFn) return false;
   gcFn();
   return true;
-}
-
-/**
- * Whether the process behind `pidfd` has exited, waiting up to `ms` for it (a
- * pidfd polls readable once its process is gone). Without a pidfd: whether
- * /proc/<pid> is gone (racy only if the pid was reused in the meantime).
- */
-export function processGone(pidfd: number | null, pid: number | null, ms: number): Promise<boolean> {
-  if (pidfd === null || pidfd < 0) {
-    if (pid === null) return Promise.resolve(false);
-    return new Promise((resolve) => {
-      const deadline = Date.now() + ms;
-      const check = () => {
-        if (!existsSync(`/proc/${pid}`)) return resolve(true);
-        if (Date.now() >= deadline) return resolve(false);
-        setTimeout(check, 10);
-      };
-      check();
-    });
-  }
-  return new Promise((resolve) => {
-    let done = false;
-    const finish = (v: boolean) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      poller.close();
-      resolve(v);
-    };
-    const poller = new FdPoller(pidfd, (_ev, err) => finish(!err));
-    const timer = setTimeout(() => finish(false), ms);
-    poller.set(READABLE);
-  });
 }
 
 /** Phase bookkeeping of one side: time spent per phase, and a `phase` event on each change. */
