@@ -77,7 +77,8 @@ describe('no endless freeze: the stall bound (timeouts.stall)', () => {
 
   it('a source that stops in the middle of the transfer: the target gives up and closes what it received; the source thaws when it runs again', async () => {
     const path = sockPath();
-    const t = spawnTarget(path, { timeouts: { stall: 1500 } });
+    // The source may stop before its first section left (the writer pulls a part ahead): freeze + stall bounds that wait.
+    const t = spawnTarget(path, { timeouts: { stall: 1500, freeze: 500 } });
     await t.waitFor('listening');
     const s = spawnSource(path, { stopAfterFirstPart: true, stateBytes: 0 });
     await s.waitFor('ready');
@@ -87,6 +88,21 @@ describe('no endless freeze: the stall bound (timeouts.stall)', () => {
     expect(tr, JSON.stringify(tr)).toMatchObject({ event: 'receive-failed', code: 'ERR_HANDOVER_STALLED', leaked: 0 });
     expect((tr.details as { phase: string }).phase).toBe('transfer');
     s.proc.kill('SIGCONT');
+    const r = await first(s, ['handover-done', 'handover-failed'], 20_000);
+    expect(String(r.code)).toMatch(/ERR_HANDOVER_REFUSED|ERR_PEER_CLOSED/);
+    expectSourceKept(r);
+  }, 60_000);
+
+  it('a source that stops after the handshake (its freeze() hangs): the target waits at most freeze + stall for the first section', async () => {
+    const path = sockPath();
+    const t = spawnTarget(path, { timeouts: { freeze: 500, stall: 1000 } });
+    await t.waitFor('listening');
+    const s = spawnSource(path, { freezeMs: 4000 });
+    await s.waitFor('ready');
+    s.command({ cmd: 'handover' });
+    const tr = await first(t, ['received', 'receive-failed'], 20_000);
+    expect(tr, JSON.stringify(tr)).toMatchObject({ event: 'receive-failed', code: 'ERR_HANDOVER_STALLED', leaked: 0 });
+    expect((tr.details as { phase: string; ms: number }).ms).toBe(1500);
     const r = await first(s, ['handover-done', 'handover-failed'], 20_000);
     expect(String(r.code)).toMatch(/ERR_HANDOVER_REFUSED|ERR_PEER_CLOSED/);
     expectSourceKept(r);

@@ -215,10 +215,18 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     // The source freezes now (its freeze() may take up to timeouts.freeze); from the
     // first section on, no progress for timeouts.stall ms fails the transfer.
     const firstWait = timeouts.stall > 0 ? timeouts.freeze + timeouts.stall : 0;
+    const stallFirst = firstWait > 0 && !(timeouts.transfer > 0 && timeouts.transfer <= firstWait);
     for (let first = true; ; first = false) {
-      const it = first
-        ? await next('sections', firstWait && timeouts.transfer ? Math.min(firstWait, timeouts.transfer) : firstWait || timeouts.transfer, false)
-        : await next('sections', timeouts.transfer);
+      const it = !first
+        ? await next('sections', timeouts.transfer)
+        : await next('sections', stallFirst ? firstWait : timeouts.transfer, false).catch((err: unknown) => {
+            if (!stallFirst || (err as BackendTransferError).code !== ErrorCodes.ERR_TIMEOUT) throw err;
+            throw new BackendTransferError(
+              ErrorCodes.ERR_HANDOVER_STALLED,
+              `no section within ${firstWait} ms of PLAN (timeouts.freeze + timeouts.stall): the source stopped after the handshake`,
+              { details: { phase: clock.phase, ms: firstWait } },
+            );
+          });
       if (first) session.watchStall(timeouts.stall);
       if (it.type === 'end-of-state') {
         endOfState = true;
