@@ -95,6 +95,23 @@ export const ErrorCodes = {
   ERR_COMMIT_UNCERTAIN: 'ERR_COMMIT_UNCERTAIN',
   /** fds were to move but they do not survive the way to the target (a relay drops SCM_RIGHTS). */
   ERR_CHANNEL_DROPS_FDS: 'ERR_CHANNEL_DROPS_FDS',
+  /**
+   * No progress for `timeouts.stall` ms after the freeze (no stream bytes moved
+   * either way): the peer stopped reading or stopped sending. The source thaws.
+   */
+  ERR_HANDOVER_STALLED: 'ERR_HANDOVER_STALLED',
+  /**
+   * The peer sends frames faster than they can be answered or taken (PINGs whose
+   * PONGs it does not read, frames nobody asked for): refused, so that it cannot
+   * grow this process's memory.
+   */
+  ERR_PEER_FLOOD: 'ERR_PEER_FLOOD',
+  /**
+   * COMMIT could not be written whole (the target closed or shut its reading side:
+   * EPIPE, or the write stalled and was dropped): the target cannot have seen it.
+   * The source thawed and keeps its backends.
+   */
+  ERR_COMMIT_NOT_SENT: 'ERR_COMMIT_NOT_SENT',
   /** Any other system error; .cause has the errno error. */
   ERR_SYSTEM: 'ERR_SYSTEM',
 } as const;

@@ -80,6 +80,26 @@ export function requireString(deviceId: string, meta: Record<string, unknown> | 
   return v;
 }
 
+/** The largest count (queues, eventfds, vhost fds) a device's metadata may declare. */
+export const MAX_META_COUNT = 1024;
+
+/**
+ * A count or an index from device metadata: a whole number from `min` to `max`
+ * (a fraction such as 0.5 would make a loop check one fd that a list of that
+ * length then drops). Decoding (the target) refuses with ERR_BACKEND_VERIFY,
+ * encoding (the source) with ERR_BACKEND_INVALID.
+ */
+export function checkCount(deviceId: string, key: string, v: unknown, side: 'encode' | 'decode', max = MAX_META_COUNT, min = 0): number {
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= min && v <= max) return v;
+  const what = `metadata ${key} is ${typeof v === 'number' || typeof v === 'boolean' ? String(v) : v === undefined ? 'missing' : typeof v}, not a whole number from ${min} to ${max}`;
+  throw side === 'decode' ? verifyError(deviceId, what, { key }) : invalid(deviceId, what);
+}
+
+/** checkCount() of meta[key], decoding. */
+export function requireCount(deviceId: string, meta: Record<string, unknown> | null, key: string, max = MAX_META_COUNT, min = 0): number {
+  return checkCount(deviceId, key, meta?.[key], 'decode', max, min);
+}
+
 /** Device state given as bytes, or as a function read at capture time (after freeze). */
 export function stateOf(s: Uint8Array | (() => Uint8Array) | undefined): Uint8Array | undefined {
   return typeof s === 'function' ? s() : s;

@@ -9,7 +9,7 @@ import { BackendTransferError } from '../errors.js';
 import { closeFd, closeFds, inspectFd } from '../fd/index.js';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
-import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, requireString, verifyError, stateOf } from './common.js';
+import { byName, decodeState, encodeState, expectFd, invalid, checkCount, requireCount, requireString, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 
@@ -56,6 +56,7 @@ function ownNetnsIno(): number | null {
 export function describeTap(queues: readonly number[], vhostFds: readonly number[] = [], known: { offloads?: number; ifindex?: number; id?: string } = {}): TapMeta {
   const dev = known.id ?? 'tap';
   if (queues.length === 0) throw invalid(dev, 'no queue fds');
+  for (const k of ['offloads', 'ifindex'] as const) if (known[k] !== undefined && known[k] !== null) checkCount(dev, k, known[k], 'encode', Number.MAX_SAFE_INTEGER);
   let ifname = '';
   let flags = 0;
   const enabled: boolean[] = [];
@@ -240,11 +241,13 @@ export class TapTarget extends TargetBase<TapMeta, TapBackend> {
     const id = this.id;
     const meta = decodeState(id, arrival.state).meta;
     const ifname = requireString(id, meta, 'ifname');
-    const flags = requireNumber(id, meta, 'flags');
-    const nQueues = requireNumber(id, meta, 'queues');
-    const vnetHdrSize = requireNumber(id, meta, 'vnetHdrSize');
-    const nVhost = requireNumber(id, meta, 'vhost');
+    const flags = requireCount(id, meta, 'flags', 0xffff);
+    const nQueues = requireCount(id, meta, 'queues', undefined, 1);
+    const vnetHdrSize = requireCount(id, meta, 'vnetHdrSize', 0xffff);
+    const nVhost = requireCount(id, meta, 'vhost');
+    for (const k of ['ifindex', 'netnsIno', 'offloads']) if (meta[k] !== undefined && meta[k] !== null) requireCount(id, meta, k, Number.MAX_SAFE_INTEGER);
     const enabled = Array.isArray(meta.enabled) ? (meta.enabled as unknown[]) : [];
+    if (enabled.length > nQueues || enabled.some((e) => typeof e !== 'boolean')) throw verifyError(id, 'metadata enabled is not one boolean per queue', { key: 'enabled' });
     const atts = byName(arrival);
     for (let i = 0; i < nQueues; i++) {
       const a = atts.get(`queue${i}`);

@@ -6,7 +6,7 @@
 import { native } from '../native.js';
 import { closeFds, inspectFd } from '../fd/index.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
-import { byName, decodeState, encodeState, expectFd, invalid, requireNumber, verifyError, stateOf } from './common.js';
+import { byName, checkCount, decodeState, encodeState, expectFd, invalid, requireCount, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 
@@ -55,12 +55,15 @@ export class VhostUserSource extends SourceBase<VhostUserSourceOptions> {
 
 
   check(): void {
+    this.meta(); // every count and size a whole number
     const info = inspectFd(this.o.socket);
     if (info.kind !== 'unix-stream') throw invalid(this.id, `the vhost-user socket (fd ${this.o.socket}) is ${info.kind}, not a connected unix stream socket`);
   }
 
   meta(): VhostUserMeta {
     const o = this.o;
+    checkCount(this.id, 'numQueues', o.numQueues, 'encode');
+    if (o.inflight) for (const k of ['size', 'offset', 'queueSize'] as const) checkCount(this.id, `inflight.${k}`, o.inflight[k], 'encode', Number.MAX_SAFE_INTEGER);
     return {
       socketPath: o.socketPath,
       features: o.features.toString(),
@@ -143,7 +146,7 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
 
   verify(arrival: Arrival): void {
     const id = this.id;
-    const meta = decodeState(id, arrival.state).meta as unknown as VhostUserMeta;
+    const meta = checkedMeta(id, arrival.state);
     const atts = byName(arrival);
     const sock = atts.get('socket');
     if (!sock) throw verifyError(id, 'the vhost-user socket is missing');
@@ -168,8 +171,8 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
       expected++;
     }
     for (const [prefix, n] of [
-      ['kick', requireNumber(id, meta as unknown as Record<string, unknown>, 'kick')],
-      ['call', requireNumber(id, meta as unknown as Record<string, unknown>, 'call')],
+      ['kick', meta.kick],
+      ['call', meta.call],
     ] as const) {
       for (let i = 0; i < n; i++) {
         const a = atts.get(`${prefix}${i}`);
@@ -189,8 +192,8 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
   }
 
   adopt(arrival: Arrival): VhostUserBackend {
-    const { meta, blob } = decodeState(this.id, arrival.state);
-    const m = meta as unknown as VhostUserMeta;
+    const { blob } = decodeState(this.id, arrival.state);
+    const m = checkedMeta(this.id, arrival.state);
     const atts = byName(arrival);
     const list = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => atts.get(`${prefix}${i}`)!.fd);
     return new VhostUserBackend(
@@ -203,4 +206,36 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
       blob,
     );
   }
+}
+
+/** The metadata of a vhost-user section, every count, size and feature word checked. */
+function checkedMeta(id: string, state: Buffer): VhostUserMeta {
+  const meta = decodeState(id, state).meta;
+  const u64 = (key: string): string => {
+    const v = meta[key];
+    if (typeof v !== 'string' || !/^[0-9]{1,20}$/.test(v) || BigInt(v) >= 1n << 64n) throw verifyError(id, `metadata ${key} is not a u64 in decimal`, { key });
+    return v;
+  };
+  let inflight: InflightInfo | null = null;
+  if (meta.inflight !== null && meta.inflight !== undefined) {
+    if (typeof meta.inflight !== 'object' || Array.isArray(meta.inflight)) throw verifyError(id, 'metadata inflight is not an object', { key: 'inflight' });
+    const inf = meta.inflight as Record<string, unknown>;
+    inflight = {
+      size: checkCount(id, 'inflight.size', inf.size, 'decode', Number.MAX_SAFE_INTEGER),
+      offset: checkCount(id, 'inflight.offset', inf.offset, 'decode', Number.MAX_SAFE_INTEGER),
+      queueSize: checkCount(id, 'inflight.queueSize', inf.queueSize, 'decode', Number.MAX_SAFE_INTEGER),
+    };
+  }
+  if (meta.backendChannel !== undefined && typeof meta.backendChannel !== 'boolean') throw verifyError(id, 'metadata backendChannel is not a boolean', { key: 'backendChannel' });
+  if (meta.socketPath !== undefined && typeof meta.socketPath !== 'string') throw verifyError(id, 'metadata socketPath is not a string', { key: 'socketPath' });
+  return {
+    socketPath: (meta.socketPath as string | undefined) ?? '',
+    features: u64('features'),
+    protocolFeatures: u64('protocolFeatures'),
+    numQueues: requireCount(id, meta, 'numQueues'),
+    kick: requireCount(id, meta, 'kick'),
+    call: requireCount(id, meta, 'call'),
+    backendChannel: meta.backendChannel === true,
+    inflight,
+  };
 }

@@ -4,25 +4,77 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { pumpFdSocket } from '../stream/channel.js';
 import type { StreamItem, StreamReader } from '../stream/reader.js';
 import type { FdSocket } from '../transport/fd-socket.js';
-import { closeSectionItem } from './util.js';
+import { PING_FRAME_BYTES, closeSectionItem } from './util.js';
+
+/**
+ * PINGs are answered one at a time: while a PONG is still on its way out, the
+ * next PING is dropped. More than this many dropped in a row (a peer that does
+ * not read its PONGs, or sends PINGs faster than they can be answered) and the
+ * peer is refused (ERR_PEER_FLOOD): PONGs never queue up in memory.
+ */
+export const MAX_UNANSWERED_PINGS = 64;
+/**
+ * Frames other than sections waiting to be taken by the session. A session takes
+ * a handful (ACKs, COMMIT, EOF); more queued means a peer that sends what nobody
+ * asked for (ERR_PEER_FLOOD). Sections are bounded by the plan instead.
+ */
+export const MAX_QUEUED_ITEMS = 64;
+
+export interface ItemQueueOptions {
+  /** Answers a PING (writes the PONG). Without it PINGs are dropped (and counted). */
+  pong?: (token: bigint) => Promise<void>;
+  /** Called once when the peer is refused for flooding (besides failing next()). */
+  onFlood?: (err: BackendTransferError) => void;
+  /** Called with the bytes of each PING taken and each PONG sent (not progress). */
+  onNoise?: (bytes: number) => void;
+}
+
+function flood(what: string): BackendTransferError {
+  return new BackendTransferError(ErrorCodes.ERR_PEER_FLOOD, `the peer floods this side: ${what}`, { details: { limit: what } });
+}
 
 export class ItemQueue {
   #items: StreamItem[] = [];
+  #queuedOther = 0;
+  #pongBusy = false;
+  #dropped = 0;
+  /** Stop answering PINGs (they are dropped and counted). */
+  quiet = false;
   #waiter: { resolve: (i: StreamItem) => void; reject: (e: Error) => void } | null = null;
   #error: Error | null = null;
   #ended = false;
   readonly done: Promise<void>;
 
-  constructor(sock: FdSocket, reader: StreamReader, onItem?: (item: StreamItem) => void) {
+  constructor(sock: FdSocket, reader: StreamReader, onItem?: (item: StreamItem) => void, options: ItemQueueOptions = {}) {
+    const refuse = (err: BackendTransferError): never => {
+      options.onFlood?.(err);
+      throw err;
+    };
     this.done = pumpFdSocket(sock, reader, (items) => {
-      for (const it of items) {
-        onItem?.(it);
-        if (it.type === 'ping') continue; // answered by the session
+      for (let i = 0; i < items.length; i++) {
+        const it = items[i]!;
+        try {
+          onItem?.(it);
+          if (it.type === 'ping') {
+            this.#ping(it.ping.token, options, refuse);
+            continue;
+          }
+        } catch (err) {
+          // This item and the rest of the batch are nobody's: close their fds.
+          for (let j = i; j < items.length; j++) closeSectionItem(items[j]!);
+          throw err;
+        }
         const w = this.#waiter;
         if (w) {
           this.#waiter = null;
           w.resolve(it);
-        } else this.#items.push(it);
+        } else {
+          if (it.type !== 'section' && ++this.#queuedOther > MAX_QUEUED_ITEMS) {
+            for (let j = i; j < items.length; j++) closeSectionItem(items[j]!);
+            refuse(flood(`more than ${MAX_QUEUED_ITEMS} frames (${it.type}) sent ahead of being asked for`));
+          }
+          this.#items.push(it);
+        }
       }
     }).then(
       () => {
@@ -44,8 +96,26 @@ export class ItemQueue {
   }
 
   /** The next item, or the reader's error; rejects with ERR_TIMEOUT after `ms` (0 = no limit). */
+  #ping(token: bigint, o: ItemQueueOptions, refuse: (e: BackendTransferError) => never): void {
+    o.onNoise?.(PING_FRAME_BYTES);
+    if (this.#pongBusy || this.quiet || !o.pong) {
+      if (++this.#dropped > MAX_UNANSWERED_PINGS) refuse(flood(`more than ${MAX_UNANSWERED_PINGS} PINGs in a row that could not be answered (it does not read the PONGs, or pings faster than they go out)`));
+      return;
+    }
+    this.#dropped = 0;
+    this.#pongBusy = true;
+    o.pong(token).then(
+      () => {
+        this.#pongBusy = false;
+        o.onNoise?.(PING_FRAME_BYTES);
+      },
+      () => undefined, // the writer failed: the session hears of it elsewhere; no more PONGs
+    );
+  }
+
   next(ms: number, what: string): Promise<StreamItem> {
     const it = this.#items.shift();
+    if (it && it.type !== 'section') this.#queuedOther--;
     if (it) return Promise.resolve(it);
     if (this.#error) return Promise.reject(this.#error);
     if (this.#ended) return Promise.reject(new BackendTransferError(ErrorCodes.ERR_PEER_CLOSED, `the peer ended the stream while this side waited for ${what}`));
@@ -81,7 +151,11 @@ export class ItemQueue {
     const held = this.#items.splice(0);
     try {
       const i = held.findIndex((x) => x.type === type);
-      if (i >= 0) return held.splice(i, 1)[0] as Extract<StreamItem, { type: T }>;
+      if (i >= 0) {
+        const hit = held.splice(i, 1)[0]!;
+        if (hit.type !== 'section') this.#queuedOther--;
+        return hit as Extract<StreamItem, { type: T }>;
+      }
       const deadline = Date.now() + ms;
       for (let left = ms; left > 0; left = deadline - Date.now()) {
         let it: StreamItem;
@@ -96,11 +170,13 @@ export class ItemQueue {
       return null;
     } finally {
       this.#items.unshift(...held);
+      this.#queuedOther = this.#items.filter((x) => x.type !== 'section').length;
     }
   }
 
   /** Closes the fds of items nobody took. */
   drain(): void {
+    this.#queuedOther = 0;
     for (const it of this.#items.splice(0)) closeSectionItem(it);
   }
 }

@@ -18,8 +18,7 @@ import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type DeviceOutcome, type SendHandoverOptions, type SendHandoverResult, type SourcePhase } from './types.js';
-import { PhaseClock, abortedError, collectGarbage, limited, now, processGone, randomProbe } from './util.js';
-import { closeFds } from '../fd/index.js';
+import { PeerWatch, PhaseClock, SessionGuard, abortedError, collectGarbage, limited, now, randomProbe } from './util.js';
 import { native } from '../native.js';
 import { warmUpHandover } from './warmup.js';
 
@@ -46,12 +45,14 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
 
   let sock: FdSocket | null = null;
   let reader: StreamReader | null = null;
-  let pidfd: number | null = null;
-  let peerPid: number | null = null;
+  let watch: PeerWatch | null = null;
+  let guard: SessionGuard | null = null;
   let queue: ItemQueue | null = null;
   let writer: StreamWriter | null = null;
   let frozen = false;
   let commitSent = false;
+  /** COMMIT handed to the writer, not yet wholly in the kernel. */
+  let commitPending = false;
   let tFreeze: number | null = null;
   let tAdopted: number | null = null;
   const moved: SourceDevice[] = [];
@@ -68,12 +69,14 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     if (o.signal?.aborted && !commitSent) throw abortedError(clock.phase, o.signal);
   };
   const timed = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => limited(p, ms, what, limits);
+  /** timed(), and after the freeze also the stall bound and a flooding peer. */
+  const bounded = <T>(p: Promise<T>, ms: number, what: string, stall = true): Promise<T> => timed(guard ? guard.guard(p, stall) : p, ms, what);
   const refused = (it: Extract<StreamItem, { type: 'nack' }>) =>
     new BackendTransferError(ErrorCodes.ERR_HANDOVER_REFUSED, `the target refused in phase ${clock.phase}: ${it.nack.code}: ${withoutCode(it.nack.reason, it.nack.code)}`, {
       details: { phase: clock.phase, code: it.nack.code, reason: it.nack.reason },
     });
-  const expect = async (what: string, ms: number, ok: (it: StreamItem) => boolean): Promise<StreamItem> => {
-    const it = await timed(queue!.next(0, what), ms, `waiting for ${what}`);
+  const expect = async (what: string, ms: number, ok: (it: StreamItem) => boolean, stall = true): Promise<StreamItem> => {
+    const it = await bounded(queue!.next(0, what), ms, `waiting for ${what}`, stall);
     if (it.type === 'nack') throw refused(it);
     if (!ok(it)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected ${what}, the target sent ${it.type}`);
     return it;
@@ -104,8 +107,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     aborted();
     const cred = sock.peer ?? sock.peerCredentials();
     checkPeer(cred, o.peer, 'handover source');
-    peerPid = cred.pid;
-    pidfd = sock.peerPidfd();
+    // Watches whether the target's process dies holding this connection (for after COMMIT).
+    watch = new PeerWatch(sock, cred.pid);
 
     enter('handshake');
     aborted();
@@ -131,8 +134,11 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     });
     const w = writer;
     reader = new StreamReader({ role: 'source' });
-    queue = new ItemQueue(sock, reader, (it) => {
-      if (it.type === 'ping') void w.pong(it.ping.token).catch(() => undefined);
+    const g = (guard = new SessionGuard(sock, () => clock.phase));
+    queue = new ItemQueue(sock, reader, undefined, {
+      pong: (token) => w.pong(token),
+      onFlood: (err) => g.fail(err),
+      onNoise: (n) => (g.noise += n),
     });
     const offers = offersFor(o.devices, { backendTransfer: o.backendTransfer });
     if (o.state !== undefined) offers.push({ kind: 'state', id: STATE_DEVICE_ID, instance: 0, version: o.stateVersion ?? 1, fdCount: 0, wantsFds: false, required: true });
@@ -173,6 +179,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     const freezing = o.freeze?.();
     if (freezing) await limited(Promise.resolve(freezing), timeouts.freeze, "the caller's freeze()", { phase: () => clock.phase, abortable: () => false });
     enter('transfer');
+    // From now on no wait on the target is unbounded: no progress for timeouts.stall ms fails it.
+    guard.watchStall(timeouts.stall);
     tTransfer = now();
     // Queue every section at once (the writer keeps them in order), so that small
     // sections do not each wait for the one before to reach the kernel.
@@ -189,24 +197,35 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       if (p.withFds) moved.push(d);
     }
     writes.push(writer.endOfState());
-    await timed(Promise.all(writes).then(() => undefined), timeouts.transfer, 'sending the sections');
+    await bounded(Promise.all(writes).then(() => undefined), timeouts.transfer, 'sending the sections');
 
     enter('verify');
     await expect('ACK(LOADED)', timeouts.verify, (it) => it.type === 'ack' && it.ack.stage === AckStage.LOADED);
-    await expect('ACK(VERIFIED)', timeouts.verify, (it) => it.type === 'ack' && it.ack.stage === AckStage.VERIFIED);
-    await expect('ACK(ADOPTED)', timeouts.adopt, (it) => it.type === 'ack' && it.ack.stage === AckStage.ADOPTED);
+    // The target verifies and adopts now: local work, bounded by the verify and adopt timeouts.
+    await expect('ACK(VERIFIED)', timeouts.verify, (it) => it.type === 'ack' && it.ack.stage === AckStage.VERIFIED, false);
+    await expect('ACK(ADOPTED)', timeouts.adopt, (it) => it.type === 'ack' && it.ack.stage === AckStage.ADOPTED, false);
     tAdopted = now();
 
     enter('commit');
     aborted();
+    // No more PONGs: nothing may queue ahead of or behind COMMIT.
+    queue.quiet = true;
+    // COMMIT counts as sent once its last byte is in the kernel; until then a
+    // failure (EPIPE: the target shut its reading side or closed; a stall) means
+    // the target cannot have a whole COMMIT frame: not committed. The caller's
+    // abort is no longer heard from here on.
+    commitPending = true;
+    await limited(guard.guard(writer.commit()), timeouts.commit, 'sending COMMIT', { phase: () => clock.phase, abortable: () => false });
+    commitPending = false;
     commitSent = true;
-    await writer.commit();
     await expect('ACK(COMMITTED)', timeouts.commit, (it) => it.type === 'ack' && it.ack.stage === AckStage.COMMITTED);
 
     enter('release');
     for (const d of moved) d.release();
-    await writer.eof().catch(() => undefined);
+    // Courtesy, and bounded: a target that stopped reading must not hold this call.
+    await timed(writer.eof(), 2000, 'sending EOF').catch(() => undefined);
     // The target ends its direction too; its EOF is a courtesy, not a condition.
+    guard.stop();
     await timed(queue.next(0, 'EOF'), 2000, 'the target EOF').catch(() => undefined);
     enter('done');
     const outcomes: DeviceOutcome[] = o.devices.map((d) => {
@@ -223,6 +242,18 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
   } catch (err) {
     let e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${clock.phase})`);
     const failedIn = clock.phase;
+    guard?.stop();
+    if (commitPending) {
+      // COMMIT did not go out whole: drop it (and all queued) before another byte can
+      // leave, so that the target never reads a whole COMMIT. Not committed: thaw.
+      commitPending = false;
+      sock?.destroy();
+      e = new BackendTransferError(
+        ErrorCodes.ERR_COMMIT_NOT_SENT,
+        `COMMIT could not be written (${e.message}): the target cannot have committed. The source thawed and keeps its backends.`,
+        { cause: e, details: { cause: e.code } },
+      );
+    }
     // A send failed because the target hung up: it may have said why first.
     if (e.code === ErrorCodes.ERR_PEER_CLOSED && queue && !commitSent) {
       const nack = await queue.find('nack', 300);
@@ -240,12 +271,14 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       ]);
     }
     // After COMMIT the target may own the backends, unless its process is gone.
-    const targetGone = commitSent && (await processGone(pidfd, peerPid, 1500));
+    // Only when the target's process died holding this connection (not merely the
+    // process that listened: see PeerWatch).
+    const targetGone = commitSent && watch !== null && (await watch.holderGone(1500));
     if (commitSent && !targetGone) {
       throw new BackendTransferError(
         ErrorCodes.ERR_COMMIT_UNCERTAIN,
         `COMMIT was sent but the target did not confirm it (${e.message}) and is still running: it may own the backends now. The source kept its copies and did not thaw; settle it with the target before using them.`,
-        { cause: e, details: { phase: failedIn, commitSent: true } },
+        { cause: e, details: { phase: failedIn, commitSent: true, targetGone: false } },
       );
     }
     if (frozen) {
@@ -255,7 +288,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     e.details = { ...(e.details ?? {}), phase: failedIn, commitSent, ...(commitSent ? { targetGone } : {}) };
     throw e;
   } finally {
-    if (pidfd !== null) closeFds([pidfd]);
+    guard?.stop();
+    watch?.close();
     queue?.drain();
     reader?.close();
     if (sock && !(o.socket instanceof FdSocket)) sock.close();

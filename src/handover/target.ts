@@ -20,7 +20,7 @@ import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { PhaseClock, abortedError, collectGarbage, limited, now, processGone } from './util.js';
+import { PeerWatch, PhaseClock, SessionGuard, abortedError, collectGarbage, limited, now } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
@@ -57,10 +57,12 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   const adopted = new Map<string, unknown>();
 
   const limits = { phase: () => clock.phase, signal: o.signal, abortable: () => !committed };
-  const guard = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => limited(p, ms, what, limits);
+  let session: SessionGuard | null = null;
+  /** A phase's timeout, the stall bound once it runs, and a flooding peer. */
+  const guard = <T>(p: Promise<T>, ms: number, what: string, stall = true): Promise<T> => limited(session ? session.guard(p, stall) : p, ms, what, limits);
   let sourceAborted = false;
-  const next = async (what: string, ms: number): Promise<StreamItem> => {
-    const it = await guard(queue!.next(0, what), ms, `waiting for ${what}`);
+  const next = async (what: string, ms: number, stall = true): Promise<StreamItem> => {
+    const it = await guard(queue!.next(0, what), ms, `waiting for ${what}`, stall);
     if (it.type === 'abort') throw abortedBySource(it);
     return it;
   };
@@ -122,7 +124,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let listener: FdServer | null = null;
   let reader: StreamReader | null = null;
   let cred: { pid: number; uid: number; gid: number } | null = null;
-  let pidfd: number | null = null;
+  let watch: PeerWatch | null = null;
   let planned = false;
   let endOfState = false;
   try {
@@ -143,7 +145,8 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     enter('authenticate');
     cred = sock.peer ?? sock.peerCredentials();
     checkPeer(cred, o.peer, 'handover target');
-    pidfd = sock.peerPidfd();
+    // Watches whether the source's process dies holding this connection (the takeover).
+    watch = new PeerWatch(sock, cred.pid);
 
     enter('handshake');
     // Now rather than by a major GC inside the downtime, which starts soon after WELCOME.
@@ -153,27 +156,32 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     reader = new StreamReader({ role: 'target', verifyFdKinds: o.verifyFdKinds ?? true, reuseBuffers: true });
     writer = new StreamWriter(fdSocketChannel(sock));
     const w = writer;
-    queue = new ItemQueue(sock, reader, (it) => {
-      if (it.type === 'ping') void w.pong(it.ping.token).catch(() => undefined);
-      if (it.type !== 'section') return;
-      bytes += it.bodyLength;
-      fdsCount += it.attachments.length;
-      // The reader reuses its buffer: take the payload out now, while it is valid.
-      if (it.idstr === STATE_DEVICE_ID) {
-        if (o.onState) o.onState(it.payload);
-        else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) it.payload.copy(stateBuf, stateBytes);
-        else {
-          if (stateBuf) {
-            // More than announced: go on in parts.
-            stateParts!.push(stateBuf.subarray(0, stateBytes));
-            stateBuf = null;
+    const g = (session = new SessionGuard(sock, () => clock.phase));
+    queue = new ItemQueue(
+      sock,
+      reader,
+      (it) => {
+        if (it.type !== 'section') return;
+        bytes += it.bodyLength;
+        fdsCount += it.attachments.length;
+        // The reader reuses its buffer: take the payload out now, while it is valid.
+        if (it.idstr === STATE_DEVICE_ID) {
+          if (o.onState) o.onState(it.payload);
+          else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) it.payload.copy(stateBuf, stateBytes);
+          else {
+            if (stateBuf) {
+              // More than announced: go on in parts.
+              stateParts!.push(stateBuf.subarray(0, stateBytes));
+              stateBuf = null;
+            }
+            stateParts!.push(Buffer.from(it.payload));
           }
-          stateParts!.push(Buffer.from(it.payload));
-        }
-        stateBytes += it.payload.length;
-        it.payload = EMPTY;
-      } else it.payload = Buffer.from(it.payload);
-    });
+          stateBytes += it.payload.length;
+          it.payload = EMPTY;
+        } else it.payload = Buffer.from(it.payload);
+      },
+      { pong: (token) => w.pong(token), onFlood: (err) => g.fail(err), onNoise: (n) => (g.noise += n) },
+    );
     const first = await next('HELLO', timeouts.handshake);
     if (first.type !== 'hello') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected HELLO, the source sent ${first.type}`);
     const hello = first.hello;
@@ -216,8 +224,22 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     }
 
     enter('transfer');
-    for (;;) {
-      const it = await next('sections', timeouts.transfer);
+    // The source freezes now (its freeze() may take up to timeouts.freeze); from the
+    // first section on, no progress for timeouts.stall ms fails the transfer.
+    const firstWait = timeouts.stall > 0 ? timeouts.freeze + timeouts.stall : 0;
+    const stallFirst = firstWait > 0 && !(timeouts.transfer > 0 && timeouts.transfer <= firstWait);
+    for (let first = true; ; first = false) {
+      const it = !first
+        ? await next('sections', timeouts.transfer)
+        : await next('sections', stallFirst ? firstWait : timeouts.transfer, false).catch((err: unknown) => {
+            if (!stallFirst || (err as BackendTransferError).code !== ErrorCodes.ERR_TIMEOUT) throw err;
+            throw new BackendTransferError(
+              ErrorCodes.ERR_HANDOVER_STALLED,
+              `no section within ${firstWait} ms of PLAN (timeouts.freeze + timeouts.stall): the source stopped after the handshake`,
+              { details: { phase: clock.phase, ms: firstWait } },
+            );
+          });
+      if (first) session.watchStall(timeouts.stall);
       if (it.type === 'end-of-state') {
         endOfState = true;
         break;
@@ -235,6 +257,8 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
     }
     for (const p of pending.values()) p.arrival.state = Buffer.concat(p.parts);
+    // No more PONGs from here: the ACKs are what the source waits for.
+    queue.quiet = true;
     await guard(writer.ack(AckStage.LOADED, `${sections} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
 
     enter('verify');
@@ -256,25 +280,30 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     const c = await next('COMMIT', timeouts.commit);
     if (c.type !== 'commit') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected COMMIT, the source sent ${c.type}`);
     committed = true;
-    await writer.ack(AckStage.COMMITTED).catch(() => undefined);
+    session.stop();
+    // Bounded: the backends are ours now, and a source that stopped reading must not hold this call.
+    await guard(writer.ack(AckStage.COMMITTED), 2000, 'sending ACK(COMMITTED)', false).catch(() => undefined);
     // The rest is courtesy: the backends are ours whatever happens to the socket now.
     await guard(queue.next(0, 'EOF'), 2000, 'the source EOF').catch(() => undefined);
-    await writer.eof().catch(() => undefined);
+    await guard(writer.eof(), 2000, 'sending EOF', false).catch(() => undefined);
 
     enter('done');
     return await finish('committed', true);
   } catch (err) {
     let e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${clock.phase})`);
     const failedIn = clock.phase;
+    session?.stop();
     // A send failed because the source hung up: it may have sent ABORT first.
     if (e.code === ErrorCodes.ERR_PEER_CLOSED && queue && !committed) {
       const abort = await queue.find('abort', 300);
       if (abort) e = abortedBySource(abort);
     }
-    // The source went away without COMMIT or ABORT. If its process is gone for good,
-    // nobody else holds these backends: keep what arrived whole (a takeover).
+    // The source went away without COMMIT or ABORT. If the process that held the
+    // connection died with it, nobody else holds these backends: keep what arrived
+    // whole (a takeover). Where the holder cannot be known (the connecting process
+    // died while the connection stayed open, say a fork's child held it), no takeover.
     const sourceVanished = e.code === ErrorCodes.ERR_PEER_CLOSED || e.code === ErrorCodes.ERR_STREAM_TRUNCATED;
-    if (!committed && planned && sourceVanished && (await processGone(pidfd, cred?.pid ?? null, 1500))) {
+    if (!committed && planned && sourceVanished && watch !== null && (await watch.holderGone(1500))) {
       o.onEvent?.({ type: 'warning', message: `the source (pid ${cred?.pid}) died in phase ${failedIn}: taking over what arrived` });
       enter('done');
       return await takeover();
@@ -298,7 +327,8 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     e.details = { ...(e.details ?? {}), phase: failedIn, committed };
     throw e;
   } finally {
-    if (pidfd !== null) closeFds([pidfd]);
+    session?.stop();
+    watch?.close();
     listener?.close();
     queue?.drain();
     reader?.close();

@@ -17,8 +17,20 @@ export interface PhaseTimeouts {
   transfer?: number;
   verify?: number;
   adopt?: number;
-  /** Waiting for the target's COMMITTED (source) or the source's COMMIT (target). */
+  /**
+   * Writing COMMIT and waiting for the target's COMMITTED (source), or waiting
+   * for the source's COMMIT (target).
+   */
   commit?: number;
+  /**
+   * The stall bound, ms (0 = none): once frozen (source, from the transfer on) or
+   * once the transfer began (target), the side fails when no stream bytes moved in
+   * either direction for this long while it waits on the peer (PINGs and PONGs do
+   * not count). Not a total deadline: a large state on a slow machine completes as
+   * long as bytes keep moving. The source then thaws (ERR_HANDOVER_STALLED). The
+   * target waits for the first section at most `freeze + stall`.
+   */
+  stall?: number;
 }
 
 export const DEFAULT_TIMEOUTS: Required<PhaseTimeouts> = {
@@ -30,6 +42,7 @@ export const DEFAULT_TIMEOUTS: Required<PhaseTimeouts> = {
   verify: 30_000,
   adopt: 30_000,
   commit: 30_000,
+  stall: 10_000,
 };
 
 export type HandoverEvent =

@@ -1,9 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { existsSync } from 'node:fs';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import { closeFd, closeFds } from '../fd/index.js';
+import { native } from '../native.js';
+import type { FdSocket } from '../transport/fd-socket.js';
+import { HEADER_SIZE, TRAILER_SIZE } from '../stream/wire.js';
 import type { StreamItem } from '../stream/reader.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import type { HandoverEvent } from './types.js';
@@ -48,39 +50,6 @@ export function collectGarbage(): boolean {
   if (!gcFn) return false;
   gcFn();
   return true;
-}
-
-/**
- * Whether the process behind `pidfd` has exited, waiting up to `ms` for it (a
- * pidfd polls readable once its process is gone). Without a pidfd: whether
- * /proc/<pid> is gone (racy only if the pid was reused in the meantime).
- */
-export function processGone(pidfd: number | null, pid: number | null, ms: number): Promise<boolean> {
-  if (pidfd === null || pidfd < 0) {
-    if (pid === null) return Promise.resolve(false);
-    return new Promise((resolve) => {
-      const deadline = Date.now() + ms;
-      const check = () => {
-        if (!existsSync(`/proc/${pid}`)) return resolve(true);
-        if (Date.now() >= deadline) return resolve(false);
-        setTimeout(check, 10);
-      };
-      check();
-    });
-  }
-  return new Promise((resolve) => {
-    let done = false;
-    const finish = (v: boolean) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      poller.close();
-      resolve(v);
-    };
-    const poller = new FdPoller(pidfd, (_ev, err) => finish(!err));
-    const timer = setTimeout(() => finish(false), ms);
-    poller.set(READABLE);
-  });
 }
 
 /** Phase bookkeeping of one side: time spent per phase, and a `phase` event on each change. */
@@ -164,4 +133,211 @@ export function limited<T>(p: Promise<T>, ms: number, what: string, c: { phase: 
       },
     );
   });
+}
+
+/** Bytes of one PING or PONG frame (header, 16-byte body, trailer). They are not progress. */
+export const PING_FRAME_BYTES = HEADER_SIZE + 16 + TRAILER_SIZE;
+
+/**
+ * What bounds a session after the freeze besides the per-phase timeouts: the
+ * stall watch (no stream bytes moved either way, PINGs and PONGs aside, for
+ * `ms` while this side waits on the peer) and a failure raised outside any await
+ * (a flooding peer). guard(p) is `p`, or that failure.
+ */
+export class SessionGuard {
+  readonly #sock: FdSocket;
+  readonly #phase: () => string;
+  readonly #failure: Promise<never>;
+  #reject!: (e: Error) => void;
+  #error: BackendTransferError | null = null;
+  #timer: ReturnType<typeof setInterval> | null = null;
+  #ms = 0;
+  #last = 0;
+  #at = 0;
+  #waiting = 0;
+  /** Bytes moved that are not progress (PING and PONG frames). */
+  noise = 0;
+
+  constructor(sock: FdSocket, phase: () => string) {
+    this.#sock = sock;
+    this.#phase = phase;
+    this.#failure = new Promise<never>((_, reject) => {
+      this.#reject = reject;
+    });
+    this.#failure.catch(() => undefined);
+  }
+
+  get error(): BackendTransferError | null {
+    return this.#error;
+  }
+
+  /** Fails when no progress was made for `ms` while something is guarded (0: no stall bound). */
+  watchStall(ms: number): void {
+    this.#ms = ms > 0 ? ms : 0;
+    if (!this.#ms || this.#timer) return;
+    this.#last = this.#progress();
+    this.#at = now();
+    this.#timer = setInterval(() => this.#check(), Math.max(20, Math.min(1000, Math.floor(this.#ms / 4))));
+    this.#timer.unref?.();
+  }
+
+  #progress(): number {
+    const s = this.#sock.stats;
+    return s.bytesSent + s.bytesReceived - this.noise;
+  }
+
+  #check(): void {
+    const p = this.#progress();
+    const t = now();
+    if (p !== this.#last || this.#waiting === 0) {
+      this.#last = p;
+      this.#at = t;
+      return;
+    }
+    if (t - this.#at >= this.#ms) {
+      const phase = this.#phase();
+      this.fail(
+        new BackendTransferError(ErrorCodes.ERR_HANDOVER_STALLED, `no progress for ${this.#ms} ms in phase ${phase}: the peer stopped reading or sending (timeouts.stall)`, {
+          details: { phase, ms: this.#ms },
+        }),
+      );
+    }
+  }
+
+  /** Fails every guarded wait, now and later, with `err` (the first one counts). */
+  fail(err: BackendTransferError): void {
+    if (this.#error) return;
+    this.#error = err;
+    this.stop();
+    this.#reject(err);
+  }
+
+  /**
+   * `p`, or this guard's failure, whichever comes first. The stall clock runs only
+   * while something is guarded with `stall` (waits for the peer's local work, such
+   * as its verify and adopt, pass false: their own timeouts bound them).
+   */
+  guard<T>(p: Promise<T>, stall = true): Promise<T> {
+    if (this.#error) {
+      p.catch(() => undefined);
+      return Promise.reject(this.#error);
+    }
+    if (!stall) return Promise.race([p, this.#failure]);
+    if (this.#waiting++ === 0) {
+      // Local work before this wait is not the peer's stall.
+      this.#last = this.#progress();
+      this.#at = now();
+    }
+    const done = () => {
+      this.#waiting--;
+    };
+    p.then(done, done);
+    return Promise.race([p, this.#failure]);
+  }
+
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+}
+
+/** How close (ms) the peer's death and the connection's hangup must be for "it died holding the connection". */
+const HOLDER_GRACE_MS = 250;
+
+/**
+ * "Is the peer gone, and did it hold the connection?" The pid behind SO_PEERCRED
+ * and SO_PEERPIDFD is the process that called connect() or listen(), which need
+ * not be the one that holds the connection now (a fork, an fd passed on). A
+ * process that dies closes its fds before its pidfd turns readable, so when it
+ * was the last holder the connection hangs up at (nearly) the same moment. This
+ * watches both: the verdict is true only when the process died and the
+ * connection hung up within HOLDER_GRACE_MS of each other. A process that died
+ * while the connection stayed open (someone else holds it), a connection that
+ * hung up long before the death, a peer already gone when the session began, or
+ * no pidfd at all: false. Where the holder cannot be known, the answer is no.
+ */
+export class PeerWatch {
+  #pidfd: number | null = null;
+  #dup: number | null = null;
+  #pidPoller: FdPoller | null = null;
+  #hupPoller: FdPoller | null = null;
+  #diedAt: number | null = null;
+  #hupAt: number | null = null;
+  #waiters: (() => void)[] = [];
+  #closed = false;
+
+  constructor(sock: FdSocket, pid: number | null) {
+    let pidfd: number | null = null;
+    try {
+      pidfd = sock.peerPidfd();
+    } catch {
+      pidfd = null; // the peer may already be gone (ESRCH): then it cannot be known
+    }
+    if (pidfd === null && pid !== null && pid > 0) {
+      try {
+        pidfd = native.pidfd_open(pid);
+      } catch {
+        pidfd = null;
+      }
+    }
+    if (pidfd === null) return;
+    this.#pidfd = pidfd;
+    try {
+      this.#dup = native.dup(sock.fd);
+    } catch {
+      this.#dup = null;
+      return;
+    }
+    this.#pidPoller = new FdPoller(pidfd, () => {
+      this.#pidPoller?.set(0);
+      this.#diedAt ??= now();
+      this.#notify();
+    });
+    this.#pidPoller.set(READABLE);
+    this.#pidPoller.unref();
+    this.#hupPoller = new FdPoller(this.#dup, () => {
+      this.#hupPoller?.set(0);
+      this.#hupAt ??= now();
+      this.#notify();
+    });
+    this.#hupPoller.set(native.UV_DISCONNECT);
+    this.#hupPoller.unref();
+  }
+
+  #notify(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  /** Whether the peer died holding the connection: waits up to `ms` for its death. */
+  async holderGone(ms: number): Promise<boolean> {
+    if (this.#pidfd === null || this.#dup === null || this.#closed) return false;
+    const deadline = now() + ms;
+    for (;;) {
+      const d = this.#diedAt;
+      const h = this.#hupAt;
+      if (d !== null && h !== null) return Math.abs(d - h) <= HOLDER_GRACE_MS;
+      if (d !== null && now() - d > HOLDER_GRACE_MS) return false; // died, the connection stays open
+      if (h !== null && d === null && now() - h > HOLDER_GRACE_MS) return false; // hung up, nobody died with it
+      const left = Math.min(deadline, (d ?? h ?? deadline) + HOLDER_GRACE_MS + 1) - now();
+      if (now() >= deadline && d === null) return false;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, Math.max(1, left));
+        function done(): void {
+          clearTimeout(t);
+          resolve();
+        }
+        this.#waiters.push(done);
+      });
+    }
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#pidPoller?.close();
+    this.#hupPoller?.close();
+    if (this.#pidfd !== null) closeFd(this.#pidfd);
+    if (this.#dup !== null) closeFd(this.#dup);
+    this.#notify();
+  }
 }

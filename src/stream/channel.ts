@@ -22,6 +22,9 @@ export function fdSocketChannel(sock: FdSocket): StreamChannel {
   return {
     canPassFds: true,
     writeFrame(head, rest, fds) {
+      // A frame with fds is one message: if the kernel refuses the fds (EBADF,
+      // ETOOMANYREFS), none of the frame goes, instead of its rest without its head.
+      if (fds.length > 0 && rest.length > 0) return sock.send([head, ...rest], fds);
       const first = sock.send(head, fds);
       if (rest.length === 0) return first;
       // Both settle through one promise: a failure of either is reported once and never unhandled.
