@@ -143,7 +143,7 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
 
   verify(arrival: Arrival): void {
     const id = this.id;
-    const meta = decodeState(id, arrival.state).meta as unknown as VhostUserMeta;
+    const meta = decodeState(id, arrival.state, arrival.jsonLimits).meta as unknown as VhostUserMeta;
     const atts = byName(arrival);
     const sock = atts.get('socket');
     if (!sock) throw verifyError(id, 'the vhost-user socket is missing');
@@ -189,7 +189,7 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
   }
 
   adopt(arrival: Arrival): VhostUserBackend {
-    const { meta, blob } = decodeState(this.id, arrival.state);
+    const { meta, blob } = decodeState(this.id, arrival.state, arrival.jsonLimits);
     const m = meta as unknown as VhostUserMeta;
     const atts = byName(arrival);
     const list = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => atts.get(`${prefix}${i}`)!.fd);
