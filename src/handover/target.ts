@@ -13,13 +13,14 @@ import { fdBudget } from '../stream/budget.js';
 import { fdSocketChannel } from '../stream/channel.js';
 import { answerOffers } from '../stream/negotiate.js';
 import { StreamReader, type StreamItem } from '../stream/reader.js';
+import { tooLarge } from '../stream/codec.js';
 import { ALL_FEATURES, AckStage, type PlannedDevice } from '../stream/wire.js';
 import { StreamWriter } from '../stream/writer.js';
 import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
-import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
+import { DEFAULT_HANDOVER_LIMITS, DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
 import { PhaseClock, collectGarbage, limited, now, processGone } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
@@ -35,8 +36,16 @@ interface Pending {
   complete: boolean;
 }
 
+/** Parts joined; one part is taken as it is (no copy). */
+function joined(parts: Buffer[]): Buffer {
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+}
+
+const isVmmState = (d: { id: string; instance: number }): boolean => d.id === STATE_DEVICE_ID && d.instance === 0;
+
 export async function receiveHandover(o: ReceiveHandoverOptions): Promise<ReceiveHandoverResult> {
   const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
+  const lim = { ...DEFAULT_HANDOVER_LIMITS, ...o.limits };
   const clock = new PhaseClock<TargetPhase>('prepare', o.onEvent);
   const enter = (p: TargetPhase) => clock.enter(p);
 
@@ -86,7 +95,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       outcome,
       complete,
       devices,
-      state: stateBuf ? stateBuf.subarray(0, stateBytes) : stateParts ? Buffer.concat(stateParts) : null,
+      state: stateBuf ? stateBuf.subarray(0, stateBytes) : stateParts ? joined(stateParts) : null,
       stateBytes,
       bytes,
       fds: received.length,
@@ -106,7 +115,8 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         if (p.planned.withFds) all = false;
         continue;
       }
-      p.arrival.state = Buffer.concat(p.parts);
+      if (p.parts.length > 0) p.arrival.state = joined(p.parts);
+      p.parts = [];
       try {
         p.target.verify(p.arrival);
         adopted.set(key, p.target.adopt(p.arrival));
@@ -150,7 +160,38 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     if (o.collectGarbage !== false) collectGarbage();
     // Frames are assembled in one reused buffer: what is kept is copied out of it
     // (device state into its own buffer, VMM state into room made before the freeze).
-    reader = new StreamReader({ role: 'target', verifyFdKinds: o.verifyFdKinds ?? true, reuseBuffers: true });
+    // What the source may make this side hold, checked from the declared lengths
+    // before a payload is read out of its memfd or copied (see HandoverLimits).
+    let keptBytes = 0; // all state kept in memory
+    let vmmReserved = 0; // VMM state accounted so far, in stream order: where the next part goes in stateBuf
+    const deviceBytes = new Map<PlannedDevice, number>();
+    const onPayload = (d: PlannedDevice, length: number, inMemfd: boolean): Buffer | undefined => {
+      if (isVmmState(d)) {
+        if (o.onState) {
+          if (length > lim.maxStateBytes) throw tooLarge('VMM state part', length, lim.maxStateBytes);
+          return undefined;
+        }
+        if (keptBytes + length > lim.maxStateBytes) throw tooLarge('VMM state', keptBytes + length, lim.maxStateBytes);
+        keptBytes += length;
+        const at = vmmReserved;
+        vmmReserved += length;
+        // A memfd part that fits the room made before the freeze is read straight into it.
+        return inMemfd && stateBuf && at + length <= stateBuf.length ? stateBuf.subarray(at, at + length) : undefined;
+      }
+      const mine = (deviceBytes.get(d) ?? 0) + length;
+      if (mine > lim.maxDeviceStateBytes) throw tooLarge(`state of device ${d.id}`, mine, lim.maxDeviceStateBytes);
+      if (keptBytes + length > lim.maxStateBytes) throw tooLarge('state', keptBytes + length, lim.maxStateBytes);
+      deviceBytes.set(d, mine);
+      keptBytes += length;
+      return undefined;
+    };
+    reader = new StreamReader({
+      role: 'target',
+      verifyFdKinds: o.verifyFdKinds ?? true,
+      reuseBuffers: true,
+      limits: { maxDevices: lim.maxDevices },
+      onPayload,
+    });
     writer = new StreamWriter(fdSocketChannel(sock));
     const w = writer;
     queue = new ItemQueue(sock, reader, (it) => {
@@ -158,21 +199,25 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       if (it.type !== 'section') return;
       bytes += it.bodyLength;
       fdsCount += it.attachments.length;
-      // The reader reuses its buffer: take the payload out now, while it is valid.
-      if (it.idstr === STATE_DEVICE_ID) {
+      // The reader reuses its buffer for inline payloads: take them out now, while
+      // they are valid. A payload read out of a memfd is a buffer of its own (or
+      // already in place in stateBuf): it is kept as it is, never copied again.
+      if (isVmmState(it.device)) {
         if (o.onState) o.onState(it.payload);
-        else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) it.payload.copy(stateBuf, stateBytes);
-        else {
+        else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) {
+          const inPlace = it.payload.buffer === stateBuf.buffer && it.payload.byteOffset === stateBuf.byteOffset + stateBytes;
+          if (!inPlace) it.payload.copy(stateBuf, stateBytes);
+        } else {
           if (stateBuf) {
             // More than announced: go on in parts.
             stateParts!.push(stateBuf.subarray(0, stateBytes));
             stateBuf = null;
           }
-          stateParts!.push(Buffer.from(it.payload));
+          stateParts!.push(it.payloadInMemfd ? it.payload : Buffer.from(it.payload));
         }
         stateBytes += it.payload.length;
         it.payload = EMPTY;
-      } else it.payload = Buffer.from(it.payload);
+      } else if (!it.payloadInMemfd) it.payload = Buffer.from(it.payload);
     });
     const first = await next('HELLO', timeouts.handshake);
     if (first.type !== 'hello') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected HELLO, the source sent ${first.type}`);
@@ -188,8 +233,9 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     const stateWindow = o.stateVersions ?? [1, 1];
     const welcome = answerOffers(
       hello,
+      // The reserved VMM-state device is accepted once: instance 0.
       acceptFor(o.accept, { backendTransfer: o.backendTransfer }, (offer) =>
-        offer.id === STATE_DEVICE_ID && offer.kind === 'state' ? { kind: 'state', minVersion: stateWindow[0], maxVersion: stateWindow[1], acceptFds: false } : null,
+        isVmmState(offer) && offer.kind === 'state' ? { kind: 'state', minVersion: stateWindow[0], maxVersion: stateWindow[1], acceptFds: false } : null,
       ),
       { canPassFds, features: ALL_FEATURES, fdBudget: fdBudget(), info: { pid: process.pid, probe: first.probe } },
     );
@@ -198,9 +244,12 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     const planItem = await next('PLAN', timeouts.handshake);
     if (planItem.type !== 'plan') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected PLAN, the source sent ${planItem.type}`);
     planned = true;
+    const jsonLimits = { maxJsonBytes: lim.maxJsonBytes, maxJsonDepth: lim.maxJsonDepth };
+    const byKey = new Map<string, TargetDevice>();
+    for (const t of o.accept) if (!byKey.has(`${t.id}\0${t.instance}`)) byKey.set(`${t.id}\0${t.instance}`, t);
     for (const p of planItem.plan.devices) {
-      const target = o.accept.find((t) => t.id === p.id && t.instance === p.instance) ?? null;
-      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0) }, parts: [], complete: false });
+      const target = byKey.get(`${p.id}\0${p.instance}`) ?? null;
+      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0), jsonLimits }, parts: [], complete: false });
     }
 
     enter('transfer');
@@ -218,11 +267,14 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         received.push(a.fd);
         p.arrival.attachments.push(a);
       }
-      if (it.idstr !== STATE_DEVICE_ID) p.parts.push(it.payload); // copied when it arrived
+      if (!isVmmState(it.device)) p.parts.push(it.payload); // copied when it arrived (if inline)
       if (it.frame === 'end' || it.frame === 'full') p.complete = true;
       o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
     }
-    for (const p of pending.values()) p.arrival.state = Buffer.concat(p.parts);
+    for (const p of pending.values()) {
+      p.arrival.state = joined(p.parts);
+      p.parts = [];
+    }
     await guard(writer.ack(AckStage.LOADED, `${sections} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
 
     enter('verify');
