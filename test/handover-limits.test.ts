@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Peers, type Peer, type PeerEvent } from './helpers/child.js';
+import { decodeState, jsonDepthOver } from '../src/backends/common.js';
+import { receiveHandover } from '../src/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'bt-limits-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -115,5 +117,30 @@ describe.sequential('memfd payloads of 2 GiB and more (the documented limit is 4
     expect(t).toMatchObject({ event: 'received', outcome: 'committed', stateBytes: need, streamed: need });
     expect(t.marks).toEqual(['first page', 'last page']);
     expect(await s.waitFor('handover-done')).toMatchObject({ stateBytes: need });
+  });
+});
+
+describe('the JSON checks before JSON.parse', () => {
+  it('counts nesting outside strings only, escapes included', () => {
+    expect(jsonDepthOver(Buffer.from('{"a":[1,{"b":[]}]}'), 4)).toBeNull();
+    expect(jsonDepthOver(Buffer.from('{"a":[1,{"b":[]}]}'), 3)).toBe(4);
+    expect(jsonDepthOver(Buffer.from('{"a":"[[[[{{{{","b":"\\"[[[["}'), 1)).toBeNull();
+    expect(jsonDepthOver(Buffer.from('[[["\\\\"]]]'), 2)).toBe(3);
+  });
+
+  it('decodeState refuses before parsing, and parses each state buffer once', () => {
+    const deep = Buffer.from(`{"m":${'['.repeat(100)}${']'.repeat(100)}}`);
+    expect(() => decodeState('d', deep)).toThrow(expect.objectContaining({ code: 'ERR_STREAM_TOO_LARGE', details: expect.objectContaining({ value: 65, limit: 64 }) }));
+    expect(decodeState('d', deep, { maxJsonBytes: 1 << 20, maxJsonDepth: 200 }).meta).toHaveProperty('m');
+    const big = Buffer.from(JSON.stringify({ a: 'x'.repeat(100) }));
+    expect(() => decodeState('d', big, { maxJsonBytes: 50, maxJsonDepth: 64 })).toThrow(expect.objectContaining({ code: 'ERR_STREAM_TOO_LARGE' }));
+    const state = Buffer.concat([Buffer.from('{"a":1}'), Buffer.from([0]), Buffer.from('blob')]);
+    const first = decodeState('d', state);
+    expect(decodeState('d', state)).toBe(first);
+    expect(first.blob.toString()).toBe('blob');
+  });
+
+  it('receiveHandover refuses a limit that is not a number >= 0, before it listens', async () => {
+    await expect(receiveHandover({ socket: join(dir, 'never.sock'), accept: [], backendTransfer: true, limits: { maxStateBytes: -1 } })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 });

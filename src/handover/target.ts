@@ -46,6 +46,9 @@ const isVmmState = (d: { id: string; instance: number }): boolean => d.id === ST
 export async function receiveHandover(o: ReceiveHandoverOptions): Promise<ReceiveHandoverResult> {
   const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
   const lim = { ...DEFAULT_HANDOVER_LIMITS, ...o.limits };
+  for (const [k, v] of Object.entries(lim)) {
+    if (typeof v !== 'number' || !(v >= 0)) throw BackendTransferError.invalidArgument(`limits.${k} must be a number >= 0, not ${String(v)}`);
+  }
   const clock = new PhaseClock<TargetPhase>('prepare', o.onEvent);
   const enter = (p: TargetPhase) => clock.enter(p);
 
@@ -223,7 +226,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     if (first.type !== 'hello') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected HELLO, the source sent ${first.type}`);
     const hello = first.hello;
     const announced = (hello.info as { stateBytes?: unknown } | null)?.stateBytes;
-    if (!o.onState && typeof announced === 'number' && Number.isInteger(announced) && announced > 0 && announced <= MAX_PREALLOCATED_STATE) {
+    if (!o.onState && typeof announced === 'number' && Number.isInteger(announced) && announced > 0 && announced <= Math.min(MAX_PREALLOCATED_STATE, lim.maxStateBytes)) {
       // Written now, so that its pages are there before the source freezes: a
       // large Buffer.alloc() is fresh zero pages, each faulted in on first write,
       // which would happen inside the downtime.
