@@ -50,6 +50,13 @@ describe.sequential('memory a source can make the target spend', () => {
     expect(Number(t.rssGrowth)).toBeLessThan(GiB + 256 * MiB);
   });
 
+  it('VMM state in 3 distinct memfd parts of 512 MiB, its size announced: read once, into one buffer, never joined', async () => {
+    const { t } = await pair({}, 'source', { case: 'memfd-parts', size: 512 * MiB, parts: 3, distinct: true, announce: true });
+    expect(t).toMatchObject({ event: 'received', outcome: 'committed', stateBytes: 3 * 512 * MiB });
+    // 1.5 GiB of state: held once (before: read into a buffer, copied, joined).
+    expect(Number(t.rssGrowth)).toBeLessThan(1536 * MiB + 256 * MiB);
+  });
+
   it('VMM state over limits.maxStateBytes: refused from the declared length, before a byte of it is read', async () => {
     const { t } = await pair({ limits: { maxStateBytes: 512 * MiB } }, 'source', { case: 'memfd-parts', size: GiB, parts: 3 });
     expect(t).toMatchObject({ event: 'receive-failed', code: 'ERR_STREAM_TOO_LARGE' });

@@ -167,6 +167,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     // before a payload is read out of its memfd or copied (see HandoverLimits).
     let keptBytes = 0; // all state kept in memory
     let vmmReserved = 0; // VMM state accounted so far, in stream order: where the next part goes in stateBuf
+    let lateRoom = 0; // an announced VMM state size too large to make room for before the freeze
     const deviceBytes = new Map<PlannedDevice, number>();
     const onPayload = (d: PlannedDevice, length: number, inMemfd: boolean): Buffer | undefined => {
       if (isVmmState(d)) {
@@ -176,6 +177,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         }
         if (keptBytes + length > lim.maxStateBytes) throw tooLarge('VMM state', keptBytes + length, lim.maxStateBytes);
         keptBytes += length;
+        if (vmmReserved === 0 && stateBuf === null && lateRoom > 0) stateBuf = Buffer.allocUnsafe(lateRoom);
         const at = vmmReserved;
         vmmReserved += length;
         // A memfd part that fits the room made before the freeze is read straight into it.
@@ -226,11 +228,14 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     if (first.type !== 'hello') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected HELLO, the source sent ${first.type}`);
     const hello = first.hello;
     const announced = (hello.info as { stateBytes?: unknown } | null)?.stateBytes;
-    if (!o.onState && typeof announced === 'number' && Number.isInteger(announced) && announced > 0 && announced <= Math.min(MAX_PREALLOCATED_STATE, lim.maxStateBytes)) {
+    if (!o.onState && typeof announced === 'number' && Number.isInteger(announced) && announced > 0 && announced <= lim.maxStateBytes) {
       // Written now, so that its pages are there before the source freezes: a
       // large Buffer.alloc() is fresh zero pages, each faulted in on first write,
       // which would happen inside the downtime.
-      stateBuf = Buffer.allocUnsafe(announced).fill(0);
+      if (announced <= MAX_PREALLOCATED_STATE) stateBuf = Buffer.allocUnsafe(announced).fill(0);
+      // Larger: the room is taken (not written) when the state starts to arrive, so
+      // that its parts are not joined at the end (twice their size for a moment).
+      else lateRoom = announced;
     }
     const canPassFds = o.backendTransfer && first.probe === 'ok';
     const stateWindow = o.stateVersions ?? [1, 1];
