@@ -8,9 +8,13 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { trackFdLeaks } from './helpers/fds.js';
 import { Peers, type Peer, type PeerEvent } from './helpers/child.js';
 import { decodeState, jsonDepthOver } from '../src/backends/common.js';
-import { receiveHandover } from '../src/index.js';
+import { Features, MemoryChannel, StreamWriter, answerOffers, computePlan, native, receiveHandover, type Hello } from '../src/index.js';
+import { ftruncateSync } from 'node:fs';
+
+trackFdLeaks();
 
 const dir = mkdtempSync(join(tmpdir(), 'bt-limits-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -25,6 +29,15 @@ function memAvailable(): number {
   return Number(/MemAvailable:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) * 1024;
 }
 
+/** Skips (and says why) where the machine has not `bytes` of memory to spare, and a margin. */
+function needMemory(ctx: { skip: (note?: string) => void }, bytes: number, what: string): void {
+  const free = memAvailable();
+  if (free < bytes + 3 * GiB) {
+    console.warn(`SKIP ${what}: ${Math.round(free / MiB)} MiB of memory available, it needs about ${Math.round((bytes + 3 * GiB) / MiB)}`);
+    ctx.skip('not enough free memory');
+  }
+}
+
 /** The first of the target's two possible outcomes. */
 function outcome(target: Peer): Promise<PeerEvent> {
   return Promise.race([target.waitFor('received', 120_000), target.waitFor('receive-failed', 120_000)]);
@@ -36,12 +49,15 @@ async function pair(targetSpec: Record<string, unknown>, sourceScenario: string,
   await target.waitFor('listening');
   const s = peers.spawn(sourceScenario, [path, JSON.stringify(sourceSpec)], { fixture: 'limits-peer.ts' });
   const t = await outcome(target);
+  // Whatever happened, the target holds no fd it did not hold before (the received backends were closed by the fixture).
+  expect(t.leaked, 'fds left open in the target').toBe(0);
   console.log(`[limits] ${sourceScenario} ${JSON.stringify(sourceSpec)} -> ${t.event} ${String(t.code ?? '')} rssGrowth ${Math.round(Number(t.rssGrowth) / MiB)} MiB, longest loop stall ${String(t.maxGapMs)} ms, ${String(t.elapsedMs)} ms`);
   return { t, s, target };
 }
 
 describe.sequential('memory a source can make the target spend', () => {
-  it('the same sparse, sealed 1 GiB memfd sent as 3 parts: refused at the second part, read once', async () => {
+  it('the same sparse, sealed 1 GiB memfd sent as 3 parts: refused at the second part, read once', async (ctx) => {
+    needMemory(ctx, GiB, 'the 1 GiB memfd test');
     const { t } = await pair({}, 'source', { case: 'memfd-parts', size: GiB, parts: 3 });
     expect(t.event).toBe('receive-failed');
     expect(t.code).toBe('ERR_STREAM_PROTOCOL');
@@ -50,7 +66,8 @@ describe.sequential('memory a source can make the target spend', () => {
     expect(Number(t.rssGrowth)).toBeLessThan(GiB + 256 * MiB);
   });
 
-  it('VMM state in 3 distinct memfd parts of 512 MiB, its size announced: read once, into one buffer, never joined', async () => {
+  it('VMM state in 3 distinct memfd parts of 512 MiB, its size announced: read once, into one buffer, never joined', async (ctx) => {
+    needMemory(ctx, 1536 * MiB, 'the 3 x 512 MiB memfd test');
     const { t } = await pair({}, 'source', { case: 'memfd-parts', size: 512 * MiB, parts: 3, distinct: true, announce: true });
     expect(t).toMatchObject({ event: 'received', outcome: 'committed', stateBytes: 3 * 512 * MiB });
     // 1.5 GiB of state: held once (before: read into a buffer, copied, joined).
@@ -116,10 +133,7 @@ describe.sequential('memfd payloads of 2 GiB and more (the documented limit is 4
     // The target reads the memfd once into memory (the API hands out a Buffer), so
     // this test needs a bit over 2 GiB of free memory for a few seconds.
     const need = 2 * GiB + 4096;
-    if (memAvailable() < need + 3 * GiB) {
-      console.warn(`SKIP 2 GiB memfd test: only ${Math.round(memAvailable() / MiB)} MiB of memory available, it needs about ${Math.round((need + 3 * GiB) / MiB)}`);
-      ctx.skip('not enough free memory');
-    }
+    needMemory(ctx, need, 'the 2 GiB memfd test');
     const { t, s } = await pair({ onState: true }, 'big-source', { size: need });
     expect(t).toMatchObject({ event: 'received', outcome: 'committed', stateBytes: need, streamed: need });
     expect(t.marks).toEqual(['first page', 'last page']);
@@ -149,5 +163,30 @@ describe('the JSON checks before JSON.parse', () => {
 
   it('receiveHandover refuses a limit that is not a number >= 0, before it listens', async () => {
     await expect(receiveHandover({ socket: join(dir, 'never.sock'), accept: [], backendTransfer: true, limits: { maxStateBytes: -1 } })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+  });
+});
+
+describe('the source refuses what no reader could take', () => {
+  it('a memfd payload of 4 GiB (payloadLength is a u32): ERR_STREAM_TOO_LARGE before anything is written', async () => {
+    const features = Features.FDS | Features.BODY_CRC | Features.MEMFD_PAYLOAD;
+    const hello: Hello = { minVersion: 1, maxVersion: 1, features, canPassFds: true, fdBudget: 1000, probe: null, info: null, offers: [{ kind: 'state', id: 'vmm-state', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }] };
+    const welcome = answerOffers(hello, () => ({ minVersion: 1, maxVersion: 1, acceptFds: false }), { canPassFds: true, features, fdBudget: 1000 });
+    const channel = new MemoryChannel(true);
+    const w = new StreamWriter(channel);
+    await w.hello(hello);
+    await w.plan(computePlan(hello, welcome));
+    const fd = native.memfd_create('four-gib');
+    try {
+      ftruncateSync(fd, 4 * GiB); // sparse: nothing is written
+      native.fcntl_add_seals(fd, native.F_SEAL_SHRINK | native.F_SEAL_GROW | native.F_SEAL_WRITE);
+      const before = channel.writes.length;
+      await expect(w.section({ id: 'vmm-state', instance: 0, version: 1 }, [], { memfd: fd, length: 4 * GiB })).rejects.toMatchObject({
+        code: 'ERR_STREAM_TOO_LARGE',
+        details: { what: 'memfd payload', value: 4 * GiB, limit: 4 * GiB - 1 },
+      });
+      expect(channel.writes.length).toBe(before);
+    } finally {
+      native.close(fd);
+    }
   });
 });
