@@ -79,7 +79,9 @@ export interface SectionItem {
   attachments: ReceivedAttachment[];
   /**
    * This frame's part of the state (read out of the memfd when it came as one).
-   * With reuseBuffers it is valid only until the next feed() or readTarget(): copy what you keep.
+   * With reuseBuffers an inline payload is valid only until the next feed() or
+   * readTarget(): copy what you keep. A payload read out of a memfd is a buffer of
+   * its own (or the one onPayload gave), never reused by the reader.
    */
   payload: Buffer;
   /** With memfdPayload: 'keep', the sealed, checked payload memfd (the caller's). */
