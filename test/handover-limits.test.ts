@@ -4,6 +4,7 @@
 // a hand-made peer that speaks the protocol but sends what a hostile or careless
 // source might. Times are reported, never asserted: what is asserted is the
 // refusal, its code and where it came (before the bytes were read or looped over).
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -101,6 +102,14 @@ describe.sequential('memory a source can make the target spend', () => {
     expect(t).toMatchObject({ event: 'receive-failed', code: 'ERR_STREAM_TOO_LARGE' });
     expect(t.details).toMatchObject({ what: 'JSON of device dev0 state', limit: 4 * MiB });
     expect(Number(t.rssGrowth)).toBeLessThan(160 * MiB);
+  });
+
+  it('200 000 one-byte parts of one device: kept as their bytes (not one Buffer each), the state whole and in order', async () => {
+    const parts = 200_000;
+    const { t } = await pair({}, 'source', { case: 'tiny-parts', parts });
+    expect(t).toMatchObject({ event: 'received', outcome: 'committed' });
+    const blob = (t.blobs as Record<string, { bytes: number; sha256: string }>).dev0!;
+    expect(blob).toEqual({ bytes: parts, sha256: createHash('sha256').update(Buffer.alloc(parts, 'x')).digest('hex') });
   });
 
   it('JSON state within the limits is accepted and parsed once', async () => {

@@ -32,13 +32,59 @@ interface Pending {
   planned: PlannedDevice;
   target: TargetDevice | null;
   arrival: Arrival;
-  parts: Buffer[];
+  parts: Parts;
   complete: boolean;
 }
 
-/** Parts joined; one part is taken as it is (no copy). */
-function joined(parts: Buffer[]): Buffer {
-  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+/** Parts under this size are copied together into shared chunks. */
+const SMALL_PART = 64 * 1024;
+const CHUNK_MAX = 1024 * 1024;
+
+/**
+ * A state's parts as they arrive, without one object per part: small parts are
+ * copied together into chunks (growing up to 1 MiB), large ones are kept as they
+ * are (a copy only when the caller does not own them). A source sending millions
+ * of tiny frames costs their bytes, not millions of Buffers. joined() gives one
+ * part without copying it.
+ */
+class Parts {
+  #list: Buffer[] = [];
+  #chunk: Buffer | null = null;
+  #fill = 0;
+
+  add(part: Buffer, owned: boolean): void {
+    if (part.length === 0) return;
+    if (part.length >= SMALL_PART) {
+      this.#seal();
+      this.#list.push(owned ? part : Buffer.from(part));
+      return;
+    }
+    if (this.#chunk === null || this.#fill + part.length > this.#chunk.length) {
+      const grown = Math.min(CHUNK_MAX, Math.max(part.length, 2 * (this.#chunk?.length ?? 128)));
+      this.#seal();
+      this.#chunk = Buffer.allocUnsafe(grown);
+    }
+    part.copy(this.#chunk, this.#fill);
+    this.#fill += part.length;
+  }
+
+  #seal(): void {
+    if (this.#chunk !== null && this.#fill > 0) this.#list.push(this.#chunk.subarray(0, this.#fill));
+    this.#chunk = null;
+    this.#fill = 0;
+  }
+
+  get empty(): boolean {
+    return this.#list.length === 0 && this.#fill === 0;
+  }
+
+  /** All parts in one buffer (a single one as it is); the parts are let go. */
+  joined(): Buffer {
+    this.#seal();
+    const list = this.#list;
+    this.#list = [];
+    return list.length === 1 ? list[0]! : Buffer.concat(list);
+  }
 }
 
 const isVmmState = (d: { id: string; instance: number }): boolean => d.id === STATE_DEVICE_ID && d.instance === 0;
@@ -58,7 +104,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let committed = false;
   const pending = new Map<string, Pending>();
   const received: number[] = []; // every device fd that arrived, until committed
-  let stateParts: Buffer[] | null = o.onState ? null : [];
+  let stateParts: Parts | null = o.onState ? null : new Parts();
   let stateBuf: Buffer | null = null;
   let stateBytes = 0;
   let bytes = 0;
@@ -98,7 +144,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       outcome,
       complete,
       devices,
-      state: stateBuf ? stateBuf.subarray(0, stateBytes) : stateParts ? joined(stateParts) : null,
+      state: stateBuf ? stateBuf.subarray(0, stateBytes) : stateParts ? stateParts.joined() : null,
       stateBytes,
       bytes,
       fds: received.length,
@@ -118,8 +164,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         if (p.planned.withFds) all = false;
         continue;
       }
-      if (p.parts.length > 0) p.arrival.state = joined(p.parts);
-      p.parts = [];
+      if (!p.parts.empty) p.arrival.state = p.parts.joined();
       try {
         p.target.verify(p.arrival);
         adopted.set(key, p.target.adopt(p.arrival));
@@ -215,10 +260,10 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         } else {
           if (stateBuf) {
             // More than announced: go on in parts.
-            stateParts!.push(stateBuf.subarray(0, stateBytes));
+            stateParts!.add(stateBuf.subarray(0, stateBytes), true);
             stateBuf = null;
           }
-          stateParts!.push(it.payloadInMemfd ? it.payload : Buffer.from(it.payload));
+          stateParts!.add(it.payload, it.payloadInMemfd);
         }
         stateBytes += it.payload.length;
         it.payload = EMPTY;
@@ -257,7 +302,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     for (const t of o.accept) if (!byKey.has(`${t.id}\0${t.instance}`)) byKey.set(`${t.id}\0${t.instance}`, t);
     for (const p of planItem.plan.devices) {
       const target = byKey.get(`${p.id}\0${p.instance}`) ?? null;
-      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0), jsonLimits }, parts: [], complete: false });
+      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0), jsonLimits }, parts: new Parts(), complete: false });
     }
 
     enter('transfer');
@@ -275,13 +320,12 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         received.push(a.fd);
         p.arrival.attachments.push(a);
       }
-      if (!isVmmState(it.device)) p.parts.push(it.payload); // copied when it arrived (if inline)
+      if (!isVmmState(it.device)) p.parts.add(it.payload, true); // copied when it arrived (if inline)
       if (it.frame === 'end' || it.frame === 'full') p.complete = true;
       o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
     }
     for (const p of pending.values()) {
-      p.arrival.state = joined(p.parts);
-      p.parts = [];
+      p.arrival.state = p.parts.joined();
     }
     await guard(writer.ack(AckStage.LOADED, `${sections} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
 
