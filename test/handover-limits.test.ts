@@ -5,7 +5,7 @@
 // source might. Times are reported, never asserted: what is asserted is the
 // refusal, its code and where it came (before the bytes were read or looped over).
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { ftruncateSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -13,7 +13,6 @@ import { trackFdLeaks } from './helpers/fds.js';
 import { Peers, type Peer, type PeerEvent } from './helpers/child.js';
 import { decodeState, jsonDepthOver } from '../src/backends/common.js';
 import { Features, MemoryChannel, StreamWriter, answerOffers, computePlan, native, receiveHandover, type Hello } from '../src/index.js';
-import { ftruncateSync } from 'node:fs';
 
 trackFdLeaks();
 
@@ -50,9 +49,9 @@ async function pair(targetSpec: Record<string, unknown>, sourceScenario: string,
   await target.waitFor('listening');
   const s = peers.spawn(sourceScenario, [path, JSON.stringify(sourceSpec)], { fixture: 'limits-peer.ts' });
   const t = await outcome(target);
+  console.log(`[limits] ${sourceScenario} ${JSON.stringify(sourceSpec)} -> ${t.event} ${String(t.code ?? '')} rssGrowth ${Math.round(Number(t.rssGrowth) / MiB)} MiB, longest loop stall ${String(t.maxGapMs)} ms, ${String(t.elapsedMs)} ms`);
   // Whatever happened, the target holds no fd it did not hold before (the received backends were closed by the fixture).
   expect(t.leaked, 'fds left open in the target').toBe(0);
-  console.log(`[limits] ${sourceScenario} ${JSON.stringify(sourceSpec)} -> ${t.event} ${String(t.code ?? '')} rssGrowth ${Math.round(Number(t.rssGrowth) / MiB)} MiB, longest loop stall ${String(t.maxGapMs)} ms, ${String(t.elapsedMs)} ms`);
   return { t, s, target };
 }
 
@@ -76,8 +75,10 @@ describe.sequential('memory a source can make the target spend', () => {
   });
 
   it('VMM state over limits.maxStateBytes: refused from the declared length, before a byte of it is read', async () => {
-    const { t } = await pair({ limits: { maxStateBytes: 512 * MiB } }, 'source', { case: 'memfd-parts', size: GiB, parts: 3 });
+    const { t, s } = await pair({ limits: { maxStateBytes: 512 * MiB } }, 'source', { case: 'memfd-parts', size: GiB, parts: 3 });
     expect(t).toMatchObject({ event: 'receive-failed', code: 'ERR_STREAM_TOO_LARGE' });
+    // The source is told why.
+    expect(await s.waitFor('nack')).toMatchObject({ code: 'ERR_STREAM_TOO_LARGE' });
     expect(t.details).toMatchObject({ what: 'VMM state', value: GiB, limit: 512 * MiB });
     expect(Number(t.rssGrowth)).toBeLessThan(128 * MiB);
   });
