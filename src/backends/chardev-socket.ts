@@ -124,7 +124,7 @@ export class ChardevSocketTarget extends TargetBase<ChardevMeta, ChardevBackend>
   }
 
   verify(arrival: Arrival): void {
-    const meta = decodeState(this.id, arrival.state).meta;
+    const meta = decodeState(this.id, arrival.state, arrival.jsonLimits).meta;
     const role = requireString(this.id, meta, 'role');
     if (arrival.attachments.length !== 1) throw verifyError(this.id, `${arrival.attachments.length} fds arrived, a chardev socket has one`);
     const a = arrival.attachments[0]!;
@@ -136,7 +136,7 @@ export class ChardevSocketTarget extends TargetBase<ChardevMeta, ChardevBackend>
   }
 
   adopt(arrival: Arrival): ChardevBackend {
-    const { meta, blob } = decodeState(this.id, arrival.state);
+    const { meta, blob } = decodeState(this.id, arrival.state, arrival.jsonLimits);
     return new ChardevBackend(meta as unknown as ChardevMeta, arrival.attachments[0]!.fd, blob);
   }
 }

@@ -1,7 +1,8 @@
 // Shared pieces of the backend kinds: verification failures, fd checks, state encoding.
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFds, inspectFd, type FdInfo, type FdKind } from '../fd/index.js';
-import type { Arrival } from './types.js';
+import { tooLarge } from '../stream/codec.js';
+import { DEFAULT_STATE_JSON_LIMITS, type Arrival, type StateJsonLimits } from './types.js';
 import type { ReceivedAttachment } from '../stream/reader.js';
 
 export function verifyError(deviceId: string, what: string, details: Record<string, unknown> = {}): BackendTransferError {
@@ -54,10 +55,28 @@ export function encodeState(meta: Record<string, unknown>, blob?: Uint8Array): B
   return blob && blob.length ? Buffer.concat([json, Buffer.from([0]), blob]) : json;
 }
 
-export function decodeState(deviceId: string, state: Buffer): { meta: Record<string, unknown>; blob: Buffer } {
+export interface DecodedState {
+  meta: Record<string, unknown>;
+  blob: Buffer;
+}
+
+/** Each state buffer is parsed once: verify() and adopt() (and an opener) get the same result. */
+const decoded = new WeakMap<Buffer, DecodedState>();
+
+/**
+ * The JSON metadata and the blob of a device's state. The JSON is checked against
+ * `limits` (its size, and its nesting by a linear scan) before it is parsed, and
+ * parsed once per state buffer. Over a limit: ERR_STREAM_TOO_LARGE.
+ */
+export function decodeState(deviceId: string, state: Buffer, limits: StateJsonLimits = DEFAULT_STATE_JSON_LIMITS): DecodedState {
+  const known = decoded.get(state);
+  if (known) return known;
   const nul = state.indexOf(0);
   const json = nul < 0 ? state : state.subarray(0, nul);
   const blob = nul < 0 ? Buffer.alloc(0) : state.subarray(nul + 1);
+  if (json.length > limits.maxJsonBytes) throw tooLarge(`JSON of device ${deviceId} state`, json.length, limits.maxJsonBytes);
+  const depth = jsonDepthOver(json, limits.maxJsonDepth);
+  if (depth !== null) throw tooLarge(`JSON nesting of device ${deviceId} state`, depth, limits.maxJsonDepth);
   let meta: unknown;
   try {
     meta = json.length ? JSON.parse(json.toString('utf8')) : {};
@@ -65,7 +84,30 @@ export function decodeState(deviceId: string, state: Buffer): { meta: Record<str
     throw verifyError(deviceId, 'its state is not the JSON this backend kind writes');
   }
   if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) throw verifyError(deviceId, 'its state is not a JSON object');
-  return { meta: meta as Record<string, unknown>, blob };
+  const out = { meta: meta as Record<string, unknown>, blob };
+  decoded.set(state, out);
+  return out;
+}
+
+/**
+ * The first nesting depth over `limit` that JSON text reaches, or null: one pass
+ * over the bytes counting { and [ outside strings (no parse, no recursion). Text
+ * that is not JSON at all is left to JSON.parse to refuse.
+ */
+export function jsonDepthOver(b: Uint8Array, limit: number): number | null {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i]!;
+    if (inString) {
+      if (c === 0x5c) i++; // a backslash escapes the next byte
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) {
+      if (++depth > limit) return depth;
+    } else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return null;
 }
 
 export function requireNumber(deviceId: string, meta: Record<string, unknown> | null, key: string): number {

@@ -80,7 +80,7 @@ export class GenericTarget extends TargetBase<Record<string, unknown>, GenericBa
   }
 
   verify(arrival: Arrival): void {
-    const { meta } = decodeState(this.id, arrival.state);
+    const { meta } = decodeState(this.id, arrival.state, arrival.jsonLimits);
     const names = Array.isArray(meta.names) ? (meta.names as string[]) : [];
     const atts = byName(arrival);
     for (const n of names) if (!atts.has(n)) throw verifyError(this.id, `fd ${n} is missing`);
@@ -93,7 +93,7 @@ export class GenericTarget extends TargetBase<Record<string, unknown>, GenericBa
   }
 
   adopt(arrival: Arrival): GenericBackend {
-    const { meta, blob } = decodeState(this.id, arrival.state);
+    const { meta, blob } = decodeState(this.id, arrival.state, arrival.jsonLimits);
     return new GenericBackend(new Map(arrival.attachments.map((a) => [a.name, a.fd])), (meta.metadata as Record<string, unknown>) ?? {}, blob);
   }
 }

@@ -56,8 +56,11 @@ export function offersFor(devices: readonly SourceDevice[], o: { backendTransfer
 
 /** The target's answers: the devices it knows, their version windows, and fds only with both levels of consent. */
 export function acceptFor(targets: readonly TargetDevice[], o: { backendTransfer: boolean }, extra?: AcceptFn): AcceptFn {
+  // One map, not a search per offer: answering HELLO is linear in its offers.
+  const byKey = new Map<string, TargetDevice>();
+  for (const t of targets) if (!byKey.has(`${t.id}\0${t.instance}`)) byKey.set(`${t.id}\0${t.instance}`, t);
   return (offer: Offer): DeviceSupport | null | 'not-wanted' => {
-    const t = targets.find((x) => x.id === offer.id && x.instance === offer.instance);
+    const t = byKey.get(`${offer.id}\0${offer.instance}`);
     if (!t) return extra ? extra(offer) : null;
     return { kind: t.kind, minVersion: t.minVersion, maxVersion: t.maxVersion, acceptFds: o.backendTransfer && t.acceptFds };
   };

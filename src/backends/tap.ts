@@ -239,7 +239,7 @@ export class TapTarget extends TargetBase<TapMeta, TapBackend> {
 
   verify(arrival: Arrival): void {
     const id = this.id;
-    const meta = decodeState(id, arrival.state).meta;
+    const meta = decodeState(id, arrival.state, arrival.jsonLimits).meta;
     const ifname = requireString(id, meta, 'ifname');
     const flags = requireCount(id, meta, 'flags', 0xffff);
     const nQueues = requireCount(id, meta, 'queues', undefined, 1);
@@ -284,7 +284,7 @@ export class TapTarget extends TargetBase<TapMeta, TapBackend> {
   }
 
   adopt(arrival: Arrival): TapBackend {
-    const { meta, blob } = decodeState(this.id, arrival.state);
+    const { meta, blob } = decodeState(this.id, arrival.state, arrival.jsonLimits);
     const m = meta as unknown as TapMeta;
     const q: number[] = [];
     const v: number[] = [];

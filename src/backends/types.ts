@@ -50,7 +50,19 @@ export interface Arrival {
   attachments: ReceivedAttachment[];
   /** The device state (all parts joined). */
   state: Buffer;
+  /** How large and deep the JSON in `state` may be (decodeState checks it before parsing). Default DEFAULT_STATE_JSON_LIMITS. */
+  jsonLimits?: StateJsonLimits;
 }
+
+export interface StateJsonLimits {
+  /** Bytes of the JSON part. */
+  maxJsonBytes: number;
+  /** Nesting of { and [. */
+  maxJsonDepth: number;
+}
+
+/** The JSON limits of a device's state where the caller gives none (as receiveHandover's defaults). */
+export const DEFAULT_STATE_JSON_LIMITS: StateJsonLimits = { maxJsonBytes: 4 * 1024 * 1024, maxJsonDepth: 64 };
 
 export interface TargetDevice<T = unknown> {
   readonly kind: BackendKind;

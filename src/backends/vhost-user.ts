@@ -7,7 +7,7 @@ import { native } from '../native.js';
 import { closeFds, inspectFd } from '../fd/index.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, checkCount, decodeState, encodeState, expectFd, invalid, requireCount, verifyError, stateOf } from './common.js';
-import type { Arrival, Captured } from './types.js';
+import type { Arrival, Captured, StateJsonLimits } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 
 export interface InflightInfo {
@@ -146,7 +146,7 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
 
   verify(arrival: Arrival): void {
     const id = this.id;
-    const meta = checkedMeta(id, arrival.state);
+    const meta = checkedMeta(id, arrival.state, arrival.jsonLimits);
     const atts = byName(arrival);
     const sock = atts.get('socket');
     if (!sock) throw verifyError(id, 'the vhost-user socket is missing');
@@ -192,8 +192,8 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
   }
 
   adopt(arrival: Arrival): VhostUserBackend {
-    const { blob } = decodeState(this.id, arrival.state);
-    const m = checkedMeta(this.id, arrival.state);
+    const { blob } = decodeState(this.id, arrival.state, arrival.jsonLimits);
+    const m = checkedMeta(this.id, arrival.state, arrival.jsonLimits);
     const atts = byName(arrival);
     const list = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => atts.get(`${prefix}${i}`)!.fd);
     return new VhostUserBackend(
@@ -209,8 +209,8 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
 }
 
 /** The metadata of a vhost-user section, every count, size and feature word checked. */
-function checkedMeta(id: string, state: Buffer): VhostUserMeta {
-  const meta = decodeState(id, state).meta;
+function checkedMeta(id: string, state: Buffer, limits?: StateJsonLimits): VhostUserMeta {
+  const meta = decodeState(id, state, limits).meta;
   const u64 = (key: string): string => {
     const v = meta[key];
     if (typeof v !== 'string' || !/^[0-9]{1,20}$/.test(v) || BigInt(v) >= 1n << 64n) throw verifyError(id, `metadata ${key} is not a u64 in decimal`, { key });

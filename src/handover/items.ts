@@ -34,7 +34,11 @@ function flood(what: string): BackendTransferError {
 }
 
 export class ItemQueue {
+  // Taken from #head on, not with shift(): shift() moves every queued item, and a
+  // source that sends many small frames queues tens of thousands at once
+  // (100 000 one-byte parts stalled the event loop for 17 s).
   #items: StreamItem[] = [];
+  #head = 0;
   #queuedOther = 0;
   #pongBusy = false;
   #dropped = 0;
@@ -114,8 +118,7 @@ export class ItemQueue {
   }
 
   next(ms: number, what: string): Promise<StreamItem> {
-    const it = this.#items.shift();
-    if (it && it.type !== 'section') this.#queuedOther--;
+    const it = this.#take();
     if (it) return Promise.resolve(it);
     if (this.#error) return Promise.reject(this.#error);
     if (this.#ended) return Promise.reject(new BackendTransferError(ErrorCodes.ERR_PEER_CLOSED, `the peer ended the stream while this side waited for ${what}`));
@@ -140,6 +143,29 @@ export class ItemQueue {
     });
   }
 
+  #take(): StreamItem | undefined {
+    if (this.#head >= this.#items.length) return undefined;
+    const it = this.#items[this.#head]!;
+    this.#items[this.#head++] = undefined as unknown as StreamItem; // let it go
+    if (it.type !== 'section') this.#queuedOther--;
+    if (this.#head === this.#items.length) {
+      this.#items = [];
+      this.#head = 0;
+    } else if (this.#head >= 4096 && this.#head * 2 >= this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    return it;
+  }
+
+  /** Every queued item, in order; the queue is then empty. */
+  #takeAll(): StreamItem[] {
+    const all = this.#items.slice(this.#head);
+    this.#items = [];
+    this.#head = 0;
+    return all;
+  }
+
   /**
    * The first queued item of `type` (a NACK, an ABORT), or the next to arrive
    * within `ms`; null if none comes. Used when a send failed because the peer
@@ -148,7 +174,7 @@ export class ItemQueue {
    */
   async find<T extends StreamItem['type']>(type: T, ms: number): Promise<Extract<StreamItem, { type: T }> | null> {
     // Set the queued items aside, so that next() waits for new ones only.
-    const held = this.#items.splice(0);
+    const held = this.#takeAll();
     try {
       const i = held.findIndex((x) => x.type === type);
       if (i >= 0) {
@@ -169,14 +195,15 @@ export class ItemQueue {
       }
       return null;
     } finally {
-      this.#items.unshift(...held);
-      this.#queuedOther = this.#items.filter((x) => x.type !== 'section').length;
+      this.#items = held.concat(this.#takeAll());
+      this.#queuedOther = 0;
+      for (let i = this.#head; i < this.#items.length; i++) if (this.#items[i]!.type !== 'section') this.#queuedOther++;
     }
   }
 
   /** Closes the fds of items nobody took. */
   drain(): void {
     this.#queuedOther = 0;
-    for (const it of this.#items.splice(0)) closeSectionItem(it);
+    for (const it of this.#takeAll()) closeSectionItem(it);
   }
 }

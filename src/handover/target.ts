@@ -13,13 +13,14 @@ import { fdBudget } from '../stream/budget.js';
 import { fdSocketChannel } from '../stream/channel.js';
 import { answerOffers } from '../stream/negotiate.js';
 import { StreamReader, type StreamItem } from '../stream/reader.js';
+import { tooLarge } from '../stream/codec.js';
 import { ALL_FEATURES, AckStage, type PlannedDevice } from '../stream/wire.js';
 import { StreamWriter } from '../stream/writer.js';
 import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
-import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
+import { DEFAULT_HANDOVER_LIMITS, DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
 import { PeerWatch, PhaseClock, SessionGuard, abortedError, collectGarbage, limited, now } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
@@ -31,12 +32,69 @@ interface Pending {
   planned: PlannedDevice;
   target: TargetDevice | null;
   arrival: Arrival;
-  parts: Buffer[];
+  parts: Parts;
   complete: boolean;
 }
 
+/** Parts under this size are copied together into shared chunks. */
+const SMALL_PART = 64 * 1024;
+const CHUNK_MAX = 1024 * 1024;
+
+/**
+ * A state's parts as they arrive, without one object per part: small parts are
+ * copied together into chunks (growing up to 1 MiB), large ones are kept as they
+ * are (a copy only when the caller does not own them). A source sending millions
+ * of tiny frames costs their bytes, not millions of Buffers. joined() gives one
+ * part without copying it.
+ */
+class Parts {
+  #list: Buffer[] = [];
+  #chunk: Buffer | null = null;
+  #fill = 0;
+
+  add(part: Buffer, owned: boolean): void {
+    if (part.length === 0) return;
+    if (part.length >= SMALL_PART) {
+      this.#seal();
+      this.#list.push(owned ? part : Buffer.from(part));
+      return;
+    }
+    if (this.#chunk === null || this.#fill + part.length > this.#chunk.length) {
+      const grown = Math.min(CHUNK_MAX, Math.max(part.length, 2 * (this.#chunk?.length ?? 128)));
+      this.#seal();
+      this.#chunk = Buffer.allocUnsafe(grown);
+    }
+    part.copy(this.#chunk, this.#fill);
+    this.#fill += part.length;
+  }
+
+  #seal(): void {
+    if (this.#chunk !== null && this.#fill > 0) this.#list.push(this.#chunk.subarray(0, this.#fill));
+    this.#chunk = null;
+    this.#fill = 0;
+  }
+
+  get empty(): boolean {
+    return this.#list.length === 0 && this.#fill === 0;
+  }
+
+  /** All parts in one buffer (a single one as it is); the parts are let go. */
+  joined(): Buffer {
+    this.#seal();
+    const list = this.#list;
+    this.#list = [];
+    return list.length === 1 ? list[0]! : Buffer.concat(list);
+  }
+}
+
+const isVmmState = (d: { id: string; instance: number }): boolean => d.id === STATE_DEVICE_ID && d.instance === 0;
+
 export async function receiveHandover(o: ReceiveHandoverOptions): Promise<ReceiveHandoverResult> {
   const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
+  const lim = { ...DEFAULT_HANDOVER_LIMITS, ...o.limits };
+  for (const [k, v] of Object.entries(lim)) {
+    if (typeof v !== 'number' || !(v >= 0)) throw BackendTransferError.invalidArgument(`limits.${k} must be a number >= 0, not ${String(v)}`);
+  }
   const clock = new PhaseClock<TargetPhase>('prepare', o.onEvent);
   const enter = (p: TargetPhase) => clock.enter(p);
 
@@ -46,7 +104,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let committed = false;
   const pending = new Map<string, Pending>();
   const received: number[] = []; // every device fd that arrived, until committed
-  let stateParts: Buffer[] | null = o.onState ? null : [];
+  let stateParts: Parts | null = o.onState ? null : new Parts();
   let stateBuf: Buffer | null = null;
   let stateBytes = 0;
   let bytes = 0;
@@ -88,7 +146,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       outcome,
       complete,
       devices,
-      state: stateBuf ? stateBuf.subarray(0, stateBytes) : stateParts ? Buffer.concat(stateParts) : null,
+      state: stateBuf ? stateBuf.subarray(0, stateBytes) : stateParts ? stateParts.joined() : null,
       stateBytes,
       bytes,
       fds: received.length,
@@ -108,7 +166,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         if (p.planned.withFds) all = false;
         continue;
       }
-      p.arrival.state = Buffer.concat(p.parts);
+      if (!p.parts.empty) p.arrival.state = p.parts.joined();
       try {
         p.target.verify(p.arrival);
         adopted.set(key, p.target.adopt(p.arrival));
@@ -153,7 +211,40 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     if (o.collectGarbage !== false) collectGarbage();
     // Frames are assembled in one reused buffer: what is kept is copied out of it
     // (device state into its own buffer, VMM state into room made before the freeze).
-    reader = new StreamReader({ role: 'target', verifyFdKinds: o.verifyFdKinds ?? true, reuseBuffers: true });
+    // What the source may make this side hold, checked from the declared lengths
+    // before a payload is read out of its memfd or copied (see HandoverLimits).
+    let keptBytes = 0; // all state kept in memory
+    let vmmReserved = 0; // VMM state accounted so far, in stream order: where the next part goes in stateBuf
+    let lateRoom = 0; // an announced VMM state size too large to make room for before the freeze
+    const deviceBytes = new Map<PlannedDevice, number>();
+    const onPayload = (d: PlannedDevice, length: number, inMemfd: boolean): Buffer | undefined => {
+      if (isVmmState(d)) {
+        if (o.onState) {
+          if (length > lim.maxStateBytes) throw tooLarge('VMM state part', length, lim.maxStateBytes);
+          return undefined;
+        }
+        if (keptBytes + length > lim.maxStateBytes) throw tooLarge('VMM state', keptBytes + length, lim.maxStateBytes);
+        keptBytes += length;
+        if (vmmReserved === 0 && stateBuf === null && lateRoom > 0) stateBuf = Buffer.allocUnsafe(lateRoom);
+        const at = vmmReserved;
+        vmmReserved += length;
+        // A memfd part that fits the room made before the freeze is read straight into it.
+        return inMemfd && stateBuf && at + length <= stateBuf.length ? stateBuf.subarray(at, at + length) : undefined;
+      }
+      const mine = (deviceBytes.get(d) ?? 0) + length;
+      if (mine > lim.maxDeviceStateBytes) throw tooLarge(`state of device ${d.id}`, mine, lim.maxDeviceStateBytes);
+      if (keptBytes + length > lim.maxStateBytes) throw tooLarge('state', keptBytes + length, lim.maxStateBytes);
+      deviceBytes.set(d, mine);
+      keptBytes += length;
+      return undefined;
+    };
+    reader = new StreamReader({
+      role: 'target',
+      verifyFdKinds: o.verifyFdKinds ?? true,
+      reuseBuffers: true,
+      limits: { maxDevices: lim.maxDevices },
+      onPayload,
+    });
     writer = new StreamWriter(fdSocketChannel(sock));
     const w = writer;
     const g = (session = new SessionGuard(sock, () => clock.phase));
@@ -164,21 +255,25 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         if (it.type !== 'section') return;
         bytes += it.bodyLength;
         fdsCount += it.attachments.length;
-        // The reader reuses its buffer: take the payload out now, while it is valid.
-        if (it.idstr === STATE_DEVICE_ID) {
+        // The reader reuses its buffer for inline payloads: take them out now, while
+        // they are valid. A payload read out of a memfd is a buffer of its own (or
+        // already in place in stateBuf): it is kept as it is, never copied again.
+        if (isVmmState(it.device)) {
           if (o.onState) o.onState(it.payload);
-          else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) it.payload.copy(stateBuf, stateBytes);
-          else {
+          else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) {
+            const inPlace = it.payload.buffer === stateBuf.buffer && it.payload.byteOffset === stateBuf.byteOffset + stateBytes;
+            if (!inPlace) it.payload.copy(stateBuf, stateBytes);
+          } else {
             if (stateBuf) {
               // More than announced: go on in parts.
-              stateParts!.push(stateBuf.subarray(0, stateBytes));
+              stateParts!.add(stateBuf.subarray(0, stateBytes), true);
               stateBuf = null;
             }
-            stateParts!.push(Buffer.from(it.payload));
+            stateParts!.add(it.payload, it.payloadInMemfd);
           }
           stateBytes += it.payload.length;
           it.payload = EMPTY;
-        } else it.payload = Buffer.from(it.payload);
+        } else if (!it.payloadInMemfd) it.payload = Buffer.from(it.payload);
       },
       { pong: (token) => w.pong(token), onFlood: (err) => g.fail(err), onNoise: (n) => (g.noise += n) },
     );
@@ -186,18 +281,22 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     if (first.type !== 'hello') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected HELLO, the source sent ${first.type}`);
     const hello = first.hello;
     const announced = (hello.info as { stateBytes?: unknown } | null)?.stateBytes;
-    if (!o.onState && typeof announced === 'number' && Number.isInteger(announced) && announced > 0 && announced <= MAX_PREALLOCATED_STATE) {
+    if (!o.onState && typeof announced === 'number' && Number.isInteger(announced) && announced > 0 && announced <= lim.maxStateBytes) {
       // Written now, so that its pages are there before the source freezes: a
       // large Buffer.alloc() is fresh zero pages, each faulted in on first write,
       // which would happen inside the downtime.
-      stateBuf = Buffer.allocUnsafe(announced).fill(0);
+      if (announced <= MAX_PREALLOCATED_STATE) stateBuf = Buffer.allocUnsafe(announced).fill(0);
+      // Larger: the room is taken (not written) when the state starts to arrive, so
+      // that its parts are not joined at the end (twice their size for a moment).
+      else lateRoom = announced;
     }
     const canPassFds = o.backendTransfer && first.probe === 'ok';
     const stateWindow = o.stateVersions ?? [1, 1];
     const welcome = answerOffers(
       hello,
+      // The reserved VMM-state device is accepted once: instance 0.
       acceptFor(o.accept, { backendTransfer: o.backendTransfer }, (offer) =>
-        offer.id === STATE_DEVICE_ID && offer.kind === 'state' ? { kind: 'state', minVersion: stateWindow[0], maxVersion: stateWindow[1], acceptFds: false } : null,
+        isVmmState(offer) && offer.kind === 'state' ? { kind: 'state', minVersion: stateWindow[0], maxVersion: stateWindow[1], acceptFds: false } : null,
       ),
       { canPassFds, features: ALL_FEATURES, fdBudget: fdBudget(), info: { pid: process.pid, probe: first.probe } },
     );
@@ -206,21 +305,27 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     const planItem = await next('PLAN', timeouts.handshake);
     if (planItem.type !== 'plan') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected PLAN, the source sent ${planItem.type}`);
     planned = true;
+    const jsonLimits = { maxJsonBytes: lim.maxJsonBytes, maxJsonDepth: lim.maxJsonDepth };
+    const byKey = new Map<string, TargetDevice>();
+    for (const t of o.accept) if (!byKey.has(`${t.id}\0${t.instance}`)) byKey.set(`${t.id}\0${t.instance}`, t);
     if (o.onEvent) {
       // Say what will not arrive: nothing else would (the handover itself succeeds).
+      // Maps, not searches: the offers and the plan are bounded by limits.maxDevices, not small.
+      const plannedByKey = new Map(planItem.plan.devices.map((x) => [`${x.id}\0${x.instance}` as string, x] as const));
+      const offeredKeys = new Set(hello.offers.map((x) => `${x.id}\0${x.instance}`));
       for (const t of o.accept) {
-        const p = planItem.plan.devices.find((x) => x.id === t.id && x.instance === t.instance);
-        const offered = hello.offers.some((x) => x.id === t.id && x.instance === t.instance);
-        if (!p) o.onEvent({ type: 'warning', message: `device ${t.id}: ${offered ? 'offered by the source but not planned (kind or version does not match)' : 'the source did not offer it (under another id?)'}: nothing of it arrives` });
+        const key = `${t.id}\0${t.instance}`;
+        const p = plannedByKey.get(key);
+        if (!p) o.onEvent({ type: 'warning', message: `device ${t.id}: ${offeredKeys.has(key) ? 'offered by the source but not planned (kind or version does not match)' : 'the source did not offer it (under another id?)'}: nothing of it arrives` });
         else if (!p.withFds && t.acceptFds) o.onEvent({ type: 'warning', message: `device ${t.id}: only its state arrives, not its backend's fds` });
       }
       for (const x of hello.offers) {
-        if (x.id !== STATE_DEVICE_ID && !o.accept.some((t) => t.id === x.id && t.instance === x.instance)) o.onEvent({ type: 'warning', message: `the source offered device ${x.id} (${x.kind}), which this side does not accept` });
+        if (!isVmmState(x) && !byKey.has(`${x.id}\0${x.instance}`)) o.onEvent({ type: 'warning', message: `the source offered device ${x.id} (${x.kind}), which this side does not accept` });
       }
     }
     for (const p of planItem.plan.devices) {
-      const target = o.accept.find((t) => t.id === p.id && t.instance === p.instance) ?? null;
-      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0) }, parts: [], complete: false });
+      const target = byKey.get(`${p.id}\0${p.instance}`) ?? null;
+      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0), jsonLimits }, parts: new Parts(), complete: false });
     }
 
     enter('transfer');
@@ -252,11 +357,11 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         received.push(a.fd);
         p.arrival.attachments.push(a);
       }
-      if (it.idstr !== STATE_DEVICE_ID) p.parts.push(it.payload); // copied when it arrived
+      if (!isVmmState(it.device)) p.parts.add(it.payload, true); // copied when it arrived (if inline)
       if (it.frame === 'end' || it.frame === 'full') p.complete = true;
       o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
     }
-    for (const p of pending.values()) p.arrival.state = Buffer.concat(p.parts);
+    for (const p of pending.values()) p.arrival.state = p.parts.joined();
     // No more PONGs from here: the ACKs are what the source waits for.
     queue.quiet = true;
     await guard(writer.ack(AckStage.LOADED, `${sections} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');

@@ -1,5 +1,5 @@
 // Options, events and results of a handover session.
-import type { Resolved, SourceDevice, TargetDevice } from '../backends/types.js';
+import { DEFAULT_STATE_JSON_LIMITS, type Resolved, type SourceDevice, type TargetDevice } from '../backends/types.js';
 import type { PeerPolicy } from '../transport/peer.js';
 import type { FdSocket } from '../transport/fd-socket.js';
 import type { SectionPayload } from '../stream/writer.js';
@@ -150,7 +150,40 @@ export interface ReceiveHandoverOptions {
   warmUp?: boolean;
   /** As in SendHandoverOptions: a full garbage collection as the handshake starts, so that none falls in the downtime (default true). */
   collectGarbage?: boolean;
+  /**
+   * What a source may make this side hold or do (defaults in DEFAULT_HANDOVER_LIMITS).
+   * Each is checked before the memory is taken or the work is done, from the
+   * lengths and counts the stream declares; over one, the handover fails with
+   * ERR_STREAM_TOO_LARGE (details: what, value, limit) and the source is told.
+   */
+  limits?: HandoverLimits;
 }
+
+export interface HandoverLimits {
+  /**
+   * State kept in memory, all of it: the VMM state (unless onState takes it) and
+   * every device's state. With onState, no single memfd part of the VMM state may
+   * be larger (it is read into memory whole). Default 4 GiB (the largest memfd
+   * payload). When the VMM state comes in several parts of a size the source did
+   * not announce, joining them briefly takes that much again.
+   */
+  maxStateBytes?: number;
+  /** One device's state, all its parts together. Default 64 MiB. */
+  maxDeviceStateBytes?: number;
+  /** The JSON part of a device's state, in bytes; checked before it is parsed. Default 4 MiB. */
+  maxJsonBytes?: number;
+  /** How deeply that JSON may nest ({ and [), checked by a linear scan before it is parsed. Default 64. */
+  maxJsonDepth?: number;
+  /** Offers in HELLO, and so devices in the PLAN; refused at the count, before one is read. Default 4096. */
+  maxDevices?: number;
+}
+
+export const DEFAULT_HANDOVER_LIMITS: Required<HandoverLimits> = {
+  maxStateBytes: 4 * 1024 * 1024 * 1024,
+  maxDeviceStateBytes: 64 * 1024 * 1024,
+  ...DEFAULT_STATE_JSON_LIMITS,
+  maxDevices: 4096,
+};
 
 export interface ReceiveHandoverResult {
   /**

@@ -79,7 +79,9 @@ export interface SectionItem {
   attachments: ReceivedAttachment[];
   /**
    * This frame's part of the state (read out of the memfd when it came as one).
-   * With reuseBuffers it is valid only until the next feed() or readTarget(): copy what you keep.
+   * With reuseBuffers an inline payload is valid only until the next feed() or
+   * readTarget(): copy what you keep. A payload read out of a memfd is a buffer of
+   * its own (or the one onPayload gave), never reused by the reader.
    */
   payload: Buffer;
   /** With memfdPayload: 'keep', the sealed, checked payload memfd (the caller's). */
@@ -140,6 +142,13 @@ export interface StreamReaderOptions {
    * Default false.
    */
   reuseBuffers?: boolean;
+  /**
+   * Called for each section frame with its declared payload length, before the
+   * payload is read out of its memfd or handed out: throw to refuse it (a limit;
+   * the frame's fds are closed), or, for a payload in a memfd read into memory,
+   * return a buffer of exactly `length` bytes to read it into (default: a new one).
+   */
+  onPayload?: (device: PlannedDevice, length: number, inMemfd: boolean) => Buffer | undefined | void;
 }
 
 interface QueuedFd {
@@ -162,6 +171,8 @@ interface DeviceState {
 type Phase = 'magic' | 'handshake' | 'planned' | 'state-done' | 'finished';
 
 const EMPTY = Buffer.alloc(0);
+/** The most one readSync of a payload memfd asks for (its length is an int32). */
+const MEMFD_READ_CHUNK = 1 << 30;
 /** Bodies with at least this much still to come are read in place (readTarget). */
 const TARGET_MIN = 16 * 1024;
 
@@ -173,6 +184,9 @@ export class StreamReader {
   readonly #crcMode: 'throw' | 'report';
   readonly #fdsAbsent: boolean;
   readonly #reuse: boolean;
+  readonly #onPayload: StreamReaderOptions['onPayload'];
+  /** The files (st_dev:st_ino) of the payload memfds seen so far: a stream carries each once. */
+  readonly #payloadFiles = new Set<string>();
   #spare: Buffer | null = null;
   /** A frame returned by the current feed() lives in the spare. */
   #spareLent = false;
@@ -223,6 +237,7 @@ export class StreamReader {
     this.#phase = options.magic === false ? 'handshake' : 'magic';
     this.#fdsAbsent = options.role === 'inspect' && options.fdsAbsent === true;
     this.#reuse = options.reuseBuffers ?? false;
+    this.#onPayload = options.onPayload;
   }
 
   get error(): BackendTransferError | null {
@@ -681,12 +696,18 @@ export class StreamReader {
     if (plan.devices.length > this.limits.maxSections) throw tooLarge('planned devices', plan.devices.length, this.limits.maxSections);
     this.#plan = plan;
     this.#features = plan.features;
+    // One map of the answers, not a search per planned device: a PLAN is checked in linear time.
+    const answers = new Map<string, { minVersion: number; maxVersion: number }>();
+    for (const a of this.#welcome?.answers ?? []) {
+      const key = `${a.id}\0${a.instance}`;
+      if (!answers.has(key)) answers.set(key, a);
+    }
     for (const d of plan.devices) {
       const key = `${d.id}\0${d.instance}`;
       if (this.#devices.has(key)) throw protocolError(`device ${d.id}/${d.instance} is planned twice`);
       let minVersion = d.version;
       let maxVersion = d.version;
-      const answer = this.#welcome?.answers.find((a) => a.id === d.id && a.instance === d.instance);
+      const answer = answers.get(key);
       if (answer) {
         minVersion = answer.minVersion;
         maxVersion = answer.maxVersion;
@@ -770,9 +791,10 @@ export class StreamReader {
         );
       }
     }
+    const into = this.#onPayload?.(dev.device, s.payloadLength, inMemfd) ?? undefined;
     let payload: Buffer = EMPTY;
     if (inMemfd) {
-      if (!this.#fdsAbsent) payload = this.#memfdPayload(payloadFd!, s.payloadLength, s.payloadCrc ?? 0);
+      if (!this.#fdsAbsent) payload = this.#memfdPayload(payloadFd!, s.payloadLength, s.payloadCrc ?? 0, into);
     } else {
       payload = body.subarray(c.pos, c.pos + s.payloadLength);
     }
@@ -835,7 +857,7 @@ export class StreamReader {
     }
   }
 
-  #memfdPayload(fd: number, length: number, crc: number): Buffer {
+  #memfdPayload(fd: number, length: number, crc: number, into?: Buffer): Buffer {
     const fail = (code: string, message: string): never => {
       throw new BackendTransferError(code, message, { details: { length } });
     };
@@ -848,13 +870,22 @@ export class StreamReader {
     if ((seals & SEALS_REQUIRED) !== SEALS_REQUIRED) {
       return fail(ErrorCodes.ERR_STREAM_MEMFD_UNSEALED, `payload memfd lacks seals: has 0x${seals.toString(16)}, needs F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE`);
     }
-    const size = native.fstat(fd).size;
-    if (size !== length) return fail(ErrorCodes.ERR_STREAM_MEMFD_SIZE, `payload memfd holds ${size} bytes, the frame declares ${length}`);
+    const st = native.fstat(fd);
+    if (st.size !== length) return fail(ErrorCodes.ERR_STREAM_MEMFD_SIZE, `payload memfd holds ${st.size} bytes, the frame declares ${length}`);
+    // The same sealed file sent again (as several parts, or for several devices) would
+    // be read, kept and counted once per frame: a stream carries each payload memfd once.
+    const file = `${st.devMajor}:${st.devMinor}:${st.ino}`;
+    if (this.#payloadFiles.has(file)) {
+      return fail(ErrorCodes.ERR_STREAM_PROTOCOL, `the same payload memfd (inode ${st.ino}) came a second time in this stream; each payload travels in its own memfd`);
+    }
+    this.#payloadFiles.add(file);
     if (this.#memfdMode === 'keep') return EMPTY;
-    const out = Buffer.allocUnsafe(length);
+    if (into !== undefined && into.length !== length) throw new Error(`internal: onPayload gave ${into.length} bytes of room for ${length}`);
+    const out = into ?? Buffer.allocUnsafe(length);
     let got = 0;
     while (got < length) {
-      const n = readSync(fd, out, got, length - got, got);
+      // read() and Node's readSync take at most 2 GiB - 1 at a time.
+      const n = readSync(fd, out, got, Math.min(length - got, MEMFD_READ_CHUNK), got);
       if (n <= 0) return fail(ErrorCodes.ERR_STREAM_MEMFD_SIZE, `payload memfd ended after ${got} of ${length} bytes`);
       got += n;
     }

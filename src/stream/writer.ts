@@ -242,6 +242,12 @@ export class StreamWriter {
 
   #checkMemfd(p: MemfdPayload): void {
     if ((this.#features & Features.MEMFD_PAYLOAD) === 0) throw BackendTransferError.invalidArgument('a memfd payload needs the negotiated MEMFD_PAYLOAD feature');
+    // payloadLength is a u32: refuse here what no reader could take, before anything is written.
+    if (!(p.length <= MAX_MEMFD_PAYLOAD)) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_TOO_LARGE, `memfd payload is ${p.length} bytes, over the limit of ${MAX_MEMFD_PAYLOAD}; nothing was written`, {
+        details: { what: 'memfd payload', value: p.length, limit: MAX_MEMFD_PAYLOAD },
+      });
+    }
     let seals: number;
     try {
       seals = native.fcntl_get_seals(p.memfd);
@@ -381,12 +387,16 @@ export class StreamWriter {
   }
 }
 
+/** The largest memfd payload a frame can declare (payloadLength is a u32). */
+const MAX_MEMFD_PAYLOAD = 0xffffffff;
+
 /** A sealed memfd holding `data` (F_SEAL_SHRINK | GROW | WRITE | SEAL). */
 export function fillMemfd(data: Uint8Array, name = 'bt-payload'): number {
   const fd = native.memfd_create(name);
   try {
     let off = 0;
-    while (off < data.length) off += writeSync(fd, data, off, data.length - off, off);
+    // writeSync takes at most 2 GiB - 1 at a time.
+    while (off < data.length) off += writeSync(fd, data, off, Math.min(data.length - off, 1 << 30), off);
     native.fcntl_add_seals(fd, SEALS_REQUIRED | native.F_SEAL_SEAL);
     return fd;
   } catch (err) {
