@@ -2,7 +2,8 @@
 // fractions, negatives, 2^32 + n, NaN, Infinity and huge values are
 // ERR_INVALID_ARGUMENT, thrown before any syscall, never wrapped to another fd.
 import { describe, expect, it } from 'vitest';
-import { closeFds, native } from '../src/index.js';
+import { FdSocket, StreamWriter, closeFds, fdSocketChannel, native } from '../src/index.js';
+import { encodeHeader, encodeHello } from '../src/stream/codec.js';
 import { trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
@@ -184,6 +185,63 @@ describe('native integer arguments', () => {
       expect(native.recvmsg(a, small, 8, 8, META())).toBe(-native.EAGAIN);
     } finally {
       closeFds([a, b]);
+    }
+  });
+});
+
+describe('FdSocket.send and the stream codec check ranges the same way', () => {
+  it('FdSocket.send refuses 2^32 + fd, fractions, negatives, NaN and Infinity; nothing arrives', async () => {
+    const [a, b] = FdSocket.pair('stream');
+    const efd = native.eventfd(0);
+    try {
+      for (const v of badFds(efd)) {
+        await expect(a.send(Buffer.from('x'), [v]), `send([${v}])`).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+        expect(() => a.write(Buffer.from('x'), [v]), `write([${v}])`).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+      }
+      // the socket still works, and the first thing the peer gets is this, with its one fd
+      await a.send(Buffer.from('ok'), [efd]);
+      const chunk = await b.read();
+      expect(chunk && Buffer.from(chunk.data).toString()).toBe('ok');
+      expect(chunk!.fds).toHaveLength(1);
+      expect(chunk!.fdSeq).toBe(0);
+      closeFds(chunk!.fds);
+    } finally {
+      a.close();
+      b.close();
+      closeFds([efd]);
+    }
+  });
+
+  it('the codec refuses values its fields cannot hold instead of masking them (instance 2^32 + 7 is not 7)', async () => {
+    const hello = (instance: number, version = 1) => ({
+      minVersion: 1,
+      maxVersion: 1,
+      features: 0,
+      canPassFds: false,
+      fdBudget: 10,
+      probe: null,
+      offers: [{ kind: 'generic' as const, id: 'dev', instance, version, fdCount: 0, wantsFds: false, required: false }],
+      info: null,
+    });
+    expect(() => encodeHello(hello(7))).not.toThrow();
+    for (const v of [2 ** 32 + 7, -1, 7.5, NaN, Infinity, 2 ** 53]) {
+      expect(() => encodeHello(hello(v)), `instance ${v}`).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+      expect(() => encodeHello(hello(1, v)), `version ${v}`).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    }
+    expect(() => encodeHeader({ type: 0x10 + 256, flags: 0, bodyLength: 0, fdCount: 0, firstFdSeq: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    expect(() => encodeHeader({ type: 0x10, flags: 0, bodyLength: 2 ** 32, fdCount: 0, firstFdSeq: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    expect(() => encodeHeader({ type: 0x10, flags: 0, bodyLength: 0, fdCount: 2 ** 32 + 1, firstFdSeq: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+
+    // A writer over a real socket: the section with instance 2^32 + 7 is refused and nothing goes out.
+    const [a, b] = FdSocket.pair('stream');
+    try {
+      const w = new StreamWriter(fdSocketChannel(a));
+      await expect(w.section({ id: 'dev', instance: 2 ** 32 + 7, version: 1 }, [], Buffer.from('state'))).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+      await new Promise((r) => setTimeout(r, 20));
+      expect(native.recvmsg(b.fd, Buffer.alloc(64), 0, 64, new Int32Array(2 + native.SCM_MAX_FD))).toBe(-native.EAGAIN);
+    } finally {
+      a.close();
+      b.close();
     }
   });
 });
