@@ -122,12 +122,22 @@ Napi::Value GetSockOpt(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), v);
 }
 
-// setsockopt(fd, level, name, value: int)
+// setsockopt(fd, level, name, value: int | Uint8Array): an int option, or the raw
+// bytes of a struct option (SO_LINGER's struct linger is Int32Array [onoff, seconds]).
 Napi::Value SetSockOpt(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
-  int v = IntArg(info, 3, 0, -2147483648.0, 2147483647.0, "value");
-  if (setsockopt(fd, IntArg(info, 1, SOL_SOCKET, 0, 2147483647.0, "level"), IntArg(info, 2, 0, 0, 2147483647.0, "name"), &v, sizeof(v)) < 0)
-    ThrowErrno(info.Env(), errno, "setsockopt");
+  int level = IntArg(info, 1, SOL_SOCKET, 0, 2147483647.0, "level");
+  int name = IntArg(info, 2, 0, 0, 2147483647.0, "name");
+  Bytes b;
+  int r;
+  if (info.Length() > 3 && GetBytes(info[3], &b)) {
+    if (b.length > 256) ThrowArg(info.Env(), "option value longer than 256 bytes");
+    r = setsockopt(fd, level, name, b.data, static_cast<socklen_t>(b.length));
+  } else {
+    int v = IntArg(info, 3, 0, -2147483648.0, 2147483647.0, "value");
+    r = setsockopt(fd, level, name, &v, sizeof(v));
+  }
+  if (r < 0) ThrowErrno(info.Env(), errno, "setsockopt");
   return info.Env().Undefined();
 }
 
@@ -255,6 +265,7 @@ void InitUnix(Napi::Env env, Napi::Object exports) {
   exports.Set("SO_SNDBUF", Napi::Number::New(env, SO_SNDBUF));
   exports.Set("SO_RCVBUF", Napi::Number::New(env, SO_RCVBUF));
   exports.Set("SO_PEERPIDFD", Napi::Number::New(env, SO_PEERPIDFD));
+  exports.Set("SO_LINGER", Napi::Number::New(env, SO_LINGER));
   exports.Set("SHUT_RD", Napi::Number::New(env, SHUT_RD));
   exports.Set("SHUT_WR", Napi::Number::New(env, SHUT_WR));
   exports.Set("SHUT_RDWR", Napi::Number::New(env, SHUT_RDWR));

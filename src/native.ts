@@ -74,7 +74,8 @@ export interface NativeBinding {
   /** Returns 0, -EAGAIN (backlog full) or -EINPROGRESS. */
   connect(fd: number, address: string): number;
   getsockopt(fd: number, level: number, name: number): number;
-  setsockopt(fd: number, level: number, name: number, value: number): void;
+  /** value: an int option, or the raw bytes of a struct option (SO_LINGER: Int32Array [onoff, seconds]). */
+  setsockopt(fd: number, level: number, name: number, value: number | Uint8Array | Int32Array): void;
   getpeercred(fd: number): PeerCred;
   getpeerpidfd(fd: number): number;
   getsockname(fd: number): string | null;
@@ -99,6 +100,7 @@ export interface NativeBinding {
   readonly SO_SNDBUF: number;
   readonly SO_RCVBUF: number;
   readonly SO_PEERPIDFD: number;
+  readonly SO_LINGER: number;
   readonly SHUT_RD: number;
   readonly SHUT_WR: number;
   readonly SHUT_RDWR: number;
