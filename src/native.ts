@@ -110,6 +110,8 @@ export interface NativeBinding {
 
   // fdinfo.cc
   fstat(fd: number): NativeStat;
+  /** The same fstat(2), returning st_mode only (cheap: no object). */
+  fstat_mode(fd: number): number;
   eventfd(initval: number, flags?: number): number;
   memfd_create(name: string, flags?: number): number;
   fcntl_add_seals(fd: number, seals: number): void;

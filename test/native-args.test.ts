@@ -84,6 +84,7 @@ describe('native integer arguments', () => {
     { name: 'fcntl_getfl fd', kind: 'fd', call: (_fd, v) => native.fcntl_getfl(v) },
     { name: 'fcntl_getfd fd', kind: 'fd', call: (_fd, v) => native.fcntl_getfd(v) },
     { name: 'fstat fd', kind: 'fd', call: (_fd, v) => native.fstat(v) },
+    { name: 'fstat_mode fd', kind: 'fd', call: (_fd, v) => native.fstat_mode(v) },
     { name: 'eventfd initval', kind: 'int', call: (_fd, v) => native.eventfd(v), bad: [0.5, -1, 2 ** 32, NaN, Infinity] },
     { name: 'eventfd flags', kind: 'int', call: (_fd, v) => native.eventfd(0, v), bad: [0.5, -1, 2 ** 32, NaN, Infinity] },
     { name: 'memfd_create flags', kind: 'int', call: (_fd, v) => native.memfd_create('x', v), bad: [0.5, -1, 2 ** 32, NaN, Infinity] },

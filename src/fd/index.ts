@@ -27,13 +27,13 @@ const MEM_MAJOR = 1; // /dev/null, /dev/zero, /dev/urandom ...
  * else, a TCP socket first of all, is 'deferred'.
  */
 function closeHow(fd: number): CloseHow {
-  let st;
+  let mode: number;
   try {
-    st = native.fstat(fd);
+    mode = native.fstat_mode(fd);
   } catch {
     return 'not-open';
   }
-  switch (st.type) {
+  switch (mode & native.S_IFMT) {
     case 0: // anon inode: eventfd, pidfd, epoll, timerfd, signalfd
     case native.S_IFIFO:
       return 'now';
@@ -43,10 +43,17 @@ function closeHow(fd: number): CloseHow {
       } catch {
         return 'deferred';
       }
-    case native.S_IFCHR:
+    case native.S_IFCHR: {
+      let st;
+      try {
+        st = native.fstat(fd);
+      } catch {
+        return 'deferred';
+      }
       if (st.rdevMajor === MEM_MAJOR) return 'now';
       if (st.rdevMajor === MISC_MAJOR_ && (st.rdevMinor === 200 || st.rdevMinor === 238)) return 'now';
       return 'deferred';
+    }
     case native.S_IFREG:
       // F_GET_SEALS answers for shmem files only (memfd, tmpfs): their close never waits.
       try {
@@ -99,34 +106,38 @@ let haveCloseRange = true;
  */
 export function closeFds(fds: Iterable<number>): void {
   const all = Array.isArray(fds) ? (fds as number[]) : [...fds];
-  const list: number[] = [];
-  const deferred: number[] = [];
-  const seen = new Set<number>();
-  for (const fd of all) {
-    if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff || seen.has(fd)) continue;
-    seen.add(fd);
+  if (all.length === 0) return;
+  // Sorted, so that repeats are neighbours and runs are found in one pass.
+  const sorted = new Int32Array(all.length);
+  let n = 0;
+  for (const fd of all) if (Number.isInteger(fd) && fd >= 0 && fd <= 0x7fffffff) sorted[n++] = fd;
+  const list = n === all.length ? sorted.sort() : sorted.subarray(0, n).sort();
+  let deferred: number[] | null = null;
+  let now = 0; // list[0, now) are the fds to close here, deduplicated, in order
+  for (let i = 0; i < list.length; i++) {
+    const fd = list[i]!;
+    if (i > 0 && fd === list[i - 1]) continue;
     const how = closeHow(fd);
-    if (how === 'now') list.push(fd);
-    else if (how === 'deferred') deferred.push(fd);
+    if (how === 'now') list[now++] = fd;
+    else if (how === 'deferred') (deferred ??= []).push(fd);
   }
-  if (deferred.length > 0) native.close_deferred(deferred);
-  if (list.length < RANGE_MIN || !haveCloseRange) {
-    for (const fd of list) closeNow(fd);
+  if (deferred !== null) native.close_deferred(deferred);
+  if (now < RANGE_MIN || !haveCloseRange) {
+    for (let i = 0; i < now; i++) closeNow(list[i]!);
     return;
   }
-  const sorted = Int32Array.from(list).sort();
   let i = 0;
-  while (i < sorted.length) {
-    const first = sorted[i]!;
+  while (i < now) {
+    const first = list[i]!;
     let j = i + 1;
     let last = first;
     // extend over consecutive numbers
-    while (j < sorted.length && sorted[j] === last + 1) last = sorted[j++]!;
+    while (j < now && list[j] === last + 1) last = list[j++]!;
     if (last - first + 1 >= RANGE_MIN && closeRange(first, last)) {
       i = j;
       continue;
     }
-    for (let k = i; k < j; k++) closeNow(sorted[k]!);
+    for (let k = i; k < j; k++) closeNow(list[k]!);
     i = j;
   }
 }
