@@ -3,7 +3,9 @@
 // - one open file sent as two backend fds is refused (kcmp(KCMP_FILE));
 // - an fd sent on the next frame's bytes, merged by the kernel into one read, is
 //   ERR_STREAM_FD_MISSING for the frame that declared it.
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -145,6 +147,19 @@ describe('one open file sent as two backend fds is refused', () => {
     } finally {
       closeFds([a, b, a2, s1, s2, s1b]);
     }
+  });
+
+  it('without kcmp (BACKEND_TRANSFER_NO_KCMP=1, as under EPERM/ENOSYS) sockets and eventfds are still compared; other kinds are not', () => {
+    const script = `
+      const { findSameFile, sameFileMethod, native, closeFds } = await import(${JSON.stringify(fileURLToPath(new URL('../src/index.ts', import.meta.url)))});
+      const a = native.eventfd(0), b = native.eventfd(0), a2 = native.dup(a);
+      const [s1, s2] = native.socketpair(native.SOCK_STREAM); const s1b = native.dup(s1);
+      const m = native.memfd_create('x'); const m2 = native.dup(m);
+      console.log(JSON.stringify({ method: sameFileMethod(), distinct: findSameFile([a, b, s1, s2]), eventfd: findSameFile([b, a, s1, a2]), socket: findSameFile([s1, s2, b, s1b]), memfd: findSameFile([m, m2]) }));
+      closeFds([a, b, a2, s1, s2, s1b, m, m2]);`;
+    const tsx = fileURLToPath(new URL('../node_modules/tsx/dist/esm/index.mjs', import.meta.url));
+    const out = execFileSync(process.execPath, ['--import', tsx, '--input-type=module', '-e', script], { env: { ...process.env, BACKEND_TRANSFER_NO_KCMP: '1' }, encoding: 'utf8' });
+    expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({ method: 'fallback', distinct: null, eventfd: [1, 3], socket: [0, 3], memfd: null });
   });
 
   it('one eventfd as kick0 and call0 of a vhost-user connection: ERR_BACKEND_VERIFY (distinct ones pass)', async () => {

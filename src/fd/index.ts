@@ -323,7 +323,9 @@ export function inspectFd(fd: number): FdInfo {
 
 /** How sameFile() tells open files apart: kcmp(KCMP_FILE), or the fallback. */
 export type SameFileMethod = 'kcmp' | 'fallback';
-let kcmpWorks: boolean | undefined;
+// BACKEND_TRANSFER_NO_KCMP=1 uses the fallback as if kcmp were not allowed (to test it,
+// or where a seccomp filter kills rather than refuses the syscall).
+let kcmpWorks: boolean | undefined = process.env.BACKEND_TRANSFER_NO_KCMP === '1' ? false : undefined;
 
 const KCMP_UNAVAILABLE = new Set(['EPERM', 'EACCES', 'ENOSYS', 'EINVAL']);
 
