@@ -29,6 +29,15 @@ rm -f "${TMPDIR:-/tmp}/bt-san-probe" "${TMPDIR:-/tmp}/bt-san-probe.cc"
 # node-gyp must not download headers: use the ones Debian's nodejs ships.
 if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node_api.h ]; then export npm_config_nodedir=/usr; fi
 
+# node-gyp: the project's own if installed, else the one npm bundles.
+GYP="$ROOT/node_modules/.bin/node-gyp"
+if [ ! -x "$GYP" ]; then
+  NPM_DIR="$(dirname "$(readlink -f "$(command -v npm)")")/.."
+  GYP="$NPM_DIR/node_modules/node-gyp/bin/node-gyp.js"
+  [ -f "$GYP" ] || skip "no node-gyp (neither in node_modules nor bundled with npm)"
+  GYP="node $GYP"
+fi
+
 # A copy of what the addon is built from, so that node-gyp's build/ lands there.
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -36,7 +45,7 @@ cp -r binding.gyp native package.json "$OUT/"
 ln -s "$ROOT/node_modules" "$OUT/node_modules"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1"
 echo "test:sanitize: building the addon with $SAN in $OUT"
-(cd "$OUT" && CFLAGS="$SAN" CXXFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined" "$ROOT/node_modules/.bin/node-gyp" rebuild >"$OUT/build.log" 2>&1) ||
+(cd "$OUT" && CFLAGS="$SAN" CXXFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined" $GYP rebuild >"$OUT/build.log" 2>&1) ||
   { tail -30 "$OUT/build.log"; echo "test:sanitize: the sanitized build failed"; exit 1; }
 ADDON="$OUT/build/Release/backend_transfer.node"
 # Make sure the sanitizers really are in (a flag that did not reach the compiler would pass silently).
