@@ -15,7 +15,8 @@
             "native/unix.cc",
             "native/fdinfo.cc",
             "native/tap.cc",
-            "native/poller.cc"
+            "native/poller.cc",
+            "native/closer.cc"
           ]
         }]
       ]

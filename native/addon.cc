@@ -10,6 +10,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFdinfo(env, exports);
   InitTap(env, exports);
   InitPoller(env, exports);
+  InitCloser(env, exports);
   return exports;
 }
 

@@ -22,23 +22,27 @@ int CollectFds(Napi::Env env, Napi::Value v, int* fds) {
   if (v.IsTypedArray()) {
     Napi::TypedArray ta = v.As<Napi::TypedArray>();
     if (ta.TypedArrayType() != napi_int32_array)
-      ThrowArg(env, "ERR_INVALID_ARG_TYPE", "fds must be an Int32Array or an array of integers");
+      ThrowArg(env, "fds must be an Int32Array or an array of integers");
     Napi::Int32Array a = v.As<Napi::Int32Array>();
     size_t n = a.ElementLength();
     if (n > static_cast<size_t>(kScmMaxFd))
-      ThrowArg(env, "ERR_TOO_MANY_FDS", "at most 253 fds (SCM_MAX_FD) per sendmsg");
-    for (size_t i = 0; i < n; i++) fds[i] = a[i];
+      ThrowArg(env, "at most 253 fds (SCM_MAX_FD) per sendmsg");
+    for (size_t i = 0; i < n; i++) {
+      if (a[i] < 0) ThrowArg(env, "fds must be integers in [0, 2^31 - 1]");
+      fds[i] = a[i];
+    }
     return static_cast<int>(n);
   }
-  if (!v.IsArray()) ThrowArg(env, "ERR_INVALID_ARG_TYPE", "fds must be an Int32Array or an array of integers");
+  if (!v.IsArray()) ThrowArg(env, "fds must be an Int32Array or an array of integers");
   Napi::Array a = v.As<Napi::Array>();
   uint32_t n = a.Length();
   if (n > static_cast<uint32_t>(kScmMaxFd))
-    ThrowArg(env, "ERR_TOO_MANY_FDS", "at most 253 fds (SCM_MAX_FD) per sendmsg");
+    ThrowArg(env, "at most 253 fds (SCM_MAX_FD) per sendmsg");
   for (uint32_t i = 0; i < n; i++) {
     Napi::Value e = a.Get(i);
-    if (!e.IsNumber()) ThrowArg(env, "ERR_INVALID_ARG_TYPE", "fds must be integers");
-    fds[i] = e.As<Napi::Number>().Int32Value();
+    if (!e.IsNumber() || !IsFdValue(e.As<Napi::Number>().DoubleValue()))
+      ThrowArg(env, "fds must be integers in [0, 2^31 - 1]");
+    fds[i] = static_cast<int>(e.As<Napi::Number>().DoubleValue());
   }
   return static_cast<int>(n);
 }
@@ -59,15 +63,15 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   } else if (info.Length() > 1 && info[1].IsArray()) {
     Napi::Array arr = info[1].As<Napi::Array>();
     uint32_t n = arr.Length();
-    if (n > static_cast<uint32_t>(kMaxIov)) ThrowArg(env, "ERR_OUT_OF_RANGE", "at most 1024 buffers (IOV_MAX) per sendmsg");
+    if (n > static_cast<uint32_t>(kMaxIov)) ThrowArg(env, "at most 1024 buffers (IOV_MAX) per sendmsg");
     for (uint32_t i = 0; i < n; i++) {
-      if (!GetBytes(arr.Get(i), &b)) ThrowArg(env, "ERR_INVALID_ARG_TYPE", "data must be Uint8Arrays");
+      if (!GetBytes(arr.Get(i), &b)) ThrowArg(env, "data must be Uint8Arrays");
       iov[iovcnt].iov_base = b.data;
       iov[iovcnt].iov_len = b.length;
       iovcnt++;
     }
   } else {
-    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "data must be a Uint8Array or an array of Uint8Arrays");
+    ThrowArg(env, "data must be a Uint8Array or an array of Uint8Arrays");
   }
 
   int fds[kScmMaxFd];
@@ -107,16 +111,15 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   Bytes buf;
   if (info.Length() < 5 || !GetBytes(info[1], &buf))
-    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "recvmsg(fd, buffer, offset, length, meta)");
-  int64_t off = info[2].As<Napi::Number>().Int64Value();
-  int64_t len = info[3].As<Napi::Number>().Int64Value();
-  if (off < 0 || len < 0 || static_cast<uint64_t>(off + len) > buf.length)
-    ThrowArg(env, "ERR_OUT_OF_RANGE", "offset/length outside the buffer");
+    ThrowArg(env, "recvmsg(fd, buffer, offset, length, meta)");
+  uint64_t off = SizeArg(info, 2, "offset");
+  uint64_t len = SizeArg(info, 3, "length");
+  CheckRange(env, off, len, buf.length);
   if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "meta must be an Int32Array");
+    ThrowArg(env, "meta must be an Int32Array");
   Napi::Int32Array meta = info[4].As<Napi::Int32Array>();
   if (meta.ElementLength() < static_cast<size_t>(2 + kScmMaxFd))
-    ThrowArg(env, "ERR_OUT_OF_RANGE", "meta must hold 2 + 253 entries");
+    ThrowArg(env, "meta must hold 2 + 253 entries");
 
   struct iovec iov;
   iov.iov_base = buf.data + off;
@@ -172,26 +175,25 @@ Napi::Value RecvMmsg(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   Bytes buf;
   if (info.Length() < 6 || !GetBytes(info[1], &buf))
-    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "recvmmsg(fd, buffer, offset, length, meta, vlen)");
-  int64_t off = info[2].As<Napi::Number>().Int64Value();
-  int64_t len = info[3].As<Napi::Number>().Int64Value();
-  int vlen = info[5].As<Napi::Number>().Int32Value();
-  if (off < 0 || len < 0 || static_cast<uint64_t>(off + len) > buf.length)
-    ThrowArg(env, "ERR_OUT_OF_RANGE", "offset/length outside the buffer");
-  if (vlen < 1 || vlen > kMaxMmsg || len < vlen) ThrowArg(env, "ERR_OUT_OF_RANGE", "vlen must be 1..64 and at most length");
+    ThrowArg(env, "recvmmsg(fd, buffer, offset, length, meta, vlen)");
+  uint64_t off = SizeArg(info, 2, "offset");
+  uint64_t len = SizeArg(info, 3, "length");
+  int vlen = static_cast<int>(IntegerArg(info, 5, "vlen", 1, kMaxMmsg));
+  CheckRange(env, off, len, buf.length);
+  if (len < static_cast<uint64_t>(vlen)) ThrowArg(env, "vlen must be at most length");
   if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    ThrowArg(env, "ERR_INVALID_ARG_TYPE", "meta must be an Int32Array");
+    ThrowArg(env, "meta must be an Int32Array");
   Napi::Int32Array meta = info[4].As<Napi::Int32Array>();
   size_t cap = meta.ElementLength();
   if (cap < static_cast<size_t>(1 + vlen * (3 + kScmMaxFd)))
-    ThrowArg(env, "ERR_OUT_OF_RANGE", "meta must hold 1 + vlen * (3 + 253) entries");
+    ThrowArg(env, "meta must hold 1 + vlen * (3 + 253) entries");
 
   static thread_local struct mmsghdr msgs[kMaxMmsg];
   static thread_local struct iovec iovs[kMaxMmsg];
   alignas(struct cmsghdr) static thread_local char cbufs[kMaxMmsg][CMSG_SPACE(sizeof(int) * kScmMaxFd)];
-  size_t slice = static_cast<size_t>(len) / vlen;
+  size_t slice = static_cast<size_t>(len) / static_cast<size_t>(vlen);
   for (int i = 0; i < vlen; i++) {
-    iovs[i].iov_base = buf.data + off + i * slice;
+    iovs[i].iov_base = buf.data + off + static_cast<size_t>(i) * slice;
     iovs[i].iov_len = slice;
     memset(&msgs[i], 0, sizeof(msgs[i]));
     msgs[i].msg_hdr.msg_iov = &iovs[i];

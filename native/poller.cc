@@ -27,10 +27,10 @@ class Poller : public Napi::ObjectWrap<Poller> {
     Napi::Env env = info.Env();
     int fd = FdArg(info, 0);
     if (info.Length() < 2 || !info[1].IsFunction())
-      ThrowArg(env, "ERR_INVALID_ARG_TYPE", "Poller(fd, callback)");
+      ThrowArg(env, "Poller(fd, callback)");
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr)
-      ThrowArg(env, "ERR_NO_LOOP", "no uv loop for this environment");
+      ThrowCode(env, "ERR_NO_LOOP", "no uv loop for this environment");
     int r = uv_poll_init(loop, &handle_, fd);
     if (r < 0) ThrowErrno(env, -r, "uv_poll_init");
     handle_.data = this;
@@ -41,8 +41,8 @@ class Poller : public Napi::ObjectWrap<Poller> {
 
  private:
   Napi::Value Start(const Napi::CallbackInfo& info) {
-    if (closing_) ThrowArg(info.Env(), "ERR_POLLER_CLOSED", "poller is closed");
-    int events = IntArg(info, 0, UV_READABLE);
+    if (closing_) ThrowCode(info.Env(), "ERR_POLLER_CLOSED", "poller is closed");
+    int events = IntArg(info, 0, UV_READABLE, 0, UV_READABLE | UV_WRITABLE | UV_DISCONNECT | UV_PRIORITIZED, "events");
     int r = uv_poll_start(&handle_, events, &Poller::OnPoll);
     if (r < 0) ThrowErrno(info.Env(), -r, "uv_poll_start");
     return info.Env().Undefined();

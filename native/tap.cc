@@ -23,10 +23,10 @@ Napi::Object IfrToObject(Napi::Env env, const struct ifreq& ifr) {
 Napi::Value TunSetIff(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   std::string name = StringArg(info, 1);
-  if (name.size() >= IFNAMSIZ) ThrowArg(info.Env(), "ERR_INVALID_ARG_VALUE", "interface name longer than 15 bytes");
+  if (name.size() >= IFNAMSIZ) ThrowArg(info.Env(), "interface name longer than 15 bytes");
   struct ifreq ifr = {};
   memcpy(ifr.ifr_name, name.data(), name.size());
-  ifr.ifr_flags = static_cast<short>(IntArg(info, 2, IFF_TAP | IFF_NO_PI));
+  ifr.ifr_flags = static_cast<short>(IntArg(info, 2, IFF_TAP | IFF_NO_PI, 0, 65535, "flags"));
   if (ioctl(fd, TUNSETIFF, &ifr) < 0) ThrowErrno(info.Env(), errno, "ioctl(TUNSETIFF)");
   return IfrToObject(info.Env(), ifr);
 }
@@ -43,7 +43,7 @@ Napi::Value TunGetIff(const Napi::CallbackInfo& info) {
 Napi::Value TunSetQueue(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   struct ifreq ifr = {};
-  ifr.ifr_flags = static_cast<short>(IntArg(info, 1, IFF_ATTACH_QUEUE));
+  ifr.ifr_flags = static_cast<short>(IntArg(info, 1, IFF_ATTACH_QUEUE, 0, 65535, "flags"));
   if (ioctl(fd, TUNSETQUEUE, &ifr) < 0) ThrowErrno(info.Env(), errno, "ioctl(TUNSETQUEUE)");
   return info.Env().Undefined();
 }
@@ -57,7 +57,7 @@ Napi::Value TunGetVnetHdrSz(const Napi::CallbackInfo& info) {
 
 Napi::Value TunSetVnetHdrSz(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
-  int sz = IntArg(info, 1, 0);
+  int sz = IntArg(info, 1, 0, 0, 2147483647.0, "size");
   if (ioctl(fd, TUNSETVNETHDRSZ, &sz) < 0) ThrowErrno(info.Env(), errno, "ioctl(TUNSETVNETHDRSZ)");
   return info.Env().Undefined();
 }
@@ -65,7 +65,7 @@ Napi::Value TunSetVnetHdrSz(const Napi::CallbackInfo& info) {
 // tunsetoffload(fd, flags): TUN_F_CSUM | TUN_F_TSO4 | ...
 Napi::Value TunSetOffload(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
-  unsigned long flags = static_cast<unsigned>(IntArg(info, 1, 0));
+  unsigned long flags = static_cast<unsigned>(IntArg(info, 1, 0, 0, 2147483647.0, "flags"));
   if (ioctl(fd, TUNSETOFFLOAD, flags) < 0) ThrowErrno(info.Env(), errno, "ioctl(TUNSETOFFLOAD)");
   return info.Env().Undefined();
 }

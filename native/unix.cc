@@ -24,10 +24,10 @@ socklen_t MakeAddr(Napi::Env env, const std::string& path, struct sockaddr_un* s
   sa->sun_family = AF_UNIX;
   bool abstract = !path.empty() && path[0] == '\0';
   size_t max = sizeof(sa->sun_path) - (abstract ? 0 : 1);
-  if (path.empty()) ThrowArg(env, "ERR_INVALID_ARG_VALUE", "empty unix socket address");
+  if (path.empty()) ThrowArg(env, "empty unix socket address");
   if (path.size() > max) ThrowErrno(env, ENAMETOOLONG, abstract ? "bind/connect (abstract address)" : "bind/connect (path)");
   if (!abstract && path.find('\0') != std::string::npos)
-    ThrowArg(env, "ERR_INVALID_ARG_VALUE", "unix socket path contains a NUL byte");
+    ThrowArg(env, "unix socket path contains a NUL byte");
   memcpy(sa->sun_path, path.data(), path.size());
   return static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + path.size() + (abstract ? 0 : 1));
 }
@@ -42,9 +42,9 @@ Napi::Value AddrToValue(Napi::Env env, const struct sockaddr_un* sa, socklen_t l
 }
 
 int TypeArg(const Napi::CallbackInfo& info, size_t i) {
-  int type = IntArg(info, i, SOCK_STREAM);
+  int type = IntArg(info, i, SOCK_STREAM, 0, 2147483647.0, "type");
   if (type != SOCK_STREAM && type != SOCK_SEQPACKET && type != SOCK_DGRAM)
-    ThrowArg(info.Env(), "ERR_INVALID_ARG_VALUE", "socket type must be SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM");
+    ThrowArg(info.Env(), "socket type must be SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM");
   return type;
 }
 
@@ -78,7 +78,7 @@ Napi::Value Bind(const Napi::CallbackInfo& info) {
 // listen(fd, backlog)
 Napi::Value Listen(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
-  if (listen(fd, IntArg(info, 1, SOMAXCONN)) < 0) ThrowErrno(info.Env(), errno, "listen");
+  if (listen(fd, IntArg(info, 1, SOMAXCONN, 0, 2147483647.0, "backlog")) < 0) ThrowErrno(info.Env(), errno, "listen");
   return info.Env().Undefined();
 }
 
@@ -117,17 +117,27 @@ Napi::Value GetSockOpt(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   int v = 0;
   socklen_t len = sizeof(v);
-  if (getsockopt(fd, IntArg(info, 1, SOL_SOCKET), IntArg(info, 2, 0), &v, &len) < 0)
+  if (getsockopt(fd, IntArg(info, 1, SOL_SOCKET, 0, 2147483647.0, "level"), IntArg(info, 2, 0, 0, 2147483647.0, "name"), &v, &len) < 0)
     ThrowErrno(info.Env(), errno, "getsockopt");
   return Napi::Number::New(info.Env(), v);
 }
 
-// setsockopt(fd, level, name, value: int)
+// setsockopt(fd, level, name, value: int | Uint8Array): an int option, or the raw
+// bytes of a struct option (SO_LINGER's struct linger is Int32Array [onoff, seconds]).
 Napi::Value SetSockOpt(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
-  int v = IntArg(info, 3, 0);
-  if (setsockopt(fd, IntArg(info, 1, SOL_SOCKET), IntArg(info, 2, 0), &v, sizeof(v)) < 0)
-    ThrowErrno(info.Env(), errno, "setsockopt");
+  int level = IntArg(info, 1, SOL_SOCKET, 0, 2147483647.0, "level");
+  int name = IntArg(info, 2, 0, 0, 2147483647.0, "name");
+  Bytes b;
+  int r;
+  if (info.Length() > 3 && GetBytes(info[3], &b)) {
+    if (b.length > 256) ThrowArg(info.Env(), "option value longer than 256 bytes");
+    r = setsockopt(fd, level, name, b.data, static_cast<socklen_t>(b.length));
+  } else {
+    int v = IntArg(info, 3, 0, -2147483648.0, 2147483647.0, "value");
+    r = setsockopt(fd, level, name, &v, sizeof(v));
+  }
+  if (r < 0) ThrowErrno(info.Env(), errno, "setsockopt");
   return info.Env().Undefined();
 }
 
@@ -176,7 +186,7 @@ Napi::Value GetPeerName(const Napi::CallbackInfo& info) {
 // shutdown(fd, how)
 Napi::Value Shutdown(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
-  if (shutdown(fd, IntArg(info, 1, SHUT_WR)) < 0) ThrowErrno(info.Env(), errno, "shutdown");
+  if (shutdown(fd, IntArg(info, 1, SHUT_WR, 0, 2, "how")) < 0) ThrowErrno(info.Env(), errno, "shutdown");
   return info.Env().Undefined();
 }
 
@@ -200,7 +210,7 @@ Napi::Value CloseRange(const Napi::CallbackInfo& info) {
 // dup(fd): a close-on-exec duplicate (fcntl F_DUPFD_CLOEXEC)
 Napi::Value Dup(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
-  int n = fcntl(fd, F_DUPFD_CLOEXEC, IntArg(info, 1, 0));
+  int n = fcntl(fd, F_DUPFD_CLOEXEC, IntArg(info, 1, 0, 0, 2147483647.0, "minFd"));
   if (n < 0) ThrowErrno(info.Env(), errno, "fcntl(F_DUPFD_CLOEXEC)");
   return Napi::Number::New(info.Env(), n);
 }
@@ -255,6 +265,7 @@ void InitUnix(Napi::Env env, Napi::Object exports) {
   exports.Set("SO_SNDBUF", Napi::Number::New(env, SO_SNDBUF));
   exports.Set("SO_RCVBUF", Napi::Number::New(env, SO_RCVBUF));
   exports.Set("SO_PEERPIDFD", Napi::Number::New(env, SO_PEERPIDFD));
+  exports.Set("SO_LINGER", Napi::Number::New(env, SO_LINGER));
   exports.Set("SHUT_RD", Napi::Number::New(env, SHUT_RD));
   exports.Set("SHUT_WR", Napi::Number::New(env, SHUT_WR));
   exports.Set("SHUT_RDWR", Napi::Number::New(env, SHUT_RDWR));

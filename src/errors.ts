@@ -167,6 +167,8 @@ export class BackendTransferError extends Error {
     const sys = typeof e?.code === 'string' ? e.code : undefined;
     const text = e?.message ?? String(err);
     switch (sys) {
+      case 'ERR_INVALID_ARGUMENT': // the addon's argument checks
+        return new BackendTransferError(ErrorCodes.ERR_INVALID_ARGUMENT, `${context}: ${text}`, { cause: err });
       case 'EPIPE':
       case 'ECONNRESET':
       case 'ENOTCONN':

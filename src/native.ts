@@ -38,7 +38,14 @@ export interface IfReq {
   flags: number;
 }
 
-/** Every export makes one syscall (EINTR retried) and throws errno errors with .code/.errno/.syscall. */
+/**
+ * Every export makes one syscall (EINTR retried) and throws errno errors with
+ * .code/.errno/.syscall. Every integer argument is checked first: fds are integers
+ * in [0, 2^31 - 1], offsets and lengths safe integers inside their buffer, flags
+ * and options integers in their C type's range. A bad value (a fraction, NaN,
+ * Infinity, a negative or too large number, 2^32 + n) throws a TypeError with
+ * .code ERR_INVALID_ARGUMENT before any syscall; nothing is ever wrapped or truncated.
+ */
 export interface NativeBinding {
   // fdpass.cc
   /** Returns bytes written, or -EAGAIN. At most SCM_MAX_FD fds and IOV_MAX buffers. */
@@ -67,7 +74,8 @@ export interface NativeBinding {
   /** Returns 0, -EAGAIN (backlog full) or -EINPROGRESS. */
   connect(fd: number, address: string): number;
   getsockopt(fd: number, level: number, name: number): number;
-  setsockopt(fd: number, level: number, name: number, value: number): void;
+  /** value: an int option, or the raw bytes of a struct option (SO_LINGER: Int32Array [onoff, seconds]). */
+  setsockopt(fd: number, level: number, name: number, value: number | Uint8Array | Int32Array): void;
   getpeercred(fd: number): PeerCred;
   getpeerpidfd(fd: number): number;
   getsockname(fd: number): string | null;
@@ -92,6 +100,7 @@ export interface NativeBinding {
   readonly SO_SNDBUF: number;
   readonly SO_RCVBUF: number;
   readonly SO_PEERPIDFD: number;
+  readonly SO_LINGER: number;
   readonly SHUT_RD: number;
   readonly SHUT_WR: number;
   readonly SHUT_RDWR: number;
@@ -101,12 +110,17 @@ export interface NativeBinding {
 
   // fdinfo.cc
   fstat(fd: number): NativeStat;
+  /** The same fstat(2), returning st_mode only (cheap: no object). */
+  fstat_mode(fd: number): number;
   eventfd(initval: number, flags?: number): number;
   memfd_create(name: string, flags?: number): number;
   fcntl_add_seals(fd: number, seals: number): void;
   fcntl_get_seals(fd: number): number;
   pipe2(flags?: number): [number, number];
   pidfd_open(pid: number): number;
+  /** kcmp(2): 0 equal, 1 less, 2 greater, 3 unordered. KCMP_EPOLL_TFD is not supported. */
+  kcmp(pid1: number, pid2: number, type: number, idx1: number, idx2: number): number;
+  readonly KCMP_FILE: number;
   readonly S_IFMT: number;
   readonly S_IFSOCK: number;
   readonly S_IFCHR: number;
@@ -149,6 +163,15 @@ export interface NativeBinding {
   readonly TUN_F_TSO_ECN: number;
   readonly TUN_F_UFO: number;
 
+  // closer.cc
+  /**
+   * Queues fds for close(2) on a dedicated closer thread (not the libuv threadpool),
+   * so that a close that blocks (SO_LINGER, a tty draining, a FUSE flush) never
+   * blocks the caller. The fds are the closer's from then on.
+   */
+  close_deferred(fds: Int32Array | readonly number[]): void;
+  closer_stats(): { queued: number; busy: number; threads: number; closed: number };
+
   // poller.cc
   Poller: PollerConstructor;
   readonly UV_READABLE: number;
@@ -159,4 +182,10 @@ export interface NativeBinding {
 const require = createRequire(import.meta.url);
 const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
 
-export const native = nodeGypBuild(fileURLToPath(new URL('..', import.meta.url))) as NativeBinding;
+/**
+ * BACKEND_TRANSFER_NATIVE=/path/to/backend_transfer.node loads that build of the
+ * addon instead (the sanitizer run builds one with ASan and UBSan elsewhere).
+ */
+const override = process.env.BACKEND_TRANSFER_NATIVE;
+
+export const native = (override ? require(override) : nodeGypBuild(fileURLToPath(new URL('..', import.meta.url)))) as NativeBinding;

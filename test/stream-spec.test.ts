@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { AckStage, Features, MemoryChannel, StreamReader, StreamWriter, closeFds, inspectFd, native, type SectionItem } from '../src/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
+import { decodeHeader } from '../src/stream/codec.js';
 
 trackFdLeaks();
 
@@ -58,7 +59,14 @@ describe('docs/stream-format.md examples', () => {
     const bytes = example('section-with-fd');
     const efd = native.eventfd(7);
     const r = new StreamReader({ role: 'inspect' });
-    const items = r.feed(bytes, [native.dup(efd)]);
+    // The fd arrives with the section frame's bytes; a read that takes it ends with that frame.
+    let end = 8;
+    for (let off = 8; off < bytes.length; ) {
+      const h = decodeHeader(bytes, off);
+      off += 20 + h.bodyLength + 4;
+      if (h.fdCount > 0) end = off;
+    }
+    const items = [...r.feed(bytes.subarray(0, end), [native.dup(efd)]), ...r.feed(bytes.subarray(end))];
     const s = items.find((i): i is SectionItem => i.type === 'section')!;
     expect(s.attachments.map((a) => ({ kind: a.kind, name: a.name, meta: a.meta }))).toEqual([{ kind: 'eventfd', name: 'kick0', meta: { queue: 0 } }]);
     expect(inspectFd(s.attachments[0]!.fd).kind).toBe('eventfd');

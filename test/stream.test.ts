@@ -328,13 +328,14 @@ describe('hardening: each error has its code, and no fd survives it', () => {
     const eofStart = bytes.length - 24;
     for (const cut of [3, 8 + 10, 8 + 30, eofStart, eofStart + 5]) {
       const r = targetReader(built);
-      const fds: number[] = [];
+      // the writes up to the cut, each with its fds, read as the kernel would hand them over
+      const upTo: { bytes: Buffer; fds: number[] }[] = [];
       let off = 0;
       for (const w of built.channel.writes) {
-        if (off < cut) fds.push(...w.fds.map((fd) => native.dup(fd)));
+        if (off < cut) upTo.push({ bytes: w.bytes.subarray(0, Math.min(w.bytes.length, cut - off)), fds: w.fds.map((fd) => native.dup(fd)) });
         off += w.bytes.length;
       }
-      closeItems(r.feed(bytes.subarray(0, cut), fds));
+      closeItems(feedSplit(r, upTo));
       const e = await expectCode(() => r.end(), 'ERR_STREAM_TRUNCATED');
       expect(e.message).toMatch(cut === eofStart ? /between frames, before the EOF frame/ : /stream ended/);
       expect(r.pendingFds).toBe(0);

@@ -1,10 +1,85 @@
 // fd utilities: closing without throwing, and telling what an fd is.
-import { readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { native } from '../native.js';
 import { BackendTransferError } from '../errors.js';
 
-/** Closes an fd. Returns false (never throws) when it was not open. */
+// Closing never blocks the event loop. close(2) itself can block for as long as
+// whoever shares the file likes: the last close of a TCP socket with SO_LINGER
+// {on, N s} and unsent data waits up to N s (the peer that sent it chose N, or set
+// it later on its own copy: the option lives on the shared socket); a tty waits
+// for its output to drain; a FUSE or NFS file flushes to its server. So every fd
+// is first told apart (fstat, one more syscall for sockets and regular files):
+// those whose close cannot block are closed here at once (close_range for runs),
+// all others go to the addon's closer thread (native.close_deferred), which closes
+// them off the loop and off the libuv threadpool. No socket option is changed.
+
+/** How an fd may be closed. */
+type CloseHow = 'now' | 'deferred' | 'not-open';
+
+// misc character devices whose release never waits on anyone: tun/tap, vhost-net
+const MISC_MAJOR_ = 10;
+const MEM_MAJOR = 1; // /dev/null, /dev/zero, /dev/urandom ...
+
+/**
+ * Whether closing `fd` can block: 'now' only for kinds whose last close never
+ * waits (AF_UNIX sockets, pipes, anon inodes such as eventfd and pidfd, memfd and
+ * other shmem files, tun/tap and vhost-net, /dev/null and friends). Everything
+ * else, a TCP socket first of all, is 'deferred'.
+ */
+function closeHow(fd: number): CloseHow {
+  let mode: number;
+  try {
+    mode = native.fstat_mode(fd);
+  } catch {
+    return 'not-open';
+  }
+  switch (mode & native.S_IFMT) {
+    case 0: // anon inode: eventfd, pidfd, epoll, timerfd, signalfd
+    case native.S_IFIFO:
+      return 'now';
+    case native.S_IFSOCK:
+      try {
+        return native.getsockopt(fd, native.SOL_SOCKET, native.SO_DOMAIN) === native.AF_UNIX ? 'now' : 'deferred';
+      } catch {
+        return 'deferred';
+      }
+    case native.S_IFCHR: {
+      let st;
+      try {
+        st = native.fstat(fd);
+      } catch {
+        return 'deferred';
+      }
+      if (st.rdevMajor === MEM_MAJOR) return 'now';
+      if (st.rdevMajor === MISC_MAJOR_ && (st.rdevMinor === 200 || st.rdevMinor === 238)) return 'now';
+      return 'deferred';
+    }
+    case native.S_IFREG:
+      // F_GET_SEALS answers for shmem files only (memfd, tmpfs): their close never waits.
+      try {
+        native.fcntl_get_seals(fd);
+        return 'now';
+      } catch {
+        return 'deferred';
+      }
+    default:
+      return 'deferred';
+  }
+}
+
+/**
+ * Closes an fd without blocking the caller. Returns false (never throws) when it
+ * was not open. An fd whose close could block goes to the closer thread: it is
+ * closed shortly after, off the loop.
+ */
 export function closeFd(fd: number): boolean {
+  if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) return false;
+  const how = closeHow(fd);
+  if (how === 'not-open') return false;
+  if (how === 'deferred') {
+    native.close_deferred([fd]);
+    return true;
+  }
   try {
     native.close(fd);
     return true;
@@ -18,7 +93,9 @@ const RANGE_MIN = 4;
 let haveCloseRange = true;
 
 /**
- * Closes every fd in the list; errors (an fd not open) are ignored.
+ * Closes every fd in the list, never blocking the caller; errors (an fd not open,
+ * not an fd at all) are ignored. Fds whose close could block (see closeFd) go to
+ * the closer thread.
  *
  * Fds received together usually have consecutive numbers (the kernel hands out the
  * lowest free ones), so runs of RANGE_MIN or more consecutive listed fds go in one
@@ -28,25 +105,48 @@ let haveCloseRange = true;
  * it falls back to close(2).
  */
 export function closeFds(fds: Iterable<number>): void {
-  const list = Array.isArray(fds) ? (fds as number[]) : [...fds];
-  if (list.length < RANGE_MIN || !haveCloseRange) {
-    for (const fd of list) closeFd(fd);
+  const all = Array.isArray(fds) ? (fds as number[]) : [...fds];
+  if (all.length === 0) return;
+  // Sorted, so that repeats are neighbours and runs are found in one pass.
+  const sorted = new Int32Array(all.length);
+  let n = 0;
+  for (const fd of all) if (Number.isInteger(fd) && fd >= 0 && fd <= 0x7fffffff) sorted[n++] = fd;
+  const list = n === all.length ? sorted.sort() : sorted.subarray(0, n).sort();
+  let deferred: number[] | null = null;
+  let now = 0; // list[0, now) are the fds to close here, deduplicated, in order
+  for (let i = 0; i < list.length; i++) {
+    const fd = list[i]!;
+    if (i > 0 && fd === list[i - 1]) continue;
+    const how = closeHow(fd);
+    if (how === 'now') list[now++] = fd;
+    else if (how === 'deferred') (deferred ??= []).push(fd);
+  }
+  if (deferred !== null) native.close_deferred(deferred);
+  if (now < RANGE_MIN || !haveCloseRange) {
+    for (let i = 0; i < now; i++) closeNow(list[i]!);
     return;
   }
-  const sorted = Int32Array.from(list).sort();
   let i = 0;
-  while (i < sorted.length) {
-    const first = sorted[i]!;
+  while (i < now) {
+    const first = list[i]!;
     let j = i + 1;
     let last = first;
-    // extend over consecutive numbers; a repeated fd stays inside the run
-    while (j < sorted.length && (sorted[j] === last || sorted[j] === last + 1)) last = sorted[j++]!;
+    // extend over consecutive numbers
+    while (j < now && list[j] === last + 1) last = list[j++]!;
     if (last - first + 1 >= RANGE_MIN && closeRange(first, last)) {
       i = j;
       continue;
     }
-    for (let k = i; k < j; k++) if (k === i || sorted[k] !== sorted[k - 1]) closeFd(sorted[k]!);
+    for (let k = i; k < j; k++) closeNow(list[k]!);
     i = j;
+  }
+}
+
+function closeNow(fd: number): void {
+  try {
+    native.close(fd);
+  } catch {
+    /* not open */
   }
 }
 
@@ -221,3 +321,113 @@ export function inspectFd(fd: number): FdInfo {
   }
   return info;
 }
+
+// ---------------------------------------------------------------- one file, two fds
+
+/** How sameFile() tells open files apart: kcmp(KCMP_FILE), or the fallback. */
+export type SameFileMethod = 'kcmp' | 'fallback';
+// BACKEND_TRANSFER_NO_KCMP=1 uses the fallback as if kcmp were not allowed (to test it,
+// or where a seccomp filter kills rather than refuses the syscall).
+let kcmpWorks: boolean | undefined = process.env.BACKEND_TRANSFER_NO_KCMP === '1' ? false : undefined;
+
+const KCMP_UNAVAILABLE = new Set(['EPERM', 'EACCES', 'ENOSYS', 'EINVAL']);
+
+/**
+ * kcmp(KCMP_FILE) of two fds of this process: <0, 0, >0 as their open file
+ * descriptions order (0: the same one). null when kcmp cannot be used here
+ * (ENOSYS without CONFIG_KCMP, EPERM under some YAMA/seccomp settings).
+ */
+function kcmpFiles(a: number, b: number): number | null {
+  if (kcmpWorks === false) return null;
+  let r: number;
+  try {
+    r = native.kcmp(process.pid, process.pid, native.KCMP_FILE, a, b);
+  } catch (err) {
+    const code = (err as { code?: string }).code ?? '';
+    if (KCMP_UNAVAILABLE.has(code)) {
+      kcmpWorks = false;
+      return null;
+    }
+    throw BackendTransferError.fromSystem(err, `kcmp(KCMP_FILE) of fds ${a} and ${b}`);
+  }
+  kcmpWorks = true;
+  return r === 0 ? 0 : r === 1 ? -1 : 1;
+}
+
+/** Which method sameFile()/findSameFile() use on this machine (probed once). */
+export function sameFileMethod(): SameFileMethod {
+  if (kcmpWorks === undefined) {
+    const fd = native.eventfd(0);
+    try {
+      kcmpFiles(fd, fd);
+    } finally {
+      native.close(fd);
+    }
+  }
+  return kcmpWorks ? 'kcmp' : 'fallback';
+}
+
+/**
+ * The fallback identity of an open file where kcmp is not available: exact for
+ * sockets (a socket has exactly one open file, so its inode names it) and for
+ * eventfds (the eventfd-id of /proc/self/fdinfo); null for every other kind,
+ * which is then not compared (two opens of one inode are different files, and
+ * nothing but kcmp tells them from one file twice).
+ */
+function fallbackKey(fd: number): string | null {
+  let st;
+  try {
+    st = native.fstat(fd);
+  } catch {
+    return null;
+  }
+  if (st.type === native.S_IFSOCK) return `sock:${st.devMajor}:${st.devMinor}:${st.ino}`;
+  if (st.type === 0) {
+    try {
+      const m = /^eventfd-id:\s*(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+      if (m) return `eventfd:${m[1]}`;
+    } catch {
+      /* no /proc */
+    }
+  }
+  return null;
+}
+
+/**
+ * Positions [i, j] (i < j) of two fds in `fds` that refer to the same open file
+ * description, or null if all are distinct. With kcmp the fds are sorted by
+ * kcmp's order (O(n log n) syscalls) and neighbours compared; without it, see
+ * fallbackKey (sockets and eventfds only).
+ */
+export function findSameFile(fds: readonly number[]): [number, number] | null {
+  if (fds.length < 2) return null;
+  if (kcmpWorks !== false) {
+    const idx = fds.map((_, i) => i);
+    try {
+      idx.sort((i, j) => {
+        const r = kcmpFiles(fds[i]!, fds[j]!);
+        if (r === null) throw KCMP_GONE;
+        return r;
+      });
+      for (let k = 0; k + 1 < idx.length; k++) {
+        if (kcmpFiles(fds[idx[k]!]!, fds[idx[k + 1]!]!) === 0) {
+          const [a, b] = [idx[k]!, idx[k + 1]!];
+          return a < b ? [a, b] : [b, a];
+        }
+      }
+      return null;
+    } catch (err) {
+      if (err !== KCMP_GONE) throw err;
+    }
+  }
+  const seen = new Map<string, number>();
+  for (let i = 0; i < fds.length; i++) {
+    const key = fallbackKey(fds[i]!);
+    if (key === null) continue;
+    const j = seen.get(key);
+    if (j !== undefined) return [j, i];
+    seen.set(key, i);
+  }
+  return null;
+}
+const KCMP_GONE = new Error('kcmp unavailable');

@@ -8,7 +8,8 @@
 import { BackendTransferError, ErrorCodes, withoutCode } from '../errors.js';
 import { acceptFor } from '../backends/policy.js';
 import type { Arrival, Resolved, TargetDevice } from '../backends/types.js';
-import { closeFds } from '../fd/index.js';
+import { closeFds, findSameFile, sameFileMethod } from '../fd/index.js';
+import { verifyError } from '../backends/common.js';
 import { fdBudget } from '../stream/budget.js';
 import { fdSocketChannel } from '../stream/channel.js';
 import { answerOffers } from '../stream/negotiate.js';
@@ -158,6 +159,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   /** The source died before COMMIT: keep the devices that arrived whole and verify, close the rest. */
   const takeover = async (): Promise<ReceiveHandoverResult> => {
     let all = endOfState;
+    const kept: Pending[] = [];
     for (const [key, p] of pending) {
       if (adopted.has(key)) continue;
       const fds = p.arrival.attachments.map((a) => a.fd);
@@ -169,7 +171,9 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       if (!p.parts.empty) p.arrival.state = p.parts.joined();
       try {
         p.target.verify(p.arrival);
+        checkDistinctFiles([...kept, p]);
         adopted.set(key, p.target.adopt(p.arrival));
+        kept.push(p);
       } catch {
         closeFds(fds);
         all = false;
@@ -371,6 +375,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       if (!p.planned.withFds || !p.target) continue;
       p.target.verify(p.arrival);
     }
+    checkDistinctFiles([...pending.values()].filter((p) => p.planned.withFds && p.target));
     await guard(writer.ack(AckStage.VERIFIED), timeouts.verify, 'sending ACK(VERIFIED)');
 
     enter('adopt');
@@ -440,4 +445,31 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     if (sock && !(o.socket instanceof FdSocket)) sock.close();
     stateParts = null;
   }
+}
+
+/**
+ * Every fd the devices of one handover receive must be its own open file: a
+ * source that sends one file twice (one TAP queue as queue0 and queue1, one
+ * eventfd as kick and call, or one fd in two devices) would pass each per-fd
+ * check, and the two "backends" would then share a queue. kcmp(KCMP_FILE) tells
+ * open file descriptions apart; where it is not available (EPERM under YAMA,
+ * ENOSYS), sockets and eventfds are still compared (see findSameFile).
+ * ERR_BACKEND_VERIFY names both fds.
+ */
+function checkDistinctFiles(devices: readonly Pending[]): void {
+  const fds: number[] = [];
+  const owner: { device: string; name: string }[] = [];
+  for (const p of devices) {
+    for (const a of p.arrival.attachments) {
+      fds.push(a.fd);
+      owner.push({ device: p.planned.id, name: a.name });
+    }
+  }
+  const same = findSameFile(fds);
+  if (!same) return;
+  const [x, y] = [owner[same[0]]!, owner[same[1]]!];
+  const other = x.device === y.device ? `fd ${y.name}` : `fd ${y.name} of device ${y.device}`;
+  throw verifyError(x.device, `fd ${x.name} and ${other} are the same open file (one file sent twice), found by ${sameFileMethod() === 'kcmp' ? 'kcmp(KCMP_FILE)' : 'inode/eventfd-id'}`, {
+    sameFile: [x, y],
+  });
 }

@@ -49,14 +49,31 @@ export interface FrameHeader {
   firstFdSeq: number;
 }
 
+/**
+ * Checks that `v` is an integer in [0, max] before it is encoded: a value the field
+ * cannot hold is ERR_INVALID_ARGUMENT, never masked or wrapped (an instance of
+ * 2^32 + 7 must not go out as 7).
+ */
+export function checkUint(v: unknown, max: number, what: string): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
+    throw BackendTransferError.invalidArgument(`${what} must be an integer in [0, ${max}], got ${String(v)}`);
+  }
+  return v;
+}
+
+const U8_MAX = 0xff;
+const U16_MAX = 0xffff;
+const U32_MAX = 0xffffffff;
+const U64_MAX = (1n << 64n) - 1n;
+
 export function encodeHeader(h: FrameHeader): Buffer {
   const b = Buffer.allocUnsafe(HEADER_SIZE);
-  b[0] = h.type;
-  b[1] = h.flags;
+  b[0] = checkUint(h.type, U8_MAX, 'frame type');
+  b[1] = checkUint(h.flags, U8_MAX, 'frame flags');
   b.writeUInt16LE(0, 2);
-  b.writeUInt32LE(h.bodyLength, 4);
-  b.writeUInt32LE(h.fdCount, 8);
-  b.writeUInt32LE(h.firstFdSeq, 12);
+  b.writeUInt32LE(checkUint(h.bodyLength, U32_MAX, 'bodyLength'), 4);
+  b.writeUInt32LE(checkUint(h.fdCount, U32_MAX, 'fdCount'), 8);
+  b.writeUInt32LE(checkUint(h.firstFdSeq, U32_MAX, 'firstFdSeq'), 12);
   b.writeUInt32LE(crc32(b.subarray(0, 16)), 16);
   return b;
 }
@@ -88,18 +105,20 @@ class BodyWriter {
   constructor(size: number) {
     this.buf = Buffer.allocUnsafe(size);
   }
-  u8(v: number): void {
-    this.buf[this.pos++] = v;
+  // Every field is range-checked: a value it cannot hold is ERR_INVALID_ARGUMENT.
+  u8(v: number, what = 'u8 field'): void {
+    this.buf[this.pos++] = checkUint(v, U8_MAX, what);
   }
-  u16(v: number): void {
-    this.buf.writeUInt16LE(v, this.pos);
+  u16(v: number, what = 'u16 field'): void {
+    this.buf.writeUInt16LE(checkUint(v, U16_MAX, what), this.pos);
     this.pos += 2;
   }
-  u32(v: number): void {
-    this.buf.writeUInt32LE(v >>> 0, this.pos);
+  u32(v: number, what = 'u32 field'): void {
+    this.buf.writeUInt32LE(checkUint(v, U32_MAX, what), this.pos);
     this.pos += 4;
   }
-  u64(v: bigint): void {
+  u64(v: bigint, what = 'u64 field'): void {
+    if (typeof v !== 'bigint' || v < 0n || v > U64_MAX) throw BackendTransferError.invalidArgument(`${what} must be in [0, 2^64 - 1], got ${String(v)}`);
     this.buf.writeBigUInt64LE(v, this.pos);
     this.pos += 8;
   }
@@ -142,20 +161,20 @@ export function encodeHello(h: Hello): Buffer {
   let size = 2 + 2 + 4 + 1 + 1 + 4 + 4 + probe.length + 4 + 4 + info.length;
   for (const x of offers) size += 2 + x.kind.length + 2 + x.id.length + 4 + 4 + 4 + 1;
   const w = new BodyWriter(size);
-  w.u16(h.minVersion);
-  w.u16(h.maxVersion);
+  w.u16(h.minVersion, 'minVersion');
+  w.u16(h.maxVersion, 'maxVersion');
   w.u32(h.features);
   w.u8(h.canPassFds ? 1 : 0);
   w.u8(0);
-  w.u32(h.fdBudget);
+  w.u32(h.fdBudget, 'fdBudget');
   w.blob(probe);
   w.u32(offers.length);
   for (const { o, kind, id } of offers) {
     w.str(kind);
     w.str(id);
-    w.u32(o.instance);
-    w.u32(o.version);
-    w.u32(o.fdCount);
+    w.u32(o.instance, 'instance');
+    w.u32(o.version, 'version');
+    w.u32(o.fdCount, 'fdCount');
     w.u8((o.wantsFds ? 1 : 0) | (o.required ? 2 : 0));
   }
   w.blob(info);
@@ -172,11 +191,11 @@ export function encodeWelcome(wl: Welcome): Buffer {
   w.u32(wl.features);
   w.u8(wl.canPassFds ? 1 : 0);
   w.u8(0);
-  w.u32(wl.fdBudget);
+  w.u32(wl.fdBudget, 'fdBudget');
   w.u32(answers.length);
   for (const { a, id } of answers) {
     w.str(id);
-    w.u32(a.instance);
+    w.u32(a.instance, 'instance');
     w.u8(a.decision);
     w.u8(a.reason);
     w.u32(a.minVersion);
@@ -198,8 +217,8 @@ export function encodePlan(p: Plan): Buffer {
   for (const { d, kind, id } of devs) {
     w.str(kind);
     w.str(id);
-    w.u32(d.instance);
-    w.u32(d.version);
+    w.u32(d.instance, 'instance');
+    w.u32(d.version, 'version');
     w.u8(d.withFds ? 1 : 0);
     w.u32(d.fdCount);
   }
@@ -217,8 +236,8 @@ export function encodeSectionPrefix(type: number, s: SectionHeader, inMemfd: boo
   const w = new BodyWriter(size);
   w.u32(s.sectionId);
   if (opens) {
-    w.u32(s.instanceId ?? 0);
-    w.u32(s.versionId ?? 0);
+    w.u32(s.instanceId ?? 0, 'instance');
+    w.u32(s.versionId ?? 0, 'version');
     w.str(idstr!);
   }
   w.u16(atts.length);
@@ -228,7 +247,7 @@ export function encodeSectionPrefix(type: number, s: SectionHeader, inMemfd: boo
     w.str(name);
     w.blob(meta);
   }
-  w.u32(s.payloadLength);
+  w.u32(s.payloadLength, 'payloadLength');
   if (inMemfd) w.u32(s.payloadCrc ?? 0);
   return w.done();
 }
@@ -237,7 +256,7 @@ export function encodeEndOfState(e: EndOfState): Buffer {
   const w = new BodyWriter(16);
   w.u32(e.sectionCount);
   w.u32(e.totalFds);
-  w.u64(e.payloadBytes);
+  w.u64(e.payloadBytes, 'payloadBytes');
   return w.done();
 }
 

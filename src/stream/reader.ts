@@ -661,6 +661,23 @@ export class StreamReader {
         );
       }
     }
+    // Every fd of a frame arrives no later than the frame's last byte. The kernel
+    // ends a recvmsg right after the bytes an fd batch was sent on, and may start
+    // it with earlier bytes sent without fds: so a batch whose chunk ends past this
+    // frame was sent on a later frame's bytes (the kernel merged the two writes),
+    // and this frame's own fds are missing.
+    if (h.fdCount > 0) {
+      const last = this.#fdQueue[this.#fdHead + h.fdCount - 1]!;
+      if (last.chunkEnd > frameEnd) {
+        let late = 0;
+        for (let i = this.#fdHead; i < this.#fdHead + h.fdCount; i++) if (this.#fdQueue[i]!.chunkEnd > frameEnd) late++;
+        throw new BackendTransferError(
+          ErrorCodes.ERR_STREAM_FD_MISSING,
+          `${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart} carries ${h.fdCount} fd(s) but ${late} of them arrived with bytes past its end (offset ${frameEnd}), on a later frame`,
+          { details: { declared: h.fdCount, arrived: h.fdCount - late, late, frameEnd, chunkEnd: last.chunkEnd } },
+        );
+      }
+    }
     const out: number[] = new Array<number>(h.fdCount);
     for (let i = 0; i < h.fdCount; i++) out[i] = this.#fdQueue[this.#fdHead++]!.fd;
     this.#claimedSeq += h.fdCount;

@@ -146,7 +146,9 @@ function typeOf(t: SocketType): number {
 
 function validateFds(fds: readonly number[]): void {
   for (const fd of fds) {
-    if (!Number.isInteger(fd) || fd < 0) throw BackendTransferError.invalidArgument(`fds must be non-negative integers, got ${String(fd)}`);
+    // The addon's own check, made here too so that nothing is queued: an fd is an
+    // integer in [0, 2^31 - 1], never wrapped (2^32 + 21 is not fd 21).
+    if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) throw BackendTransferError.invalidArgument(`fds must be integers in [0, 2^31 - 1], got ${String(fd)}`);
   }
 }
 

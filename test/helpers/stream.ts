@@ -96,19 +96,24 @@ export function dupWrites(channel: MemoryChannel): { bytes: Buffer; fds: number[
 }
 
 /**
- * Feeds writes to a reader split at `cuts` (stream offsets). Each write's fds go
- * with the chunk holding the write's first byte. Returns all items; rethrows the
+ * Feeds writes to a reader split at `cuts` (stream offsets), and at the end of
+ * every write that carries fds (where the kernel ends a recvmsg). Each write's
+ * fds go with the chunk holding the write's first byte. Returns all items; rethrows the
  * reader's error after closing what it had handed out.
  */
 export function feedSplit(reader: StreamReader, writes: { bytes: Buffer; fds: number[] }[], cuts: number[] = []): StreamItem[] {
   const all = Buffer.concat(writes.map((w) => w.bytes));
   const fdAt = new Map<number, number[]>();
+  const fdEnds: number[] = [];
   let off = 0;
   for (const w of writes) {
     if (w.fds.length) fdAt.set(off, [...(fdAt.get(off) ?? []), ...w.fds]);
     off += w.bytes.length;
+    if (w.fds.length) fdEnds.push(off);
   }
-  const points = [...new Set([0, ...cuts.filter((c) => c > 0 && c < all.length), all.length])].sort((a, b) => a - b);
+  // As the kernel does: a read that takes fds ends at the latest with the write
+  // they were sent with (it may start with earlier bytes that came without fds).
+  const points = [...new Set([0, ...[...cuts, ...fdEnds].filter((c) => c > 0 && c < all.length), all.length])].sort((a, b) => a - b);
   if (points.length === 1) points.push(0); // no bytes at all: still one feed, with every fd
   const items: StreamItem[] = [];
   const fdStarts = [...fdAt.keys()];
