@@ -235,7 +235,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
     }
     for (const p of pending.values()) p.arrival.state = Buffer.concat(p.parts);
-    await guard(writer.ack(AckStage.LOADED, `${sections} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
+    await guard(writer.ack(AckStage.LOADED, `${pending.size} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
 
     enter('verify');
     for (const p of pending.values()) {

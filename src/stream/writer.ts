@@ -23,6 +23,7 @@ import {
 } from './codec.js';
 import {
   AttachmentRole,
+  FRAME_NAMES,
   Features,
   FrameFlags,
   FrameType,
@@ -98,6 +99,10 @@ export class StreamWriter {
   #fdSeq = 0;
   #nextSectionId = 1;
   #written = new Set<string>();
+  /** The section whose SECTION_START went out and whose SECTION_END did not yet. */
+  #openSection: number | null = null;
+  /** A section left open by a failed payload: only ABORT (and PING, PONG) may follow, then EOF. */
+  #abandoned: number | null = null;
   #busy: Promise<void> = Promise.resolve();
   readonly totals: WriterTotals = { frames: 0, bytes: 0, sections: 0, deviceFds: 0, payloadBytes: 0n };
 
@@ -173,7 +178,15 @@ export class StreamWriter {
    * bounded. Checks against the plan before writing anything.
    */
   section(device: SectionDevice, attachments: readonly OutgoingAttachment[], payload: SectionPayload = EMPTY): Promise<void> {
-    return this.#serial(() => this.#section(device, attachments, payload));
+    return this.#serial(async () => {
+      try {
+        await this.#section(device, attachments, payload);
+      } finally {
+        // Its payload failed after SECTION_START went out: the section stays open, and
+        // a reader takes nothing but PART/END there, or ABORT (docs/stream-format.md, "Order").
+        if (this.#openSection !== null) this.#abandoned = this.#openSection;
+      }
+    });
   }
 
   async #section(device: SectionDevice, attachments: readonly OutgoingAttachment[], payload: SectionPayload): Promise<void> {
@@ -346,6 +359,12 @@ export class StreamWriter {
   }
 
   async #frame(type: number, flags: number, body: Uint8Array[], fds: number[], payloadBytes = 0): Promise<void> {
+    if (this.#abandoned !== null && type !== FrameType.ABORT && type !== FrameType.PING && type !== FrameType.PONG) {
+      throw new BackendTransferError(
+        ErrorCodes.ERR_STREAM_WRITER_FAILED,
+        `section ${this.#abandoned} was left open when its payload failed: only ABORT may follow (${FRAME_NAMES[type] ?? type} not written)`,
+      );
+    }
     let bodyLength = 0;
     for (const b of body) bodyLength += b.length;
     let bodyCrc = 0;
@@ -374,6 +393,11 @@ export class StreamWriter {
     }
     this.#magicPending = false;
     this.#fdSeq += fds.length;
+    if (type === FrameType.SECTION_START) this.#openSection = sectionIdOf(body);
+    else if (type === FrameType.SECTION_END || type === FrameType.ABORT) {
+      this.#openSection = null;
+      if (type === FrameType.ABORT) this.#abandoned = null;
+    }
     const bytes = head.length + rest.reduce((n, r) => n + r.length, 0);
     this.totals.frames++;
     this.totals.bytes += bytes;
@@ -405,4 +429,10 @@ function memfdCrc(fd: number, length: number): number {
     off += n;
   }
   return crc;
+}
+
+/** A section frame's sectionId: the first u32 of its body. */
+function sectionIdOf(body: Uint8Array[]): number {
+  const b = body[0]!;
+  return Buffer.from(b.buffer, b.byteOffset, b.length).readUInt32LE(0);
 }
