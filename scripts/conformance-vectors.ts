@@ -1025,6 +1025,19 @@ for (const [name, text, why] of [
   vectors.push({ name, description: `HELLO's info is ${JSON.stringify(text)}: ${why}.`, direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
 }
 
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, {
+    bytes: rawHello({ id: Buffer.from('cpu0'), info: Buffer.from('{"a":1,"a":2}') }),
+    decoded: { minVersion: 1, maxVersion: 1, features: BODY_CRC, canPassFds: 0, fdBudget: 0xffffffff, probe: null, offers: [{ kind: 'state', id: 'cpu0', instance: 0, version: 1, fdCount: 0, flags: 2 }], info: { a: 2 } },
+  });
+  s.frame(T.PLAN, plan({ features: BODY_CRC, devices: [{ kind: 'state', id: 'cpu0' }] }));
+  s.frame(T.SECTION_FULL, fullCpu0());
+  s.frame(T.END_OF_STATE, endOfState(1, 0, 5));
+  s.frame(T.EOF, empty());
+  vectors.push({ name: 'valid-json-duplicate-name', description: 'HELLO\'s info is {"a":1,"a":2}: duplicate names are accepted, the last one wins ({"a":2}).', direction: 'main', reader: 'inspect', stream: s, expect: ok(s) });
+}
+
 // Limits come before the fit: a length or count over its limit is ERR_STREAM_TOO_LARGE
 // even when the bytes behind it are too few.
 {

@@ -115,7 +115,9 @@ def main():
         same = a.split("@")[0] == b.split(" ")[0]
         rows.append({"case": name, "python": a, "library": b, "agree": same})
         print("%-5s %-50s python=%-32s library=%s" % ("same" if same else "DIFF", name, a, b))
-    json.dump(rows, open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe_results.json"), "w"), indent=1)
+    # --json FILE: also write the rows as JSON (the original run kept probe_results.json; the vectors now pin these cases)
+    if "--json" in sys.argv:
+        json.dump(rows, open(sys.argv[sys.argv.index("--json") + 1], "w"), indent=1)
 
 
 if __name__ == "__main__":
