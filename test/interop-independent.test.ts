@@ -143,7 +143,7 @@ function brokenSource(path: string): Promise<{ ok: boolean; code?: string; messa
 describe('a source whose state breaks midway sends ABORT inside the open section', () => {
   it("the library's target reports the source's code and reason (ERR_HANDOVER_ABORTED), not a protocol error", async () => {
     const path = join(dir, 'midway-lib.sock');
-    const target = receiveHandover({ socket: path, accept: [], warmUp: false, collectGarbage: false });
+    const target = receiveHandover({ socket: path, backendTransfer: false, accept: [], warmUp: false, collectGarbage: false });
     target.catch(() => undefined);
     for (let i = 0; i < 500 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 10));
     const src = await brokenSource(path);
