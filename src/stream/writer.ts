@@ -101,8 +101,10 @@ export class StreamWriter {
   #written = new Set<string>();
   /** The section whose SECTION_START went out and whose SECTION_END did not yet. */
   #openSection: number | null = null;
-  /** A section left open by a failed payload: only ABORT (and PING, PONG) may follow, then EOF. */
-  #abandoned: number | null = null;
+  /** The device whose section is being written (counted in the totals already). */
+  #writing: string | null = null;
+  /** Why the state is broken (a section's payload failed midway): only ABORT (and PING, PONG) may follow, then EOF. */
+  #broken: string | null = null;
   #busy: Promise<void> = Promise.resolve();
   readonly totals: WriterTotals = { frames: 0, bytes: 0, sections: 0, deviceFds: 0, payloadBytes: 0n };
 
@@ -181,10 +183,16 @@ export class StreamWriter {
     return this.#serial(async () => {
       try {
         await this.#section(device, attachments, payload);
+      } catch (err) {
+        // Its payload failed after the checks (the section is counted, perhaps open
+        // after SECTION_START): no later section or END_OF_STATE can be right, and a
+        // reader takes only ABORT inside an open section (docs/stream-format.md, "Order").
+        if (this.#writing !== null) {
+          this.#broken = this.#openSection !== null ? `section ${this.#openSection} (${this.#writing}) was left open when its payload failed` : `the section of ${this.#writing} failed`;
+        }
+        throw err;
       } finally {
-        // Its payload failed after SECTION_START went out: the section stays open, and
-        // a reader takes nothing but PART/END there, or ABORT (docs/stream-format.md, "Order").
-        if (this.#openSection !== null) this.#abandoned = this.#openSection;
+        this.#writing = null;
       }
     });
   }
@@ -210,6 +218,7 @@ export class StreamWriter {
     if (this.#written.has(key)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_DUPLICATE_SECTION, `device ${device.id}/${device.instance} already has a section`);
     if (isMemfdPayload(payload)) this.#checkMemfd(payload);
     this.#written.add(key);
+    this.#writing = device.id;
     const sectionId = this.#nextSectionId++;
     const atts = attachments.map((a) => ({ kind: a.kind, role: AttachmentRole.DEVICE as 0 | 1, name: a.name, meta: a.meta ?? null }));
     const fds = attachments.map((a) => a.fd);
@@ -359,11 +368,8 @@ export class StreamWriter {
   }
 
   async #frame(type: number, flags: number, body: Uint8Array[], fds: number[], payloadBytes = 0): Promise<void> {
-    if (this.#abandoned !== null && type !== FrameType.ABORT && type !== FrameType.PING && type !== FrameType.PONG) {
-      throw new BackendTransferError(
-        ErrorCodes.ERR_STREAM_WRITER_FAILED,
-        `section ${this.#abandoned} was left open when its payload failed: only ABORT may follow (${FRAME_NAMES[type] ?? type} not written)`,
-      );
+    if (this.#broken !== null && type !== FrameType.ABORT && type !== FrameType.PING && type !== FrameType.PONG) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_WRITER_FAILED, `${this.#broken}: only ABORT may follow (${FRAME_NAMES[type] ?? type} not written)`);
     }
     let bodyLength = 0;
     for (const b of body) bodyLength += b.length;
@@ -396,7 +402,7 @@ export class StreamWriter {
     if (type === FrameType.SECTION_START) this.#openSection = sectionIdOf(body);
     else if (type === FrameType.SECTION_END || type === FrameType.ABORT) {
       this.#openSection = null;
-      if (type === FrameType.ABORT) this.#abandoned = null;
+      if (type === FrameType.ABORT) this.#broken = null;
     }
     const bytes = head.length + rest.reduce((n, r) => n + r.length, 0);
     this.totals.frames++;
