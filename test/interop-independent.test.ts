@@ -10,13 +10,14 @@
 // the library's target and the independent one report the source's reason.
 // Each live run is one short handover (about a second).
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { receiveHandover } from '../src/index.js';
+import { receiveHandover, sendHandover } from '../src/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
@@ -118,6 +119,21 @@ describe.skipIf(python === null)('the independent implementation (outside readin
     ]);
     // The library's target heard the source's ABORT.
     expect(String(s.nodeStderr ?? '') + JSON.stringify(s.nodeReport ?? '')).toMatch(/ERR_HANDOVER_ABORTED/);
+  });
+});
+
+describe.skipIf(!cliBuilt)('`backend-transfer receive` without --json', () => {
+  it("ends with the state's size and SHA-256, so a peer can check the content", async () => {
+    const path = join(dir, 'text.sock');
+    const acceptFile = join(dir, 'accept-none.json');
+    writeFileSync(acceptFile, JSON.stringify({ backendTransfer: false, devices: [] }));
+    const recv = run(process.execPath, [join(ROOT, 'bin/backend-transfer.js'), 'receive', '--listen', path, '--accept', acceptFile], { cwd: ROOT, timeout: 60_000 });
+    for (let i = 0; i < 500 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 10));
+    const state = Buffer.alloc(300_000);
+    for (let i = 0; i < state.length; i++) state[i] = (i * 31) >>> 2;
+    await sendHandover({ socket: path, backendTransfer: false, devices: [], state, warmUp: false, collectGarbage: false });
+    const { stdout } = await recv;
+    expect(stdout.trim().split('\n').at(-1)).toBe(`state ${state.length} bytes, sha256 ${createHash('sha256').update(state).digest('hex')}`);
   });
 });
 
