@@ -92,6 +92,12 @@ describe.skipIf(python === null)('the independent implementation (outside readin
     });
   }
 
+  it.skipIf(!cliBuilt)('a COMMIT sent right after END_OF_STATE (breaking the commit rule) is read only after ACK(ADOPTED): the ACKs still come in order', async () => {
+    const s = await py('py_source.py', ['--spawn-node', '--commit-early']);
+    expect(s.ok, JSON.stringify(s)).toBe(true);
+    expect((s.source as { acks: { stage: number }[] }).acks.map((a) => a.stage)).toEqual([1, 2, 3, 4]);
+  });
+
   it.skipIf(!cliBuilt)('`receive --exec --json` prints its report on stdout before the program runs, and the program uses the fds', async () => {
     const s = await py('py_source.py', ['--spawn-node', '--exec']);
     expect(s.ok, JSON.stringify(s)).toBe(true);

@@ -51,9 +51,10 @@ def sealed_memfd(name, data):
 
 class Source:
     def __init__(self, sock, devices_fds, state, memfd_payload=False, parts=3, log=print, crc=True,
-                 ping=False, drop_probe=False, versions=(1, 1)):
+                 ping=False, drop_probe=False, versions=(1, 1), commit_early=False):
         self.ping = ping
         self.drop_probe = drop_probe
+        self.commit_early = commit_early  # test: COMMIT right after END_OF_STATE (breaks the commit rule)
         self.versions = versions
         self.pongs = []
         self.sock = sock
@@ -215,6 +216,8 @@ class Source:
                 payload_bytes += len(self.state)
         self.write(bt.END_OF_STATE, bt.enc_eos(count, total_fds, payload_bytes))
         self.log("sent PLAN, %d section(s), END_OF_STATE" % count)
+        if self.commit_early:
+            self.write(bt.COMMIT)
         # 4. ACK LOADED, VERIFIED, ADOPTED in order
         acks = []
         for want in (bt.ACK_LOADED, bt.ACK_VERIFIED, bt.ACK_ADOPTED):
@@ -227,7 +230,8 @@ class Source:
                 raise Fail("ERR_STREAM_PROTOCOL", "expected ACK %d, got %s" % (want, json.dumps(bt.public(f))))
             acks.append(f["body"])
         # 5. the commit rule
-        self.write(bt.COMMIT)
+        if not self.commit_early:
+            self.write(bt.COMMIT)
         f = self.next_ack()
         if f["type"] != "ACK" or f["body"]["stage"] != bt.ACK_COMMITTED:
             raise Fail("ERR_COMMIT_UNCERTAIN", "expected ACK(COMMITTED), got %s" % f["type"])
@@ -317,7 +321,8 @@ def spawn_node(args, log):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(sock_path)
     src = Source(s, (ram_fd, irq_fd), state, args.memfd_payload, args.parts, log, crc=not args.no_crc,
-                 ping=args.ping, drop_probe=args.drop_probe, versions=tuple(int(x) for x in args.versions.split(":")))
+                 ping=args.ping, drop_probe=args.drop_probe, versions=tuple(int(x) for x in args.versions.split(":")),
+                 commit_early=args.commit_early)
     summary = {}
     try:
         summary["source"] = src.run()
@@ -388,6 +393,7 @@ def main():
     ap.add_argument("--ping", action="store_true", help="send a PING inside the open state section")
     ap.add_argument("--drop-probe", action="store_true", help="declare the probe but send no fd")
     ap.add_argument("--versions", default="1:1", help="HELLO's version window min:max")
+    ap.add_argument("--commit-early", action="store_true", help="send COMMIT right after END_OF_STATE (a broken source)")
     ap.add_argument("-v", action="store_true")
     args = ap.parse_args()
     log = (lambda m: print("[py_source] " + m, file=sys.stderr)) if args.v else (lambda m: None)
