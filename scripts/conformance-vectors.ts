@@ -910,6 +910,152 @@ const welcomeCpu = () => welcome({ features: BODY_CRC, canPassFds: 1, fdBudget: 
   vectors.push({ name: 'bad-return-section', description: 'A section frame on a return path.', direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
 }
 
+// ---- rules made explicit after an independent implementation (test/interop/independent/AMBIGUITIES.md)
+
+// Order of the main stream: ABORT may come inside an open section; COMMIT only after
+// END_OF_STATE; after COMMIT or ABORT only PING, PONG, EOF; EOF only after
+// END_OF_STATE or ABORT.
+{
+  const s = recorded([{ kind: 'state', id: 'cpu0' }]);
+  s.frame(T.SECTION_START, section(T.SECTION_START, { sectionId: 1, idstr: 'cpu0', payload: Buffer.from('half') }));
+  s.frame(T.ABORT, abort('ERR_STATE_SOURCE', 'the state stream failed midway'));
+  s.frame(T.PONG, ping(3n, 4n));
+  s.frame(T.EOF, empty());
+  vectors.push({
+    name: 'valid-abort-inside-section',
+    description: 'A source whose state fails midway: SECTION_START, then ABORT inside the open section (it ends the section and the state), a PONG, EOF. No END_OF_STATE is needed after ABORT. (0.1.0 readers: ERR_STREAM_PROTOCOL at the ABORT.)',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: ok(s),
+  });
+}
+recordedThen('bad-eof-inside-section', 'EOF inside an open section, without ABORT.', 'ERR_STREAM_PROTOCOL', (s) => {
+  s.frame(T.SECTION_START, section(T.SECTION_START, { sectionId: 1, idstr: 'cpu0', payload: Buffer.from('a') }));
+  s.frame(T.EOF, empty(), { expectFrame: false });
+});
+recordedThen('bad-section-after-abort', 'A section after ABORT: after ABORT only PING, PONG and EOF may come.', 'ERR_STREAM_PROTOCOL', (s) => {
+  s.frame(T.ABORT, abort('ERR_TIMEOUT', 'gave up'));
+  s.frame(T.SECTION_FULL, fullCpu0(), { expectFrame: false });
+});
+recordedThen('bad-eof-before-end-of-state', 'HELLO, PLAN, EOF: a main stream ends after END_OF_STATE, or after ABORT.', 'ERR_STREAM_PROTOCOL', (s) => s.frame(T.EOF, empty(), { expectFrame: false }));
+recordedThen('bad-commit-before-end-of-state', 'COMMIT before END_OF_STATE.', 'ERR_STREAM_PROTOCOL', (s) => {
+  s.frame(T.SECTION_FULL, fullCpu0());
+  s.frame(T.COMMIT, empty(), { expectFrame: false });
+});
+recordedThen('bad-abort-after-commit', 'ABORT after COMMIT: after COMMIT only PING, PONG and EOF may come.', 'ERR_STREAM_PROTOCOL', (s) => {
+  s.frame(T.SECTION_FULL, fullCpu0());
+  s.frame(T.END_OF_STATE, endOfState(1, 0, 5));
+  s.frame(T.COMMIT, empty());
+  s.frame(T.ABORT, abort('ERR_X', 'too late'), { expectFrame: false });
+});
+{
+  const s = new StreamBuilder();
+  s.frame(T.EOF, empty(), { expectFrame: false });
+  vectors.push({ name: 'bad-eof-before-hello', description: 'MAGIC EOF on a main stream: EOF before HELLO.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+}
+
+// PLAN's version and features (a recorded stream has no WELCOME to check them against).
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, hello({ min: 1, max: 2, features: BODY_CRC, canPassFds: 0, offers: [{ ...stateOffer, id: 'cpu0' }] }));
+  const at = s.length;
+  s.frame(T.PLAN, plan({ version: 2, features: BODY_CRC, devices: [{ kind: 'state', id: 'cpu0' }] }), { expectFrame: false });
+  vectors.push({ name: 'bad-plan-version', description: "HELLO offers versions 1..2, PLAN says its frames use version 2, which a version 1 reader cannot read.", direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_VERSION', at) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, hello({ features: BODY_CRC, canPassFds: 0, offers: [{ ...stateOffer, id: 'cpu0' }] }));
+  const at = s.length;
+  s.frame(T.PLAN, plan({ features: BODY_CRC | MEMFD_PAYLOAD, devices: [{ kind: 'state', id: 'cpu0' }] }), { expectFrame: false });
+  vectors.push({ name: 'bad-plan-features', description: "PLAN's features (MEMFD_PAYLOAD|BODY_CRC) are not a subset of HELLO's (BODY_CRC).", direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+}
+
+// Field encodings: str is valid UTF-8 (a NUL is valid UTF-8), a boolean is 0 or 1,
+// json is RFC 8259 JSON text of an object.
+/** A HELLO body laid out by hand: no offers or one offer (kind "state") with the given id bytes, and the given info bytes. */
+const rawHello = (o: { id?: Buffer; info?: Buffer; offerCount?: number }) =>
+  Buffer.concat([
+    u16(1), u16(1), u32(BODY_CRC), u8(0), u8(0), u32(0xffffffff), blob(Buffer.alloc(0)),
+    u32(o.offerCount ?? (o.id ? 1 : 0)),
+    ...(o.id ? [str('state'), u16(o.id.length), o.id, u32(0), u32(1), u32(0), u8(2)] : []),
+    blob(o.info ?? Buffer.alloc(0)),
+  ]);
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, { bytes: rawHello({ id: Buffer.from([0x63, 0xff]) }), decoded: {} }, { expectFrame: false });
+  vectors.push({ name: 'bad-str-utf8', description: 'An offer id that is not UTF-8 (63 ff).', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, { bytes: rawHello({ id: Buffer.from([0x63, 0xed, 0xa0, 0x80]) }), decoded: {} }, { expectFrame: false });
+  vectors.push({ name: 'bad-str-surrogate', description: 'An offer id holding an encoded UTF-16 surrogate (ed a0 80), which is not UTF-8.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+}
+{
+  const s = recorded([{ kind: 'state', id: 'a\u0000b' }]);
+  s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'a\u0000b', payload: regs }));
+  s.frame(T.END_OF_STATE, endOfState(1, 0, 5));
+  s.frame(T.EOF, empty());
+  vectors.push({ name: 'valid-str-nul', description: 'A device id with a NUL inside ("a\\u0000b"): valid UTF-8, so readers accept it (writers should not write one).', direction: 'main', reader: 'inspect', stream: s, expect: ok(s) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, hello({ features: BODY_CRC, canPassFds: 0, offers: [{ ...stateOffer, id: 'cpu0' }] }));
+  const at = s.length;
+  s.frame(T.PLAN, plan({ features: BODY_CRC, devices: [{ kind: 'state', id: 'cpu0', withFds: 2 }] }), { expectFrame: false });
+  vectors.push({ name: 'bad-bool-with-fds', description: 'A planned device with withFds 2: a boolean is 0 or 1.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, hello({ features: BODY_CRC, canPassFds: 2, offers: [] }), { expectFrame: false });
+  vectors.push({ name: 'bad-bool-can-pass-fds', description: "HELLO's canPassFds is 2: a boolean is 0 or 1.", direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.WELCOME, welcome({ features: BODY_CRC, canPassFds: 2, answers: [{ id: 'cpu0', decision: 1 }] }), { expectFrame: false });
+  vectors.push({ name: 'bad-return-bool', description: "WELCOME's canPassFds is 2: a boolean is 0 or 1.", direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+}
+for (const [name, text, why] of [
+  ['bad-json-nan', '{"a":NaN}', 'NaN is not JSON (RFC 8259)'],
+  ['bad-json-null', 'null', 'a non-empty JSON null is not an object (length 0 is the only "none")'],
+  ['bad-json-utf8', '{"a":"\xff"}', 'JSON text that is not UTF-8'],
+] as const) {
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, { bytes: rawHello({ info: Buffer.from(text, 'latin1') }), decoded: {} }, { expectFrame: false });
+  vectors.push({ name, description: `HELLO's info is ${JSON.stringify(text)}: ${why}.`, direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+}
+
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, {
+    bytes: rawHello({ id: Buffer.from('cpu0'), info: Buffer.from('{"a":1,"a":2}') }),
+    decoded: { minVersion: 1, maxVersion: 1, features: BODY_CRC, canPassFds: 0, fdBudget: 0xffffffff, probe: null, offers: [{ kind: 'state', id: 'cpu0', instance: 0, version: 1, fdCount: 0, flags: 2 }], info: { a: 2 } },
+  });
+  s.frame(T.PLAN, plan({ features: BODY_CRC, devices: [{ kind: 'state', id: 'cpu0' }] }));
+  s.frame(T.SECTION_FULL, fullCpu0());
+  s.frame(T.END_OF_STATE, endOfState(1, 0, 5));
+  s.frame(T.EOF, empty());
+  vectors.push({ name: 'valid-json-duplicate-name', description: 'HELLO\'s info is {"a":1,"a":2}: duplicate names are accepted, the last one wins ({"a":2}).', direction: 'main', reader: 'inspect', stream: s, expect: ok(s) });
+}
+
+// Limits come before the fit: a length or count over its limit is ERR_STREAM_TOO_LARGE
+// even when the bytes behind it are too few.
+{
+  const s = new StreamBuilder();
+  const body = Buffer.concat([rawHello({}).subarray(0, 18), u32(1), str('state'), u16(5000), Buffer.alloc(16, 0x61)]);
+  s.frame(T.HELLO, { bytes: body, decoded: {} }, { expectFrame: false });
+  vectors.push({ name: 'bad-str-over-limit-short', description: 'An offer id whose length (5000) is over the str limit (4096), with only 16 bytes behind it: the limit is checked first.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_TOO_LARGE', 8) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.HELLO, { bytes: rawHello({ offerCount: 70000 }), decoded: {} }, { expectFrame: false });
+  vectors.push({ name: 'bad-count-over-limit-short', description: 'offerCount 70000 (over the 65,536 limit) in a body with room for none: the limit is checked first.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_TOO_LARGE', 8) });
+}
+{
+  const s = new StreamBuilder(null).raw(Buffer.from([0x89, 0x42, 0x58]));
+  vectors.push({ name: 'bad-magic-short', description: 'Three bytes that already differ from the magic, then the end: the magic is judged on all 8 bytes, so this is a truncation.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_TRUNCATED', 3) });
+}
+
 // ---------------------------------------------------------------- output
 
 function files(): Map<string, Buffer> {

@@ -127,7 +127,7 @@ describe('round trip', () => {
     built.channel.close();
   });
 
-  it('COMMIT and ABORT frames close the main stream', async () => {
+  it('COMMIT closes the main stream: then only PING, PONG and EOF (an ABORT after it is refused)', async () => {
     const ch = new MemoryChannel();
     const w = new StreamWriter(ch);
     const built = await buildStream([]);
@@ -135,10 +135,16 @@ describe('round trip', () => {
     await w.plan(built.plan);
     await w.endOfState();
     await w.commit();
-    await w.abort('ERR_X', 'changed my mind');
+    await w.pong(1n);
+    const beforeEof = ch.bytes().length;
     await w.eof();
     const items = targetReader(built).feed(ch.bytes());
-    expect(items.map((i) => i.type)).toEqual(['hello', 'plan', 'end-of-state', 'commit', 'abort', 'eof']);
+    expect(items.map((i) => i.type)).toEqual(['hello', 'plan', 'end-of-state', 'commit', 'pong', 'eof']);
+    await w.abort('ERR_X', 'changed my mind');
+    const bytes = ch.bytes();
+    const r = targetReader(built);
+    const late = Buffer.concat([bytes.subarray(0, beforeEof), bytes.subarray(beforeEof + 24)]); // without the 24-byte EOF
+    expect(() => r.feed(late)).toThrow(expect.objectContaining({ code: 'ERR_STREAM_PROTOCOL', message: expect.stringContaining('ABORT frame after COMMIT') }));
     built.channel.close();
   });
 });

@@ -3,6 +3,7 @@
 // starts `backend-transfer send` with them open); `receive --exec` hands what came
 // to a program, as inherited fds 3, 4, ...
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
@@ -337,13 +338,13 @@ export const receiveCommand: Command = {
       out.push({ id: d.id, kind: d.kind, how: d.how, fds: fds.map((f) => ({ name: f.name, fd: f.fd })), meta: meta(d.kind, d.backend) });
       all.push(...fds.map((f) => f.fd));
     }
-    const report = { outcome: r.outcome, complete: r.complete, devices: out, stateBytes: r.stateBytes, timings: r.timings, warnings: sink.warnings };
+    // The state's hash lets a peer check the content arrived, not only its size.
+    const stateSha256 = r.state ? createHash('sha256').update(r.state).digest('hex') : null;
+    const report = { outcome: r.outcome, complete: r.complete, devices: out, stateBytes: r.stateBytes, stateSha256, timings: r.timings, warnings: sink.warnings };
     if (!exec) {
-      console.log(
-        values.json
-          ? safeJson(report)
-          : out.map((d) => `${escapeText(d.id).padEnd(12)} ${escapeText(d.kind).padEnd(15)} ${String(d.how).padEnd(9)} fds ${(d.fds as { fd: number }[]).map((f) => f.fd).join(',') || '-'}`).join('\n'),
-      );
+      const lines = out.map((d) => `${escapeText(d.id).padEnd(12)} ${escapeText(d.kind).padEnd(15)} ${String(d.how).padEnd(9)} fds ${(d.fds as { fd: number }[]).map((f) => f.fd).join(',') || '-'}`);
+      if (stateSha256) lines.push(`state ${r.stateBytes} bytes, sha256 ${stateSha256}`);
+      console.log(values.json ? safeJson(report) : lines.join('\n'));
       closeFds(all);
       return 0;
     }
@@ -359,6 +360,9 @@ export const receiveCommand: Command = {
       closeFds(all);
       throw err;
     }
+    // With --json the report (the child's fd numbers) goes to stdout first, one line,
+    // before the child writes anything there (stdout is shared with it).
+    if (values.json) console.log(safeJson(forChild, 0));
     const { program, args } = exec;
     const child = spawn(program, args, { stdio: ['inherit', 'inherit', 'inherit', ...all, memfd], env: execEnv(program, args, process.env, text, descFd) });
     closeFds([...all, memfd]); // the child has its copies

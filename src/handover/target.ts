@@ -368,7 +368,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     for (const p of pending.values()) p.arrival.state = p.parts.joined();
     // No more PONGs from here: the ACKs are what the source waits for.
     queue.quiet = true;
-    await guard(writer.ack(AckStage.LOADED, `${sections} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
+    await guard(writer.ack(AckStage.LOADED, `${pending.size} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
 
     enter('verify');
     for (const p of pending.values()) {

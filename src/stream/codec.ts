@@ -297,6 +297,8 @@ export function encodeAbort(a: Abort): Buffer {
 
 // ---------------------------------------------------------------- body reader
 
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
 export class Cursor {
   pos: number;
   constructor(
@@ -336,7 +338,7 @@ export class Cursor {
     const n = this.u16(`${what} length`);
     if (n > this.limits.maxString) throw tooLarge(what, n, this.limits.maxString);
     this.need(n, what);
-    const s = this.buf.toString('utf8', this.pos, this.pos + n);
+    const s = this.utf8(n, what);
     this.pos += n;
     return s;
   }
@@ -345,7 +347,7 @@ export class Cursor {
     if (n > limit) throw tooLarge(what, n, limit);
     if (n === 0) return null;
     this.need(n, what);
-    const text = this.buf.toString('utf8', this.pos, this.pos + n);
+    const text = this.utf8(n, what);
     this.pos += n;
     let v: unknown;
     try {
@@ -355,6 +357,20 @@ export class Cursor {
     }
     if (v === null || typeof v !== 'object' || Array.isArray(v)) throw protocolError(`${what} is not a JSON object`);
     return v as Record<string, unknown>;
+  }
+  /** n bytes at pos as UTF-8: invalid UTF-8 is malformed (a BOM is kept, not skipped). */
+  utf8(n: number, what: string): string {
+    try {
+      return UTF8.decode(this.buf.subarray(this.pos, this.pos + n));
+    } catch {
+      throw protocolError(`${what} is not valid UTF-8`);
+    }
+  }
+  /** A boolean byte: 0 or 1; anything else is malformed. */
+  bool(what: string): boolean {
+    const v = this.u8(what);
+    if (v > 1) throw protocolError(`${what} is ${v} (a boolean is 0 or 1)`);
+    return v === 1;
   }
   count(what: string, limit: number, minBytesEach: number): number {
     const n = this.u32(`${what} count`);
@@ -372,7 +388,7 @@ export function decodeHello(c: Cursor): Hello {
   const minVersion = c.u16('minVersion');
   const maxVersion = c.u16('maxVersion');
   const features = c.u32('features');
-  const canPassFds = c.u8('canPassFds') === 1;
+  const canPassFds = c.bool('canPassFds');
   c.u8('reserved');
   const fdBudget = c.u32('fdBudget');
   const probeLen = c.u32('probe length');
@@ -399,7 +415,7 @@ export function decodeHello(c: Cursor): Hello {
 export function decodeWelcome(c: Cursor): Welcome {
   const version = c.u16('version');
   const features = c.u32('features');
-  const canPassFds = c.u8('canPassFds') === 1;
+  const canPassFds = c.bool('canPassFds');
   c.u8('reserved');
   const fdBudget = c.u32('fdBudget');
   const n = c.count('answer', c.limits.maxDevices, 16);
@@ -433,7 +449,7 @@ export function decodePlan(c: Cursor): Plan {
     const id = c.str('device id');
     const instance = c.u32('instance');
     const version = c.u32('version');
-    const withFds = c.u8('withFds') === 1;
+    const withFds = c.bool('withFds');
     const fdCount = c.u32('fdCount');
     if (!withFds && fdCount !== 0) throw protocolError(`planned device ${id} has ${fdCount} fds but does not move with them`);
     sum += fdCount;

@@ -39,6 +39,7 @@ import {
   HEADER_SIZE,
   MAGIC,
   SEALS_REQUIRED,
+  STREAM_VERSION,
   TRAILER_SIZE,
   isSectionFrame,
   opensSection,
@@ -227,6 +228,8 @@ export class StreamReader {
   #totalFdsSeen = 0;
   /** Source role: the target sent NACK in place of WELCOME; only EOF may follow. */
   #refusedEarly = false;
+  /** Main stream: COMMIT or ABORT came; only PING, PONG and EOF may follow. */
+  #ended: 'COMMIT' | 'ABORT' | null = null;
 
   constructor(options: StreamReaderOptions) {
     this.role = options.role;
@@ -473,9 +476,12 @@ export class StreamReader {
     const bad = (why: string): never => {
       throw protocolError(`${name} frame ${why} (offset ${this.#frameStart})`);
     };
-    if (this.#open !== null && type !== FrameType.SECTION_PART && type !== FrameType.SECTION_END && type !== FrameType.PING && type !== FrameType.PONG) {
+    // ABORT may come inside an open section (a source whose state failed midway says
+    // why); it ends the section and the state: then only PING, PONG and EOF.
+    if (this.#open !== null && type !== FrameType.SECTION_PART && type !== FrameType.SECTION_END && type !== FrameType.PING && type !== FrameType.PONG && type !== FrameType.ABORT) {
       bad(`inside section ${this.#openSectionId} (expected SECTION_PART or SECTION_END)`);
     }
+    if (this.#ended !== null && type !== FrameType.PING && type !== FrameType.PONG && type !== FrameType.EOF) bad(`after ${this.#ended} (only PING, PONG and EOF may follow)`);
     const handshakeDone = this.role === 'source' ? this.#welcome !== null : this.#hello !== null;
     if (this.#refusedEarly && type !== FrameType.EOF && type !== FrameType.NACK) bad('after a NACK in place of WELCOME (only EOF may follow)');
     switch (type) {
@@ -516,15 +522,23 @@ export class StreamReader {
         if (!handshakeDone) this.#refusedEarly = true;
         break;
       case FrameType.COMMIT:
+        if (this.role === 'source') bad('on a return path');
+        if (this.#phase !== 'state-done') bad('before END_OF_STATE');
+        this.#ended = 'COMMIT';
+        break;
       case FrameType.ABORT:
         if (this.role === 'source') bad('on a return path');
         if (!handshakeDone) bad('before HELLO');
+        this.#ended = 'ABORT';
+        this.#open = null;
         break;
       case FrameType.PING:
       case FrameType.PONG:
         if (!handshakeDone) bad('before the handshake');
         break;
       case FrameType.EOF:
+        // A main stream ends after its state, or after the source gave up (ABORT).
+        if (this.role !== 'source' && this.#phase !== 'state-done' && this.#ended === null) bad('before END_OF_STATE, without ABORT');
         break;
     }
   }
@@ -704,6 +718,14 @@ export class StreamReader {
   }
 
   #acceptPlan(plan: Plan): void {
+    // The version the frames use: one this reader speaks, within HELLO's window.
+    const hello = this.#hello!;
+    if (plan.version !== STREAM_VERSION || plan.version < hello.minVersion || plan.version > hello.maxVersion) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_VERSION, `PLAN uses stream version ${plan.version}; this reader speaks ${STREAM_VERSION}, HELLO offered ${hello.minVersion}..${hello.maxVersion}`, {
+        details: { version: plan.version, minVersion: hello.minVersion, maxVersion: hello.maxVersion },
+      });
+    }
+    if ((plan.features & ~hello.features) !== 0) throw protocolError(`PLAN features 0x${plan.features.toString(16)} are not a subset of HELLO's 0x${hello.features.toString(16)}`);
     if (this.role === 'target') {
       const expected = computePlan(this.#hello!, this.#welcome!);
       if (!samePlan(plan, expected)) {

@@ -23,6 +23,7 @@ import {
 } from './codec.js';
 import {
   AttachmentRole,
+  FRAME_NAMES,
   Features,
   FrameFlags,
   FrameType,
@@ -98,6 +99,12 @@ export class StreamWriter {
   #fdSeq = 0;
   #nextSectionId = 1;
   #written = new Set<string>();
+  /** The section whose SECTION_START went out and whose SECTION_END did not yet. */
+  #openSection: number | null = null;
+  /** The device whose section is being written (counted in the totals already). */
+  #writing: string | null = null;
+  /** Why the state is broken (a section's payload failed midway): only ABORT (and PING, PONG) may follow, then EOF. */
+  #broken: string | null = null;
   #busy: Promise<void> = Promise.resolve();
   readonly totals: WriterTotals = { frames: 0, bytes: 0, sections: 0, deviceFds: 0, payloadBytes: 0n };
 
@@ -173,7 +180,21 @@ export class StreamWriter {
    * bounded. Checks against the plan before writing anything.
    */
   section(device: SectionDevice, attachments: readonly OutgoingAttachment[], payload: SectionPayload = EMPTY): Promise<void> {
-    return this.#serial(() => this.#section(device, attachments, payload));
+    return this.#serial(async () => {
+      try {
+        await this.#section(device, attachments, payload);
+      } catch (err) {
+        // Its payload failed after the checks (the section is counted, perhaps open
+        // after SECTION_START): no later section or END_OF_STATE can be right, and a
+        // reader takes only ABORT inside an open section (docs/stream-format.md, "Order").
+        if (this.#writing !== null) {
+          this.#broken = this.#openSection !== null ? `section ${this.#openSection} (${this.#writing}) was left open when its payload failed` : `the section of ${this.#writing} failed`;
+        }
+        throw err;
+      } finally {
+        this.#writing = null;
+      }
+    });
   }
 
   async #section(device: SectionDevice, attachments: readonly OutgoingAttachment[], payload: SectionPayload): Promise<void> {
@@ -197,6 +218,7 @@ export class StreamWriter {
     if (this.#written.has(key)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_DUPLICATE_SECTION, `device ${device.id}/${device.instance} already has a section`);
     if (isMemfdPayload(payload)) this.#checkMemfd(payload);
     this.#written.add(key);
+    this.#writing = device.id;
     const sectionId = this.#nextSectionId++;
     const atts = attachments.map((a) => ({ kind: a.kind, role: AttachmentRole.DEVICE as 0 | 1, name: a.name, meta: a.meta ?? null }));
     const fds = attachments.map((a) => a.fd);
@@ -352,6 +374,9 @@ export class StreamWriter {
   }
 
   async #frame(type: number, flags: number, body: Uint8Array[], fds: number[], payloadBytes = 0): Promise<void> {
+    if (this.#broken !== null && type !== FrameType.ABORT && type !== FrameType.PING && type !== FrameType.PONG) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_WRITER_FAILED, `${this.#broken}: only ABORT may follow (${FRAME_NAMES[type] ?? type} not written)`);
+    }
     let bodyLength = 0;
     for (const b of body) bodyLength += b.length;
     let bodyCrc = 0;
@@ -380,6 +405,11 @@ export class StreamWriter {
     }
     this.#magicPending = false;
     this.#fdSeq += fds.length;
+    if (type === FrameType.SECTION_START) this.#openSection = sectionIdOf(body);
+    else if (type === FrameType.SECTION_END || type === FrameType.ABORT) {
+      this.#openSection = null;
+      if (type === FrameType.ABORT) this.#broken = null;
+    }
     const bytes = head.length + rest.reduce((n, r) => n + r.length, 0);
     this.totals.frames++;
     this.totals.bytes += bytes;
@@ -415,4 +445,10 @@ function memfdCrc(fd: number, length: number): number {
     off += n;
   }
   return crc;
+}
+
+/** A section frame's sectionId: the first u32 of its body. */
+function sectionIdOf(body: Uint8Array[]): number {
+  const b = body[0]!;
+  return Buffer.from(b.buffer, b.byteOffset, b.length).readUInt32LE(0);
 }

@@ -41,6 +41,10 @@ class StreamError(Exception):
         self.code, self.offset = code, offset
 
 
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
 class Body:
     """Reads a body exactly; running short or leaving bytes over is ERR_STREAM_PROTOCOL."""
 
@@ -63,7 +67,10 @@ class Body:
         n = self.u16(w)
         if n > LIMITS["string"]:
             self.fail("ERR_STREAM_TOO_LARGE", f"{w} of {n} bytes")
-        return self.take(n, w).decode("utf-8")
+        try:
+            return self.take(n, w).decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail("ERR_STREAM_PROTOCOL", f"{w} is not UTF-8")
 
     def json(self, w):
         n = self.u32(w)
@@ -71,12 +78,20 @@ class Body:
             self.fail("ERR_STREAM_TOO_LARGE", f"{w} of {n} bytes")
         if n == 0:
             return None
+        raw = self.take(n, w)
         try:
-            v = json.loads(self.take(n, w).decode("utf-8"))
+            # RFC 8259: no NaN/Infinity (Python's json would accept them)
+            v = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except ValueError:
             self.fail("ERR_STREAM_PROTOCOL", f"{w} is not JSON")
         if not isinstance(v, dict):
             self.fail("ERR_STREAM_PROTOCOL", f"{w} is not a JSON object")
+        return v
+
+    def bool(self, w):
+        v = self.u8(w)
+        if v > 1:
+            self.fail("ERR_STREAM_PROTOCOL", f"{w} is {v}, not 0 or 1")
         return v
 
     def count(self, w, min_each):
@@ -213,8 +228,10 @@ def decode(data, role, welcome=None, fds=None, batches=None):
 
 def check_order(name, role, st, fail):
     bad = lambda why: fail("ERR_STREAM_PROTOCOL", f"{name} {why}")
-    if st["open"] is not None and name not in ("SECTION_PART", "SECTION_END", "PING", "PONG"):
+    if st["open"] is not None and name not in ("SECTION_PART", "SECTION_END", "PING", "PONG", "ABORT"):
         bad("inside an open section")
+    if role != "source" and st.get("ended") and name not in ("PING", "PONG", "EOF"):
+        bad("after " + st["ended"])
     if role == "source":
         if st["refused"] and name != "EOF":
             bad("after a NACK in place of WELCOME")
@@ -244,16 +261,28 @@ def check_order(name, role, st, fail):
     elif name == "END_OF_STATE":
         if st["plan"] is None or st["phase"] == "done":
             bad("before PLAN or repeated")
-    elif name in ("COMMIT", "ABORT", "PING", "PONG"):
+    elif name == "COMMIT":
+        if st["phase"] != "done":
+            bad("before END_OF_STATE")
+        st["ended"] = "COMMIT"
+    elif name == "ABORT":
         if st["hello"] is None:
             bad("before HELLO")
-    elif name != "EOF":
+        st["ended"] = "ABORT"
+        st["open"] = None  # ABORT ends an open section and the state
+    elif name in ("PING", "PONG"):
+        if st["hello"] is None:
+            bad("before HELLO")
+    elif name == "EOF":
+        if st["phase"] != "done" and not st.get("ended"):
+            bad("before END_OF_STATE, without ABORT")
+    else:
         bad("on a main stream")
 
 
 def decode_body(name, c, flags, fdc, fds, role, welcome, st, fail):
     if name == "HELLO":
-        d = dict(minVersion=c.u16(), maxVersion=c.u16(), features=c.u32(), canPassFds=1 if c.u8() == 1 else 0)
+        d = dict(minVersion=c.u16(), maxVersion=c.u16(), features=c.u32(), canPassFds=c.bool("canPassFds"))
         c.u8("reserved")
         d["fdBudget"] = c.u32()
         n = c.u32("probe length")
@@ -277,7 +306,7 @@ def decode_body(name, c, flags, fdc, fds, role, welcome, st, fail):
         st["hello"] = d
         return d
     if name == "WELCOME":
-        d = dict(version=c.u16(), features=c.u32(), canPassFds=1 if c.u8() == 1 else 0)
+        d = dict(version=c.u16(), features=c.u32(), canPassFds=c.bool("canPassFds"))
         c.u8("reserved")
         d["fdBudget"] = c.u32()
         answers = []
@@ -300,7 +329,7 @@ def decode_body(name, c, flags, fdc, fds, role, welcome, st, fail):
             fail("ERR_STREAM_TOO_LARGE", "totalFds")
         devs = []
         for _ in range(c.count("devices", 17)):
-            dv = dict(kind=c.str("kind"), id=c.str("id"), instance=c.u32(), version=c.u32(), withFds=1 if c.u8() == 1 else 0, fdCount=c.u32())
+            dv = dict(kind=c.str("kind"), id=c.str("id"), instance=c.u32(), version=c.u32(), withFds=c.bool("withFds"), fdCount=c.u32())
             if not dv["withFds"] and dv["fdCount"]:
                 fail("ERR_STREAM_PROTOCOL", "fds on a device without fds")
             devs.append(dv)
@@ -308,6 +337,11 @@ def decode_body(name, c, flags, fdc, fds, role, welcome, st, fail):
         c.finish()
         if sum(x["fdCount"] for x in devs) != d["totalFds"]:
             fail("ERR_STREAM_PROTOCOL", "totalFds is not the sum")
+        hl = st["hello"]
+        if d["version"] != VERSION or not hl["minVersion"] <= d["version"] <= hl["maxVersion"]:
+            fail("ERR_STREAM_VERSION", "PLAN version")
+        if d["features"] & ~hl["features"]:
+            fail("ERR_STREAM_PROTOCOL", "PLAN features not offered in HELLO")
         if role == "target" and d != compute_plan(st["hello"], welcome):
             fail("ERR_STREAM_PROTOCOL", "PLAN differs from HELLO x WELCOME")
         if len(devs) > LIMITS["sections"]:
