@@ -5,6 +5,7 @@
 # compiler on PATH, in a new project:
 #   npm install <tarball> typescript @types/node
 #   a handover between two processes (memfd + eventfd + state) through the package
+#   npx backend-transfer demo (as non-root it says what it skips and why)
 #   a strict NodeNext ESM file and a CommonJS .cts file type-checked and run
 #   a plain CommonJS require()
 #   npm install-scripts approve + npm rebuild: the install script takes the prebuild
@@ -185,6 +186,9 @@ if (process.argv[2] === 'source') {
 }
 EOF
 run "node handover.mjs" node handover.mjs
+
+# --- the README's demo, from the installed package ------------------------------
+run "npx backend-transfer demo" npx backend-transfer demo
 
 # --- types: strict NodeNext, ESM and CommonJS; a plain require() -----------------
 cat >"$APP/check.mts" <<'EOF'
