@@ -74,6 +74,8 @@ ln -s "$NODE" "$T/bin/node"
 ln -s "$NPM_CLI" "$T/bin/npm"
 ln -s "$(dirname "$NPM_CLI")/npx-cli.js" "$T/bin/npx"
 for tool in sh bash env cat ls rm mkdir; do ln -s "$(command -v $tool)" "$T/bin/$tool" 2>/dev/null; done
+# The demo's vhost-user back-end, when installed (it is no compiler).
+command -v qemu-storage-daemon >/dev/null && ln -s "$(command -v qemu-storage-daemon)" "$T/bin/qemu-storage-daemon"
 USER_PATH="$T/bin"
 [ "${BT_CONSUMER_WITH_COMPILER:-}" = 1 ] && USER_PATH="$T/bin:/usr/local/bin:/usr/bin:/bin"
 for tool in g++ c++ cc make python3; do
