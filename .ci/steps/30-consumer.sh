@@ -108,7 +108,9 @@ run() { # run "what" cmd...: print the command and its output, fail on non-zero
   say "\$ $what"
   local out rc
   out=$(cd "$APP" && "${RUN[@]}" "$@" 2>&1); rc=$?
-  printf '%s\n' "$out" | sed 's/^/    /' | tail -n 40
+  # The install script's own lines always; of the rest (compiler output), the end.
+  printf '%s\n' "$out" | grep '^backend-transfer: ' | sed 's/^/    /'
+  printf '%s\n' "$out" | grep -v '^backend-transfer: \|^gyp info ' | sed 's/^/    /' | tail -n 30
   [ $rc -eq 0 ] || fail "$what (exit $rc)"
 }
 
