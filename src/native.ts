@@ -188,4 +188,20 @@ const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
  */
 const override = process.env.BACKEND_TRANSFER_NATIVE;
 
-export const native = (override ? require(override) : nodeGypBuild(fileURLToPath(new URL('..', import.meta.url)))) as NativeBinding;
+function load(): NativeBinding {
+  if (override) return require(override) as NativeBinding;
+  try {
+    return nodeGypBuild(fileURLToPath(new URL('..', import.meta.url))) as NativeBinding;
+  } catch (err) {
+    // No prebuild matches (prebuilds/ has linux-x64 and linux-arm64, glibc) and
+    // nothing was compiled: npm 11 skips a dependency's install script until the
+    // project approves it, and without a compiler it fails.
+    throw new Error(
+      `backend-transfer: no native addon for ${process.platform}-${process.arch} (${(err as Error).message.split('\n')[0]}). ` +
+        'Compile it from source (needs g++, make, python3): npm install-scripts approve backend-transfer && npm rebuild backend-transfer',
+      { cause: err },
+    );
+  }
+}
+
+export const native = load();

@@ -2,6 +2,7 @@
 import { readSync, writeSync, openSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { closeFd, closeFds, inspectFd, native } from '../src/index.js';
+import { skipUnless } from './helpers/env.js';
 import { trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
@@ -252,7 +253,7 @@ describe('fd factories and inspection', () => {
     try {
       fd = openSync('/dev/net/tun', 'r+');
     } catch (err) {
-      ctx.skip(`cannot open /dev/net/tun here: ${(err as Error).message}`);
+      skipUnless(ctx, `cannot open /dev/net/tun here: ${(err as Error).message}`);
       return;
     }
     expect(inspectFd(fd).kind).toBe('tun-unattached');

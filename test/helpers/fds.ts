@@ -1,20 +1,10 @@
 // fd leak checks: after every test, the set of open fds in /proc/self/fd must be
 // what it was before.
-import { readSync, readdirSync, readlinkSync } from 'node:fs';
+import { readSync } from 'node:fs';
 import { afterEach, beforeEach } from 'vitest';
+import { leakedSince, openFds } from './fd-list.js';
 
-export function openFds(): Map<number, string> {
-  const out = new Map<number, string>();
-  for (const name of readdirSync('/proc/self/fd')) {
-    const fd = Number(name);
-    try {
-      out.set(fd, readlinkSync(`/proc/self/fd/${name}`));
-    } catch {
-      /* the fd readdir itself used, already closed */
-    }
-  }
-  return out;
-}
+export { leakedSince, openFds };
 
 export function countOpenFds(): number {
   return openFds().size;
@@ -23,16 +13,6 @@ export function countOpenFds(): number {
 /** Waits a few loop turns so that closes queued on the loop (uv_close, child stdio) finish. */
 export async function settle(turns = 3): Promise<void> {
   for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
-}
-
-/** Describes fds open now that were not open in `before`. */
-export function leakedSince(before: Map<number, string>): string[] {
-  const now = openFds();
-  const leaked: string[] = [];
-  for (const [fd, link] of now) {
-    if (before.get(fd) !== link) leaked.push(`${fd} -> ${link}`);
-  }
-  return leaked;
 }
 
 /** Registers a beforeEach/afterEach pair that fails a test which leaves fds open. */
