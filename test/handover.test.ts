@@ -109,7 +109,7 @@ describe('a handover between two processes', () => {
     expect(inspectFd(b.fd('irq')).kind).toBe('eventfd');
     b.close();
     // The source released its copies of nothing it owns (closeOnRelease: false) and leaked nothing.
-    expect(s.leaked).toBe(0);
+    expect(s.leaked, `open since start: ${String(s.leakedFds)}`).toBe(0);
   });
 
   it('takes the state as parts of unknown total size, as sealed memfds, or without CRC, and can stream it to onState', async () => {
@@ -194,7 +194,7 @@ describe("the caller's abort and the phase timeouts", () => {
     expect(s.frozen).toBe(1);
     expect(s.thawed).toBe(1);
     expect(s.works).toBe(true);
-    expect(s.leaked).toBe(0);
+    expect(s.leaked, `open since start: ${String(s.leakedFds)}`).toBe(0);
     // What the target received is closed: trackFdLeaks checks this process after each test.
     await expect(t.done).rejects.toMatchObject({ code: 'ERR_HANDOVER_ABORTED', message: expect.stringContaining('the source aborted') });
   });
@@ -228,7 +228,7 @@ describe("the caller's abort and the phase timeouts", () => {
     expect(s.message).toContain('ERR_HANDOVER_ABORTED');
     expect(s.thawed).toBe(1);
     expect(s.works).toBe(true);
-    expect(s.leaked).toBe(0);
+    expect(s.leaked, `open since start: ${String(s.leakedFds)}`).toBe(0);
   });
 
   it("a freeze() that never returns times out: the source thaws and keeps everything, the target is told", async () => {
@@ -252,7 +252,7 @@ describe("the caller's abort and the phase timeouts", () => {
     expect((s.details as { phase: string }).phase).toBe('handshake');
     expect(s.frozen).toBe(0);
     expect(s.works).toBe(true);
-    expect(s.leaked).toBe(0);
+    expect(s.leaked, `open since start: ${String(s.leakedFds)}`).toBe(0);
   });
 });
 

@@ -237,7 +237,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       stateBytes: payloadSize(o.state) ?? 0,
       bytes,
       fds: plan.totalFds,
-      timings: { totalMs: clock.elapsed(), downtimeMs: tFreeze !== null && tAdopted !== null ? tAdopted - tFreeze : null, phases: clock.spent },
+      timings: { totalMs: clock.total(), downtimeMs: tFreeze !== null && tAdopted !== null ? tAdopted - tFreeze : null, phases: clock.spent },
     };
   } catch (err) {
     let e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, `handover (phase ${clock.phase})`);

@@ -151,7 +151,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       stateBytes,
       bytes,
       fds: received.length,
-      timings: { totalMs: clock.elapsed(), downtimeMs: tFirst !== null && tAdopted !== null ? tAdopted - tFirst : null, phases: clock.spent },
+      timings: { totalMs: clock.total(), downtimeMs: tFirst !== null && tAdopted !== null ? tAdopted - tFirst : null, phases: clock.spent },
       peer: cred,
     };
   };

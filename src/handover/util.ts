@@ -78,8 +78,13 @@ export class PhaseClock<P extends string> {
     this.#onEvent?.({ type: 'phase', phase: p as never, atMs: t - this.t0 });
   }
 
-  elapsed(): number {
-    return now() - this.t0;
+  /**
+   * The time from the start to the last phase change: the sum of `spent`. The
+   * last phase ('done') is not timed, so work after entering it (building the
+   * result, a caller's `open`) does not count into the total either.
+   */
+  total(): number {
+    return this.#since - this.t0;
   }
 }
 
