@@ -5,7 +5,7 @@
 // stream really ended cleanly. Every fd it received and did not hand out is closed
 // when it fails or is closed; an error is sticky.
 import { readSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd, closeFds, inspectFd, type FdInfo } from '../fd/index.js';
 import { native } from '../native.js';

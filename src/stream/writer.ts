@@ -4,7 +4,7 @@
 // same). A section that would need fds on a channel that cannot carry them fails
 // before anything is written.
 import { readSync, writeSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd } from '../fd/index.js';
 import { native } from '../native.js';
