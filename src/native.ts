@@ -172,6 +172,18 @@ export interface NativeBinding {
   close_deferred(fds: Int32Array | readonly number[]): void;
   closer_stats(): { queued: number; busy: number; threads: number; closed: number };
 
+  // mmap.cc
+  /**
+   * mmap(NULL, length, PROT_READ|PROT_WRITE, MAP_PRIVATE, fd, 0) as a Buffer (writes are copy on write) over the mapping,
+   * unmapped when collected or by munmap_buffer. length >= 1. The caller checks
+   * that the file cannot shrink first (mapSealedMemfd does).
+   */
+  mmap_memfd(fd: number, length: number): Buffer;
+  /** Detaches the Buffer's ArrayBuffer (every view sees length 0) and unmaps it: true; false when released already. */
+  munmap_buffer(buf: Uint8Array): boolean;
+  /** Mappings made by mmap_memfd and not yet unmapped. */
+  mapping_stats(): { mappings: number; bytes: number };
+
   // poller.cc
   Poller: PollerConstructor;
   readonly UV_READABLE: number;
