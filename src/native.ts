@@ -112,6 +112,8 @@ export interface NativeBinding {
   fstat(fd: number): NativeStat;
   /** The same fstat(2), returning st_mode only (cheap: no object). */
   fstat_mode(fd: number): number;
+  /** For each fd: out[2i] = st_mode or -errno (fstat), out[2i+1] = SO_DOMAIN of a socket (or -errno), else 0. One call for a batch. */
+  fstat_modes(fds: Int32Array, out: Int32Array): void;
   eventfd(initval: number, flags?: number): number;
   memfd_create(name: string, flags?: number): number;
   fcntl_add_seals(fd: number, seals: number): void;

@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FdSocket, closeFd, native, type SocketType } from '../../src/index.js';
+import { FdSocket, closeFd, crcImplementation, native, type SocketType } from '../../src/index.js';
 import { withDefaults } from '../../src/transport/fd-socket.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -84,7 +84,17 @@ export function machine(): Record<string, unknown> {
     node: process.version,
     wmemDefault: readSysctl('/proc/sys/net/core/wmem_default'),
     wmemMax: readSysctl('/proc/sys/net/core/wmem_max'),
+    crc32: crcImplementation().impl,
+    load: readSysctlText('/proc/loadavg'),
   };
+}
+
+function readSysctlText(path: string): string | null {
+  try {
+    return execFileSync('cat', [path], { encoding: 'utf8' }).trim().split(' ').slice(0, 3).join(' ');
+  } catch {
+    return null;
+  }
 }
 
 function readSysctl(path: string): number | null {
