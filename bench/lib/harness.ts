@@ -43,7 +43,9 @@ export interface TsPeer {
  */
 export async function startPeer(script: string, args: (string | number)[], type: SocketType = 'stream'): Promise<TsPeer> {
   const [a, b] = native.socketpair(type === 'seqpacket' ? native.SOCK_SEQPACKET : native.SOCK_STREAM);
-  const proc = spawn(process.execPath, ['--import', TSX, join(BENCH, 'peers', script), ...args.map(String)], {
+  // BENCH_PEER_NODE_ARGS: extra node options for the peers (e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'; NODE_OPTIONS refuses --cpu-prof).
+  const extra = (process.env.BENCH_PEER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const proc = spawn(process.execPath, [...extra, '--import', TSX, join(BENCH, 'peers', script), ...args.map(String)], {
     stdio: ['ignore', 'inherit', 'inherit', b],
   });
   closeFd(b);
