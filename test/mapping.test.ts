@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { ftruncateSync, readSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { closeFd, isReleased, mapSealedMemfd, mappingStats, native, releaseMapping } from '../src/index.js';
+import { Features, HEADER_SIZE, MemoryChannel, StreamReader, StreamWriter, TRAILER_SIZE, closeFd, crc32, isReleased, mapSealedMemfd, mappingStats, native, releaseMapping, type SectionItem } from '../src/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
@@ -129,5 +129,62 @@ describe('mapSealedMemfd / releaseMapping', () => {
     expect(r.held).toBeGreaterThan(0);
     expect(r.after).toEqual({ mappings: 0, bytes: 0 });
     expect(r.sum).toBe(0);
+  });
+});
+
+describe("StreamReader memfdPayload: 'map'", () => {
+  async function memfdStream(data: Buffer): Promise<MemoryChannel> {
+    const ch = new MemoryChannel(true);
+    const features = Features.BODY_CRC | Features.MEMFD_PAYLOAD | Features.FDS;
+    const w = new StreamWriter(ch);
+    await w.hello({ minVersion: 1, maxVersion: 1, features, canPassFds: true, fdBudget: 100, offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }], info: null });
+    await w.plan({ version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] });
+    const fd = memfd(data, ALL());
+    await w.section({ id: 'ram', instance: 0, version: 1 }, [], { memfd: fd, length: data.length });
+    closeFd(fd);
+    await w.endOfState();
+    await w.eof();
+    return ch;
+  }
+
+  function feedAll(ch: MemoryChannel, r: StreamReader): SectionItem[] {
+    const out: SectionItem[] = [];
+    for (const wr of ch.writes) for (const it of r.feed(wr.bytes, wr.fds.splice(0))) if (it.type === 'section') out.push(it);
+    return out;
+  }
+
+  it('maps the payload (no copy), closes the memfd, and the caller releases it', async () => {
+    const data = randomBytes(100_000);
+    const ch = await memfdStream(data);
+    const before = mappingStats().mappings;
+    const r = new StreamReader({ role: 'inspect', memfdPayload: 'map' });
+    const [it] = feedAll(ch, r);
+    expect(it!.payloadMapped).toBe(true);
+    expect(it!.payloadFd).toBeUndefined();
+    expect(it!.payload.equals(data)).toBe(true);
+    expect(mappingStats().mappings).toBe(before + 1);
+    expect(releaseMapping(it!.payload)).toBe(true);
+    expect(mappingStats().mappings).toBe(before);
+    r.close();
+    ch.close();
+  });
+
+  it('a payload CRC that does not match: ERR_STREAM_CRC, and nothing stays mapped', async () => {
+    const data = randomBytes(50_000);
+    const ch = await memfdStream(data);
+    // Change the payload CRC the frame declares, and make its body CRC right again.
+    const good = crc32(data);
+    const frame = ch.writes.find((w) => w.fds.length === 1)!.bytes;
+    const body = frame.subarray(HEADER_SIZE, frame.length - TRAILER_SIZE);
+    const at = body.indexOf(Buffer.from(Uint32Array.of(good).buffer));
+    expect(at).toBeGreaterThan(0);
+    body.writeUInt32LE((good ^ 1) >>> 0, at);
+    frame.writeUInt32LE(crc32(body), frame.length - TRAILER_SIZE);
+    const before = mappingStats().mappings;
+    const r = new StreamReader({ role: 'inspect', memfdPayload: 'map' });
+    expect(() => feedAll(ch, r)).toThrow(expect.objectContaining({ code: 'ERR_STREAM_CRC' }) as Error);
+    expect(mappingStats().mappings).toBe(before);
+    r.close();
+    ch.close();
   });
 });
