@@ -37,18 +37,22 @@ std::unordered_map<void*, Mapping*>& Live() {
 uint64_t g_mapped_bytes = 0;
 uint64_t g_mappings = 0;
 
-void Unmap(Mapping* m) {
+// The mapped bytes are told to V8 as external memory, so that mappings nobody
+// releases still make the collector run (and their finalizers unmap them).
+void Unmap(napi_env env, Mapping* m) {
   if (m->unmapped) return;
   munmap(m->addr, m->length);
+  int64_t ignored;
+  napi_adjust_external_memory(env, -static_cast<int64_t>(m->length), &ignored);
   m->unmapped = true;
   Live().erase(m->addr);
   g_mapped_bytes -= m->length;
   g_mappings--;
 }
 
-void Finalize(napi_env, void*, void* hint) {
+void Finalize(napi_env env, void*, void* hint) {
   Mapping* m = static_cast<Mapping*>(hint);
-  Unmap(m);
+  Unmap(env, m);
   delete m;
 }
 
@@ -71,6 +75,8 @@ Napi::Value MmapMemfd(const Napi::CallbackInfo& info) {
   Live()[addr] = m;
   g_mapped_bytes += m->length;
   g_mappings++;
+  int64_t ignored;
+  napi_adjust_external_memory(env, static_cast<int64_t>(m->length), &ignored);
   return Napi::Value(env, buf);
 }
 
@@ -92,7 +98,7 @@ Napi::Value MunmapBuffer(const Napi::CallbackInfo& info) {
   if (it == Live().end() || it->second->length != ab_length) ThrowArg(env, "buffer (argument 0) is not a mapping made by mmap_memfd");
   // Detach first: from here on no view of it can reach the pages.
   if (napi_detach_arraybuffer(env, ab) != napi_ok) ThrowCode(env, "ERR_NATIVE", "napi_detach_arraybuffer failed");
-  Unmap(it->second);  // the Mapping itself is freed by the finalizer
+  Unmap(env, it->second);  // the Mapping itself is freed by the finalizer
   return Napi::Boolean::New(env, true);
 }
 
