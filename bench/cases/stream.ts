@@ -140,7 +140,7 @@ async function fullStack(total: number, part: number, opts: { crc: boolean; memf
  * memfd, 'target' from the socket or memfd to where the target holds it. A mapped
  * memfd is 0: the target reads the sender's pages.
  */
-const copies = (source: number, target: number, crcPasses: number) => () => ({ copiesPerByte: { source, target }, crcPassesPerSide: crcPasses });
+const copies = (source: number, target: number, crcPasses: number) => () => ({ 'copies per byte (source + target)': `${source} + ${target}`, 'CRC passes per side': crcPasses });
 
 export function streamCases(s: Scale): Case[] {
   const G1 = 'bulk: stream socket, 1 MiB writes';
