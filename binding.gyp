@@ -16,7 +16,8 @@
             "native/fdinfo.cc",
             "native/tap.cc",
             "native/poller.cc",
-            "native/closer.cc"
+            "native/closer.cc",
+            "native/mmap.cc"
           ]
         }]
       ]

@@ -79,7 +79,7 @@ for (const c of cases) {
 const report: Report = { date: new Date().toISOString(), quick, runs, seconds: Math.round((Date.now() - started) / 1000), machine: machine(), rows };
 
 // Terminal table
-console.log(`\nbackend-transfer benchmarks (${quick ? 'quick' : 'full'}, ${runs} runs, medians; ratio = this / baseline of the group)\n`);
+console.log(`\nbackend-transfer benchmarks (${quick ? 'quick' : 'full'}, ${runs} runs, medians; ratio = this / baseline of the group; CRC-32 by ${String(report.machine.crc32)}; load average at the end ${String(report.machine.load)})\n`);
 let group = '';
 const nameWidth = Math.max(...rows.map((r) => r.name.length));
 const rangeWidth = Math.max(...rows.map((r) => `[${fmt(r.min)} – ${fmt(r.max)}]`.length));

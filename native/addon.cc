@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitTap(env, exports);
   InitPoller(env, exports);
   InitCloser(env, exports);
+  InitMmap(env, exports);
   return exports;
 }
 

@@ -120,5 +120,6 @@ void InitFdinfo(Napi::Env env, Napi::Object exports);
 void InitTap(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
 void InitCloser(Napi::Env env, Napi::Object exports);
+void InitMmap(Napi::Env env, Napi::Object exports);
 
 }  // namespace bt

@@ -58,6 +58,7 @@ export LD_PRELOAD="$LIBASAN${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allow_user_segv_handler=1:handle_segv=0:detect_stack_use_after_return=0"
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
 TESTS=(test/native.test.ts test/native-args.test.ts test/native-hardening.test.ts test/poller.test.ts test/fd-socket.test.ts
-  test/stream.test.ts test/stream-spec.test.ts test/stream-socket.test.ts test/stream-fuzz.test.ts)
+  test/stream.test.ts test/stream-spec.test.ts test/stream-socket.test.ts test/stream-fuzz.test.ts
+  test/mapping.test.ts test/close-batch.test.ts)
 echo "test:sanitize: ${TESTS[*]}"
 "$ROOT/node_modules/.bin/vitest" run "${TESTS[@]}" "$@"

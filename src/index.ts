@@ -3,6 +3,7 @@ export { BackendTransferError, ErrorCodes, isBackendTransferError } from './erro
 export type { ErrorCode } from './errors.js';
 export * from './transport/index.js';
 export { closeFd, closeFds, dupFd, findSameFile, inspectFd, sameFileMethod } from './fd/index.js';
+export { mapSealedMemfd, releaseMapping, isReleased, mappingStats } from './fd/mapping.js';
 export type { FdInfo, FdKind, SameFileMethod } from './fd/index.js';
 export { native } from './native.js';
 export type { NativeBinding, PeerCred, NativeStat, IfReq } from './native.js';

@@ -112,6 +112,8 @@ export interface NativeBinding {
   fstat(fd: number): NativeStat;
   /** The same fstat(2), returning st_mode only (cheap: no object). */
   fstat_mode(fd: number): number;
+  /** For each fd: out[2i] = st_mode or -errno (fstat), out[2i+1] = SO_DOMAIN of a socket (or -errno), else 0. One call for a batch. */
+  fstat_modes(fds: Int32Array, out: Int32Array): void;
   eventfd(initval: number, flags?: number): number;
   memfd_create(name: string, flags?: number): number;
   fcntl_add_seals(fd: number, seals: number): void;
@@ -171,6 +173,18 @@ export interface NativeBinding {
    */
   close_deferred(fds: Int32Array | readonly number[]): void;
   closer_stats(): { queued: number; busy: number; threads: number; closed: number };
+
+  // mmap.cc
+  /**
+   * mmap(NULL, length, PROT_READ|PROT_WRITE, MAP_PRIVATE, fd, 0) as a Buffer (writes are copy on write) over the mapping,
+   * unmapped when collected or by munmap_buffer. length >= 1. The caller checks
+   * that the file cannot shrink first (mapSealedMemfd does).
+   */
+  mmap_memfd(fd: number, length: number): Buffer;
+  /** Detaches the Buffer's ArrayBuffer (every view sees length 0) and unmaps it: true; false when released already. */
+  munmap_buffer(buf: Uint8Array): boolean;
+  /** Mappings made by mmap_memfd and not yet unmapped. */
+  mapping_stats(): { mappings: number; bytes: number };
 
   // poller.cc
   Poller: PollerConstructor;

@@ -110,6 +110,7 @@ describe('backend-transfer supported', () => {
     const s = JSON.parse(stdout) as { kinds: string[]; machine: Record<string, boolean> };
     expect(s.kinds).toEqual(['tap', 'vhost-user', 'chardev-socket', 'generic']);
     expect(Object.keys(s.machine).sort()).toEqual(['memfd', 'peerPidfd', 'tun', 'vhostNet']);
+    expect(['@node-rs/crc32', 'zlib']).toContain((s as unknown as { crc: { impl: string } }).crc.impl);
   });
 });
 

@@ -9,7 +9,7 @@ import { mkdtempSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { AckStage, FdServer, FdSocket, GenericTarget, StreamReader, StreamWriter, fdSocketChannel, inspectFd, receiveHandover, warmUpHandover, type GenericBackend, type HandoverEvent, type ReceiveHandoverOptions } from '../src/index.js';
+import { AckStage, FdServer, FdSocket, GenericTarget, StreamReader, StreamWriter, fdSocketChannel, inspectFd, isReleased, mappingStats, receiveHandover, warmUpHandover, type GenericBackend, type HandoverEvent, type ReceiveHandoverOptions } from '../src/index.js';
 import { ItemQueue } from '../src/handover/items.js';
 import { buildStream } from './helpers/stream.js';
 import { countOpenFds, trackFdLeaks } from './helpers/fds.js';
@@ -113,10 +113,12 @@ describe('a handover between two processes', () => {
   });
 
   it('takes the state as parts of unknown total size, as sealed memfds, or without CRC, and can stream it to onState', async () => {
-    for (const variant of [{ stateAs: 'parts' }, { memfdPayloads: true }, { crc: false }, { onState: true }]) {
+    for (const variant of [{ stateAs: 'parts' }, { memfdPayloads: true }, { crc: false }, { onState: true }, { onState: true, memfdPayloads: true }, { onState: true, memfdPayloads: true, crc: false }]) {
       const { peer, sha, path } = await source({ stateBytes: 2 * MiB + 7, stateAs: variant.stateAs, memfdPayloads: variant.memfdPayloads, crc: variant.crc });
       const parts: Buffer[] = [];
-      const t = receive(path, variant.onState ? { onState: (p) => parts.push(Buffer.from(p)) } : {});
+      const given: Buffer[] = [];
+      const mappedBefore = mappingStats().mappings;
+      const t = receive(path, variant.onState ? { onState: (p) => void (given.push(p), parts.push(Buffer.from(p))) } : {});
       const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);
       const r = await t.done;
       expect(s.event, `${JSON.stringify(variant)}: ${JSON.stringify(s)}`).toBe('handover-done');
@@ -124,6 +126,11 @@ describe('a handover between two processes', () => {
         expect(r.state).toBeNull();
         expect(parts.length).toBeGreaterThan(1);
         expect(sha256(Buffer.concat(parts))).toBe(sha);
+        if (variant.memfdPayloads) {
+          // Each memfd part was a mapping, unmapped (detached) once onState returned.
+          expect(given.filter((p) => isReleased(p)).length, `mapped parts released: ${given.map((p) => p.length).join(',')}`).toBeGreaterThan(0);
+          expect(mappingStats().mappings).toBe(mappedBefore);
+        }
       } else {
         expect(r.state && sha256(r.state), JSON.stringify(variant)).toBe(sha);
       }

@@ -133,6 +133,20 @@ export function handoverCases(s: Scale): Case[] {
         return (Number(src.peak) - Number(src.before) + (sink.peak - sink.before)) / MiB;
       },
     },
+    {
+      group: `peak RSS growth while streaming ${Math.round(s.rssBytes / MiB)} MiB of state`,
+      name: 'source + target, 1 MiB parts by sealed memfd, each mapped, read and released',
+      unit: 'MiB',
+      lowerIsBetter: true,
+      absoluteTarget: 64,
+      run: async () => {
+        const [src] = await pairOfPeers({ script: 'rss-source.ts', args: [s.rssBytes, 'memfd'] }, { script: 'rss-sink.ts', args: [] });
+        const sink = JSON.parse(String(src.ack)) as { before: number; peak: number; bytes: number; mapped: number };
+        if (sink.bytes !== s.rssBytes) throw new Error(`the sink got ${sink.bytes} of ${s.rssBytes} bytes`);
+        if (sink.mapped !== s.rssBytes / MiB) throw new Error(`the sink mapped ${sink.mapped} parts, not ${s.rssBytes / MiB}`);
+        return (Number(src.peak) - Number(src.before) + (sink.peak - sink.before)) / MiB;
+      },
+    },
   );
   return cases;
 }

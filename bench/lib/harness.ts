@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FdSocket, closeFd, native, type SocketType } from '../../src/index.js';
+import { FdSocket, closeFd, crcImplementation, native, type SocketType } from '../../src/index.js';
 import { withDefaults } from '../../src/transport/fd-socket.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -43,7 +43,9 @@ export interface TsPeer {
  */
 export async function startPeer(script: string, args: (string | number)[], type: SocketType = 'stream'): Promise<TsPeer> {
   const [a, b] = native.socketpair(type === 'seqpacket' ? native.SOCK_SEQPACKET : native.SOCK_STREAM);
-  const proc = spawn(process.execPath, ['--import', TSX, join(BENCH, 'peers', script), ...args.map(String)], {
+  // BENCH_PEER_NODE_ARGS: extra node options for the peers (e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'; NODE_OPTIONS refuses --cpu-prof).
+  const extra = (process.env.BENCH_PEER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const proc = spawn(process.execPath, [...extra, '--import', TSX, join(BENCH, 'peers', script), ...args.map(String)], {
     stdio: ['ignore', 'inherit', 'inherit', b],
   });
   closeFd(b);
@@ -84,7 +86,17 @@ export function machine(): Record<string, unknown> {
     node: process.version,
     wmemDefault: readSysctl('/proc/sys/net/core/wmem_default'),
     wmemMax: readSysctl('/proc/sys/net/core/wmem_max'),
+    crc32: crcImplementation().impl,
+    load: readSysctlText('/proc/loadavg'),
   };
+}
+
+function readSysctlText(path: string): string | null {
+  try {
+    return execFileSync('cat', [path], { encoding: 'utf8' }).trim().split(' ').slice(0, 3).join(' ');
+  } catch {
+    return null;
+  }
 }
 
 function readSysctl(path: string): number | null {

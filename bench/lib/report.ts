@@ -46,7 +46,7 @@ export function renderMarkdown(r: Report): string {
   out.push('');
   out.push(
     `Measured ${r.date.slice(0, 10)} on ${String(m.cpu)}, ${String(m.cores)} cores, ${String(m.memoryGiB)} GiB, ${String(m.kernel)}, Node ${String(m.node)} ` +
-      `(net.core.wmem_default ${String(m.wmemDefault)}). ${r.runs} runs of every case, interleaved; the figures are medians with the min–max of the runs. ` +
+      `(net.core.wmem_default ${String(m.wmemDefault)}), CRC-32 by ${String(m.crc32 ?? 'zlib')}, load average at the end ${String(m.load ?? 'unknown')}. ${r.runs} runs of every case, interleaved; the figures are medians with the min–max of the runs. ` +
       `A ratio compares a median with the median of the group's baseline from the same runs. The machine is a shared 2-vCPU VM: single runs vary by ±25 %, which is why only ratios of interleaved medians are compared.`,
   );
   out.push('');

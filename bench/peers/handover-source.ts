@@ -1,5 +1,6 @@
 // Benchmark peer: a "management daemon" that hands DEVICES generic devices of
-// FDS_EACH fds each (dups of a few eventfds) and STATE bytes of state (streamed in
+// FDS_EACH fds each (distinct eventfds: the target refuses one file sent twice)
+// and STATE bytes of state (streamed in
 // parts, memory stays flat) over fd 3, and reports the timings as one JSON line.
 import { FdSocket, GenericSource, closeFds, native, sendHandover } from '../../src/index.js';
 
@@ -7,11 +8,10 @@ const devices = Number(process.argv[2]);
 const fdsEach = Number(process.argv[3]);
 const stateBytes = Number(process.argv[4]);
 const crc = process.argv[5] !== 'nocrc';
-const base = Array.from({ length: 8 }, () => native.eventfd(0));
 const owned: number[] = [];
 const list = Array.from({ length: devices }, (_, d) => {
   const fds = Array.from({ length: fdsEach }, (_, k) => {
-    const fd = native.dup(base[k % base.length]!);
+    const fd = native.eventfd(0);
     owned.push(fd);
     return { name: `f${k}`, fd, kind: 'eventfd' as const };
   });
@@ -28,5 +28,4 @@ const r = await sendHandover({ socket: sock, devices: list, state: state(), back
 const wall = performance.now() - t0;
 process.stdout.write(JSON.stringify({ downtimeMs: r.timings.downtimeMs, totalMs: r.timings.totalMs, wallMs: wall, fds: r.fds, stateBytes, phases: r.timings.phases }) + '\n');
 closeFds(owned);
-closeFds(base);
 sock.close();

@@ -1,5 +1,6 @@
 // Benchmark peer: streams TOTAL bytes of state in 1 MiB parts (one reused buffer)
-// through StreamWriter and FdSocket on fd 3, and reports its RSS.
+// through StreamWriter and FdSocket on fd 3, and reports its RSS. argv[3] 'memfd':
+// each part goes in its own sealed memfd.
 import { readFileSync } from 'node:fs';
 import { FdSocket, Features, StreamWriter, fdSocketChannel } from '../../src/index.js';
 
@@ -7,8 +8,9 @@ const total = Number(process.argv[2]);
 const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
 const hwm = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
 const sock = FdSocket.fromFd(3);
-const w = new StreamWriter(fdSocketChannel(sock), { partSize: 1 << 20 });
-const features = Features.BODY_CRC;
+const memfd = process.argv[3] === 'memfd';
+const w = new StreamWriter(fdSocketChannel(sock), { partSize: 1 << 20, memfdThreshold: memfd ? 1 : Number.MAX_SAFE_INTEGER });
+const features = Features.BODY_CRC | (memfd ? Features.MEMFD_PAYLOAD | Features.FDS : 0);
 await w.hello({ minVersion: 1, maxVersion: 1, features, canPassFds: true, fdBudget: 0xffffffff, offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }], info: null });
 await w.plan({ version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] });
 const before = rss();

@@ -1,14 +1,22 @@
 // Benchmark peer: reads a migration stream from fd 3 (an FdSocket, push mode,
 // recycled receive memory) with a StreamReader in inspect role, counting the state
-// bytes, and answers after the EOF frame. argv[2] 'keep': memfd payloads stay fds
-// (counted by their size); 'read' (default): their bytes are read out.
-import { closeFd, FdSocket, StreamReader, closeFds, native, pumpFdSocket } from '../../src/index.js';
+// bytes, and answers after the EOF frame. argv[2] says what becomes of memfd
+// payloads: 'keep': they stay fds (counted by their size); 'read': their bytes are
+// read out into a buffer; 'map' (default): mapped (no copy), counted, released;
+// 'map-touch': mapped, every byte read once (a CRC-32 over the mapping), released.
+import { closeFd, FdSocket, StreamReader, closeFds, crc32, native, pumpFdSocket, releaseMapping } from '../../src/index.js';
 
 const sock = FdSocket.fromFd(3, { recycleReadBuffers: true });
-const memfdPayload = process.argv[2] === 'keep' ? 'keep' : 'read';
-const reader = new StreamReader({ role: 'inspect', verifyFdKinds: process.env.BT_VERIFY_KINDS !== '0', reuseBuffers: true, memfdPayload });
+const mode = (process.argv[2] ?? 'map') as 'keep' | 'read' | 'map' | 'map-touch';
+const reader = new StreamReader({
+  role: 'inspect',
+  verifyFdKinds: process.env.BT_VERIFY_KINDS !== '0',
+  reuseBuffers: true,
+  memfdPayload: mode === 'map-touch' ? 'map' : mode,
+});
 let payload = 0;
 let fds = 0;
+let touched = 0;
 await sock.send(Buffer.from('R'));
 await pumpFdSocket(sock, reader, (items) => {
   for (const it of items) {
@@ -17,12 +25,14 @@ await pumpFdSocket(sock, reader, (items) => {
         payload += native.fstat(it.payloadFd).size; // kept: the bytes are there, behind the fd
         closeFd(it.payloadFd);
       } else payload += it.payload.length;
+      if (mode === 'map-touch') touched ^= crc32(it.payload);
+      if (it.payloadMapped) releaseMapping(it.payload);
       fds += it.attachments.length;
       closeFds(it.attachments.map((a) => a.fd));
     }
   }
 });
 sock.resume();
-await sock.send(Buffer.from(`${payload} ${fds}\n`));
+await sock.send(Buffer.from(`${payload} ${fds} ${touched}\n`));
 await sock.end();
 sock.close();

@@ -4,6 +4,7 @@
 // target's answer.
 import { existsSync } from 'node:fs';
 import { native } from '../native.js';
+import { crcImplementation, type CrcImplementation } from '../stream/crc.js';
 import type { AcceptFn, DeviceSupport } from '../stream/negotiate.js';
 import type { Offer } from '../stream/wire.js';
 import { BACKEND_KINDS, type BackendKind, type SourceDevice, type TargetDevice } from './types.js';
@@ -13,6 +14,8 @@ export interface Supported {
   kinds: BackendKind[];
   /** What this machine offers for them. */
   machine: { tun: boolean; vhostNet: boolean; memfd: boolean; peerPidfd: boolean };
+  /** The CRC-32 implementation in use (@node-rs/crc32, SIMD; or zlib where that is missing), and why not the fast one. */
+  crc: { impl: CrcImplementation; fallbackReason: string | null };
 }
 
 /** The kinds this build can transfer, and what this machine has for them. */
@@ -38,7 +41,7 @@ export function supported(): Supported {
   } catch {
     memfd = false;
   }
-  return { kinds: [...BACKEND_KINDS], machine: { tun: existsSync('/dev/net/tun'), vhostNet: existsSync('/dev/vhost-net'), memfd, peerPidfd } };
+  return { kinds: [...BACKEND_KINDS], machine: { tun: existsSync('/dev/net/tun'), vhostNet: existsSync('/dev/vhost-net'), memfd, peerPidfd }, crc: crcImplementation() };
 }
 
 /** The source's offers: a device wants its fds moved only with both the session promise and its own opt-in. */

@@ -19,6 +19,7 @@ export const supportedCommand: Command = {
     else {
       console.log(`kinds        ${s.kinds.join(', ')}`);
       for (const [k, v] of Object.entries(s.machine)) console.log(`${k.padEnd(12)} ${v ? 'yes' : 'no'}`);
+      console.log(`crc32        ${s.crc.impl}${s.crc.fallbackReason ? ` (${s.crc.fallbackReason})` : ''}`);
       console.log(`scmMaxFd     ${native.SCM_MAX_FD} fds per sendmsg (more are split over pieces)`);
     }
     return 0;

@@ -33,11 +33,20 @@ function closeHow(fd: number): CloseHow {
   } catch {
     return 'not-open';
   }
+  return closeHowByMode(fd, mode, null);
+}
+
+/**
+ * closeHow from an st_mode already known (fstat_modes gives a batch of them in
+ * one call, with SO_DOMAIN for sockets as `domain`; null: ask getsockopt).
+ */
+function closeHowByMode(fd: number, mode: number, domain: number | null): CloseHow {
   switch (mode & native.S_IFMT) {
     case 0: // anon inode: eventfd, pidfd, epoll, timerfd, signalfd
     case native.S_IFIFO:
       return 'now';
     case native.S_IFSOCK:
+      if (domain !== null) return domain === native.AF_UNIX ? 'now' : 'deferred';
       try {
         return native.getsockopt(fd, native.SOL_SOCKET, native.SO_DOMAIN) === native.AF_UNIX ? 'now' : 'deferred';
       } catch {
@@ -114,10 +123,18 @@ export function closeFds(fds: Iterable<number>): void {
   const list = n === all.length ? sorted.sort() : sorted.subarray(0, n).sort();
   let deferred: number[] | null = null;
   let now = 0; // list[0, now) are the fds to close here, deduplicated, in order
+  // Every fd's st_mode (and a socket's domain) in one call into the addon, not one per fd.
+  const facts = list.length >= BATCH_MIN ? modesOf(list) : null;
   for (let i = 0; i < list.length; i++) {
     const fd = list[i]!;
     if (i > 0 && fd === list[i - 1]) continue;
-    const how = closeHow(fd);
+    let how: CloseHow;
+    if (facts === null) how = closeHow(fd);
+    else {
+      const mode = facts[2 * i]!;
+      const aux = facts[2 * i + 1]!;
+      how = mode < 0 ? 'not-open' : closeHowByMode(fd, mode, aux < 0 ? null : aux);
+    }
     if (how === 'now') list[now++] = fd;
     else if (how === 'deferred') (deferred ??= []).push(fd);
   }
@@ -140,6 +157,17 @@ export function closeFds(fds: Iterable<number>): void {
     for (let k = i; k < j; k++) closeNow(list[k]!);
     i = j;
   }
+}
+
+/** From this many fds on, closeFds asks their modes in one fstat_modes call. */
+const BATCH_MIN = 4;
+let modesBuf = new Int32Array(2 * 256);
+
+/** st_mode (or -errno) and, for sockets, SO_DOMAIN (or -errno) of each fd, in one call. */
+function modesOf(list: Int32Array): Int32Array {
+  if (modesBuf.length < 2 * list.length) modesBuf = new Int32Array(2 * list.length);
+  native.fstat_modes(list, modesBuf);
+  return modesBuf;
 }
 
 function closeNow(fd: number): void {

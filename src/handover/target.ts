@@ -9,6 +9,7 @@ import { BackendTransferError, ErrorCodes, withoutCode } from '../errors.js';
 import { acceptFor } from '../backends/policy.js';
 import type { Arrival, Resolved, TargetDevice } from '../backends/types.js';
 import { closeFds, findSameFile, sameFileMethod } from '../fd/index.js';
+import { releaseMapping } from '../fd/mapping.js';
 import { verifyError } from '../backends/common.js';
 import { fdBudget } from '../stream/budget.js';
 import { fdSocketChannel } from '../stream/channel.js';
@@ -53,12 +54,13 @@ class Parts {
   #chunk: Buffer | null = null;
   #fill = 0;
 
-  add(part: Buffer, owned: boolean): void {
-    if (part.length === 0) return;
+  /** Whether the part itself is kept (false: it was copied, or empty). */
+  add(part: Buffer, owned: boolean): boolean {
+    if (part.length === 0) return false;
     if (part.length >= SMALL_PART) {
       this.#seal();
       this.#list.push(owned ? part : Buffer.from(part));
-      return;
+      return owned;
     }
     if (this.#chunk === null || this.#fill + part.length > this.#chunk.length) {
       const grown = Math.min(CHUNK_MAX, Math.max(part.length, 2 * (this.#chunk?.length ?? 128)));
@@ -67,6 +69,7 @@ class Parts {
     }
     part.copy(this.#chunk, this.#fill);
     this.#fill += part.length;
+    return false;
   }
 
   #seal(): void {
@@ -248,6 +251,8 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       reuseBuffers: true,
       limits: { maxDevices: lim.maxDevices },
       onPayload,
+      // A memfd part not read into room made for it is mapped, not read: no copy.
+      memfdPayload: 'map',
     });
     writer = new StreamWriter(fdSocketChannel(sock));
     const w = writer;
@@ -261,21 +266,31 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         fdsCount += it.attachments.length;
         // The reader reuses its buffer for inline payloads: take them out now, while
         // they are valid. A payload read out of a memfd is a buffer of its own (or
-        // already in place in stateBuf): it is kept as it is, never copied again.
+        // already in place in stateBuf), a mapped one a mapping of its own: it is
+        // kept as it is, never copied again. onState gets a mapped part for the
+        // call only (like an inline one): it is unmapped when onState returns.
         if (isVmmState(it.device)) {
-          if (o.onState) o.onState(it.payload);
-          else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) {
+          const n = it.payload.length; // before a mapping is released (then its length is 0)
+          if (o.onState) {
+            try {
+              o.onState(it.payload);
+            } finally {
+              if (it.payloadMapped) releaseMapping(it.payload);
+            }
+          } else if (stateBuf && stateBytes + it.payload.length <= stateBuf.length) {
             const inPlace = it.payload.buffer === stateBuf.buffer && it.payload.byteOffset === stateBuf.byteOffset + stateBytes;
             if (!inPlace) it.payload.copy(stateBuf, stateBytes);
+            if (it.payloadMapped) releaseMapping(it.payload);
           } else {
             if (stateBuf) {
               // More than announced: go on in parts.
               stateParts!.add(stateBuf.subarray(0, stateBytes), true);
               stateBuf = null;
             }
-            stateParts!.add(it.payload, it.payloadInMemfd);
+            const kept = stateParts!.add(it.payload, it.payloadInMemfd);
+            if (it.payloadMapped && !kept) releaseMapping(it.payload);
           }
-          stateBytes += it.payload.length;
+          stateBytes += n;
           it.payload = EMPTY;
         } else if (!it.payloadInMemfd) it.payload = Buffer.from(it.payload);
       },
@@ -361,7 +376,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         received.push(a.fd);
         p.arrival.attachments.push(a);
       }
-      if (!isVmmState(it.device)) p.parts.add(it.payload, true); // copied when it arrived (if inline)
+      if (!isVmmState(it.device) && !p.parts.add(it.payload, true) && it.payloadMapped) releaseMapping(it.payload); // copied when it arrived (if inline)
       if (it.frame === 'end' || it.frame === 'full') p.complete = true;
       o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
     }

@@ -24,11 +24,11 @@ export function fdSocketChannel(sock: FdSocket): StreamChannel {
     writeFrame(head, rest, fds) {
       // A frame with fds is one message: if the kernel refuses the fds (EBADF,
       // ETOOMANYREFS), none of the frame goes, instead of its rest without its head.
-      if (fds.length > 0 && rest.length > 0) return sock.send([head, ...rest], fds);
-      const first = sock.send(head, fds);
-      if (rest.length === 0) return first;
-      // Both settle through one promise: a failure of either is reported once and never unhandled.
-      return Promise.all([first, sock.send(rest)]).then(() => undefined);
+      // Without fds too, the header and the body go as one gather list: one
+      // sendmsg per frame rather than one for the 20-byte header and one for the
+      // body (which also woke the receiver for the header alone).
+      if (rest.length > 0) return sock.send([head, ...rest], fds);
+      return sock.send(head, fds);
     },
   };
 }

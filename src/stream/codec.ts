@@ -2,7 +2,7 @@
 // After compact-encoding: every encoder sizes first, then writes into one buffer;
 // every decoder reads through a bounds-checked cursor and checks limits before it
 // allocates.
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import {
   AttachmentRole,

@@ -8,3 +8,5 @@ export type { StreamChannel } from './channel.js';
 export { answerOffers, computePlan, chooseVersion, samePlan, FD_BUDGET_RESERVE } from './negotiate.js';
 export type { AcceptFn, DeviceSupport } from './negotiate.js';
 export { fdBudget } from './budget.js';
+export { crc32, crcImplementation } from './crc.js';
+export type { CrcImplementation } from './crc.js';

@@ -5,7 +5,7 @@
 // stream really ended cleanly. Every fd it received and did not hand out is closed
 // when it fails or is closed; an error is sticky.
 import { readSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd, closeFds, inspectFd, type FdInfo } from '../fd/index.js';
 import { native } from '../native.js';
@@ -87,6 +87,12 @@ export interface SectionItem {
   payload: Buffer;
   /** With memfdPayload: 'keep', the sealed, checked payload memfd (the caller's). */
   payloadFd?: number;
+  /**
+   * With memfdPayload: 'map', the payload is a private mapping of its memfd (no
+   * copy; see mapSealedMemfd): releaseMapping(payload) unmaps it at once when the
+   * caller is done, else it is unmapped when collected.
+   */
+  payloadMapped?: boolean;
   payloadInMemfd: boolean;
   /** false only in inspect mode with crc: 'report', when the body CRC did not match. */
   crcOk: boolean;
@@ -124,8 +130,13 @@ export interface StreamReaderOptions {
   limits?: Partial<StreamLimits>;
   /** Check each received fd against its attachment's kind (default true). */
   verifyFdKinds?: boolean;
-  /** 'read' (default): read memfd payloads into memory and close the memfd; 'keep': hand the memfd out. */
-  memfdPayload?: 'read' | 'keep';
+  /**
+   * 'read' (default): read memfd payloads into memory and close the memfd; 'keep':
+   * hand the memfd out; 'map': map it privately (one mmap, no read, no copy; the
+   * item says payloadMapped) and close it, unless onPayload gives a buffer to
+   * read it into. Seals and size are checked before anything is read or mapped.
+   */
+  memfdPayload?: 'read' | 'keep' | 'map';
   /** 'throw' (default), or 'report' to mark section frames crcOk: false (inspect only). */
   crc?: 'throw' | 'report';
   /** Expect the 8-byte magic first (default true). */
@@ -181,7 +192,7 @@ export class StreamReader {
   readonly role: ReaderRole;
   readonly limits: StreamLimits;
   readonly #verifyKinds: boolean;
-  readonly #memfdMode: 'read' | 'keep';
+  readonly #memfdMode: 'read' | 'keep' | 'map';
   readonly #crcMode: 'throw' | 'report';
   readonly #fdsAbsent: boolean;
   readonly #reuse: boolean;
@@ -344,6 +355,7 @@ export class StreamReader {
       if (it.type === 'section') {
         closeFds(it.attachments.map((a) => a.fd));
         if (it.payloadFd !== undefined) closeFd(it.payloadFd);
+        if (it.payloadMapped) native.munmap_buffer(it.payload);
       }
     }
     this.#dropQueuedFds();
@@ -832,13 +844,17 @@ export class StreamReader {
     }
     const into = this.#onPayload?.(dev.device, s.payloadLength, inMemfd) ?? undefined;
     let payload: Buffer = EMPTY;
+    let mapped = false;
     if (inMemfd) {
-      if (!this.#fdsAbsent) payload = this.#memfdPayload(payloadFd!, s.payloadLength, s.payloadCrc ?? 0, into);
+      if (!this.#fdsAbsent) {
+        payload = this.#memfdPayload(payloadFd!, s.payloadLength, s.payloadCrc ?? 0, into);
+        mapped = this.#memfdMode === 'map' && into === undefined && payload.length > 0;
+      }
     } else {
       payload = body.subarray(c.pos, c.pos + s.payloadLength);
     }
     // Nothing below throws: the item takes the fds.
-    if (inMemfd && (this.#memfdMode === 'read' || this.#fdsAbsent)) {
+    if (inMemfd && (this.#memfdMode !== 'keep' || this.#fdsAbsent)) {
       if (!this.#fdsAbsent) closeFd(payloadFd!);
       payloadFd = undefined;
     }
@@ -862,6 +878,7 @@ export class StreamReader {
       bodyLength: h.bodyLength,
     };
     if (payloadFd !== undefined) item.payloadFd = payloadFd;
+    if (mapped) item.payloadMapped = true;
     return item;
   }
 
@@ -920,6 +937,19 @@ export class StreamReader {
     this.#payloadFiles.add(file);
     if (this.#memfdMode === 'keep') return EMPTY;
     if (into !== undefined && into.length !== length) throw new Error(`internal: onPayload gave ${into.length} bytes of room for ${length}`);
+    if (into === undefined && this.#memfdMode === 'map') {
+      // Sealed against shrinking and of the declared size (both checked above): map it.
+      if (length === 0) return EMPTY;
+      const m = native.mmap_memfd(fd, length);
+      if ((this.#features & Features.BODY_CRC) !== 0) {
+        const c = crc32(m);
+        if (c !== crc) {
+          native.munmap_buffer(m);
+          return fail(ErrorCodes.ERR_STREAM_CRC, `payload memfd content CRC mismatch (stored ${hex(crc)}, computed ${hex(c)})`);
+        }
+      }
+      return m;
+    }
     const out = into ?? Buffer.allocUnsafe(length);
     let got = 0;
     while (got < length) {

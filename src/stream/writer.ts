@@ -3,8 +3,8 @@
 // channel error is sticky: every later call reports it (QEMU's qemu-file does the
 // same). A section that would need fds on a channel that cannot carry them fails
 // before anything is written.
-import { readSync, writeSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
+import { writeSync } from 'node:fs';
+import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd } from '../fd/index.js';
 import { native } from '../native.js';
@@ -435,16 +435,15 @@ export function fillMemfd(data: Uint8Array, name = 'bt-payload'): number {
   }
 }
 
+/** The CRC of a sealed memfd's `length` bytes (seals and size checked by #checkMemfd), over a mapping: no read loop. */
 function memfdCrc(fd: number, length: number): number {
-  const buf = Buffer.allocUnsafe(Math.min(length, 1 << 20));
-  let crc = 0;
-  for (let off = 0; off < length; ) {
-    const n = readSync(fd, buf, 0, Math.min(buf.length, length - off), off);
-    if (n <= 0) break;
-    crc = crc32(buf.subarray(0, n), crc);
-    off += n;
+  if (length === 0) return 0;
+  const m = native.mmap_memfd(fd, length);
+  try {
+    return crc32(m);
+  } finally {
+    native.munmap_buffer(m);
   }
-  return crc;
 }
 
 /** A section frame's sectionId: the first u32 of its body. */
