@@ -20,7 +20,7 @@ export {
   hasFeature,
   requestName,
   decodeVirtioBlkConfig,
-} from './vhost-user-protocol.js';
-export type { VhostUserSession, VhostUserFrontendOptions, VhostUserConnectOptions, VhostUserReply, VirtioBlkConfig } from './vhost-user-protocol.js';
+} from '../vhost-user/index.js';
+export type { VhostUserSession, VhostUserFrontendOptions, VhostUserConnectOptions, VhostUserReply, VirtioBlkConfig } from '../vhost-user/index.js';
 export { SourceBase, TargetBase } from './base.js';
 export type { SourceOptionsBase, TargetOptionsBase } from './base.js';

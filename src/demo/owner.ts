@@ -12,7 +12,7 @@ import { native } from '../native.js';
 import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../backends/chardev-socket.js';
 import { TapSource, TapTarget, openTap, type TapBackend } from '../backends/tap.js';
 import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../backends/vhost-user.js';
-import { VhostUserFrontend, VhostUserProtocolFeatureBit, featureBit, hasFeature } from '../backends/vhost-user-protocol.js';
+import { VhostUserFrontend, VhostUserProtocolFeatureBit, featureBit, hasFeature } from '../vhost-user/index.js';
 import type { SourceDevice, TargetDevice } from '../backends/types.js';
 import { sendHandover } from '../handover/source.js';
 import { receiveHandover } from '../handover/target.js';
