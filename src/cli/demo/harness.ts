@@ -2,10 +2,10 @@
 // processes, an echo peer that counts its connections, and a TAP's namespace.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { BackendTransferError } from '../errors.js';
-import { closeFds } from '../fd/index.js';
-import { FdServer } from '../transport/server.js';
-import type { FdSocket } from '../transport/fd-socket.js';
+import { BackendTransferError } from '../../errors.js';
+import { closeFds } from '../../fd/index.js';
+import { FdServer } from '../../transport/server.js';
+import type { FdSocket } from '../../transport/fd-socket.js';
 import type { OwnerConfig } from './owner.js';
 import { createNetns, deleteNetns, ip } from './netns.js';
 import { peerMac } from './owner.js';
