@@ -6,7 +6,8 @@ import { existsSync } from 'node:fs';
 import { native } from '../native.js';
 import type { AcceptFn, DeviceSupport } from '../stream/negotiate.js';
 import type { Offer } from '../stream/wire.js';
-import { BACKEND_KINDS, type BackendKind, type SourceDevice, type TargetDevice } from './types.js';
+import { BACKEND_KINDS } from './registry.js';
+import type { BackendKind, SourceDevice, TargetDevice } from './types.js';
 
 export interface Supported {
   /** Backend kinds this build can transfer. */
