@@ -1,4 +1,4 @@
-// The addon, loaded the way serialport/bindings-cpp does it (node-gyp-build picks a
+// The addon, loaded lazily (on first use) the way serialport/bindings-cpp does it (node-gyp-build picks a
 // prebuild from prebuilds/ or the local build/), with a typed interface that
 // everything above is written against.
 import { createRequire } from 'node:module';
@@ -188,4 +188,26 @@ const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
  */
 const override = process.env.BACKEND_TRANSFER_NATIVE;
 
-export const native = (override ? require(override) : nodeGypBuild(fileURLToPath(new URL('..', import.meta.url)))) as NativeBinding;
+let binding: NativeBinding | null = null;
+
+/**
+ * The addon, loaded on first use (not at import): code that only reads a recorded
+ * stream (`backend-transfer inspect`, the stream decoder) runs where the addon is
+ * missing or not built. Throws node-gyp-build's (or require's) error when it cannot be loaded.
+ */
+export function loadNative(): NativeBinding {
+  binding ??= (override ? require(override) : nodeGypBuild(fileURLToPath(new URL('..', import.meta.url)))) as NativeBinding;
+  return binding;
+}
+
+/** The addon's exports; the first property read loads it (see loadNative). */
+export const native: NativeBinding = new Proxy({} as NativeBinding, {
+  get: (_t, p) => Reflect.get(loadNative(), p) as unknown,
+  has: (_t, p) => Reflect.has(loadNative(), p),
+  ownKeys: () => Reflect.ownKeys(loadNative()),
+  getOwnPropertyDescriptor: (_t, p) => {
+    const d = Reflect.getOwnPropertyDescriptor(loadNative(), p);
+    if (d) d.configurable = true;
+    return d;
+  },
+});

@@ -22,7 +22,12 @@ import { FdServer, printable, type ListenOptions } from './server.js';
 
 export type SocketType = 'stream' | 'seqpacket';
 
-export const SCM_MAX_FD = native.SCM_MAX_FD;
+/**
+ * The kernel's limit on fds in one SCM_RIGHTS message (SCM_MAX_FD in
+ * include/net/scm.h, 253 since Linux 2.6.38). A constant here so that importing
+ * this file loads nothing; test/fd-socket-units.test.ts checks it against native.SCM_MAX_FD.
+ */
+export const SCM_MAX_FD = 253;
 
 export interface ConnectOptions extends FdSocketOptions {
   type?: SocketType;
