@@ -1,3 +1,7 @@
+// (Over 450 lines: the public face of FdSocket, every method with its contract;
+// about a third is doc comments. The logic is in send-queue.ts, receive-buffer.ts
+// and unix-socket.ts.)
+//
 // FdSocket: a non-blocking AF_UNIX stream or seqpacket socket that carries bytes
 // and file descriptors, with backpressure, owned received fds and sequence numbers.
 //
@@ -10,12 +14,14 @@ import { EventEmitter } from 'node:events';
 import { loadNative, native, type PeerCred, type PollerConstructor } from '../native.js';
 import type { FdServer, ListenOptions } from './server.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
-import { closeFds } from '../fd/index.js';
 import { FdPoller, READABLE, WRITABLE } from './poller.js';
-import { checkPeer, type PeerPolicy } from './peer.js';
+import type { PeerPolicy } from './peer.js';
 import { ReceiveBuffer, SEQPACKET_MAX_RECORD } from './receive-buffer.js';
 import { SendQueue } from './send-queue.js';
-import { printable, type FdSocketStats, type ReceivedChunk, type SocketType } from './types.js';
+import type { FdSocketStats, ReceivedChunk, SocketType } from './types.js';
+import { checkUnixSocket, dial, typeOf, withDefaults } from './unix-socket.js';
+
+export { checkUnixSocket, withDefaults } from './unix-socket.js';
 
 export { SCM_MAX_FD } from './types.js';
 export type { SocketType, ReceivedChunk, FdSocketStats } from './types.js';
@@ -69,10 +75,6 @@ export interface ConsumeOptions {
 
 const RESOLVED: Promise<void> = Promise.resolve();
 const EMPTY_FDS: number[] = [];
-
-function typeOf(t: SocketType): number {
-  return t === 'seqpacket' ? native.SOCK_SEQPACKET : native.SOCK_STREAM;
-}
 
 export class FdSocket extends EventEmitter {
   /** The socket's own fd (owned by this object). */
@@ -509,37 +511,7 @@ export class FdSocket extends EventEmitter {
    */
   static async connect(address: string, options: ConnectOptions = {}): Promise<FdSocket> {
     const type = options.type ?? 'stream';
-    const timeout = options.timeout ?? 10_000;
-    let fd: number;
-    try {
-      fd = native.socket(typeOf(type));
-    } catch (err) {
-      throw BackendTransferError.fromSystem(err, 'socket');
-    }
-    let cred: PeerCred;
-    try {
-      const deadline = Date.now() + timeout;
-      for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
-        let r: number;
-        try {
-          r = native.connect(fd, address);
-        } catch (err) {
-          const code = (err as { code?: string }).code;
-          if (code === 'EISCONN') break;
-          if (code === 'EMFILE' || code === 'ENFILE') throw BackendTransferError.fromSystem(err, `connect to ${printable(address)}`);
-          throw new BackendTransferError(ErrorCodes.ERR_CONNECT_FAILED, `connect to ${printable(address)}: ${(err as Error).message}`, { cause: err });
-        }
-        if (r === 0) break;
-        // -EAGAIN: the listener's backlog is full (or -EINPROGRESS): try again shortly.
-        if (Date.now() >= deadline) throw BackendTransferError.timeout(`connect to ${printable(address)}`, timeout);
-        await new Promise((res) => setTimeout(res, delay));
-      }
-      cred = native.getpeercred(fd);
-      checkPeer(cred, options.peer, `connect to ${printable(address)}`);
-    } catch (err) {
-      closeFds([fd]);
-      throw BackendTransferError.fromSystem(err, `connect to ${printable(address)}`);
-    }
+    const { fd, cred } = await dial(address, type, options.timeout ?? 10_000, options.peer);
     const sock = new FdSocket(fd, type, withDefaults(options));
     sock.peer = cred;
     return sock;
@@ -567,36 +539,4 @@ export class FdSocket extends EventEmitter {
     const type = checkUnixSocket(fd);
     return new FdSocket(fd, type, options);
   }
-}
-
-/** Options for sockets this library creates itself. */
-export function withDefaults(options: FdSocketOptions): FdSocketOptions {
-  return options.sendBufferSize === undefined ? { ...options, sendBufferSize: DEFAULT_SEND_BUFFER } : options;
-}
-
-const DEFAULT_SEND_BUFFER = 1024 * 1024;
-
-/** Throws ERR_NOT_UNIX_SOCKET unless fd is a connected AF_UNIX stream or seqpacket socket; returns its type. */
-export function checkUnixSocket(fd: number): SocketType {
-  let st;
-  try {
-    st = native.fstat(fd);
-  } catch (err) {
-    throw BackendTransferError.fromSystem(err, `fstat of fd ${fd}`);
-  }
-  if (st.type !== native.S_IFSOCK) {
-    throw new BackendTransferError(ErrorCodes.ERR_NOT_UNIX_SOCKET, `fd ${fd} is not a socket, so it cannot carry fds (SCM_RIGHTS needs AF_UNIX)`);
-  }
-  const domain = native.getsockopt(fd, native.SOL_SOCKET, native.SO_DOMAIN);
-  if (domain !== native.AF_UNIX) {
-    throw new BackendTransferError(
-      ErrorCodes.ERR_NOT_UNIX_SOCKET,
-      `fd ${fd} is a socket of address family ${domain}, not AF_UNIX, so it cannot carry fds`,
-      { details: { domain } },
-    );
-  }
-  const t = native.getsockopt(fd, native.SOL_SOCKET, native.SO_TYPE);
-  if (t === native.SOCK_STREAM) return 'stream';
-  if (t === native.SOCK_SEQPACKET) return 'seqpacket';
-  throw new BackendTransferError(ErrorCodes.ERR_NOT_UNIX_SOCKET, `fd ${fd} is an AF_UNIX socket of type ${t}; only stream and seqpacket are supported`);
 }

@@ -1,3 +1,7 @@
+// (Over 450 lines: pull, push and the kernel reads share one state -- the chunk
+// queue, the slabs, the high-water marks -- and split apart they would each need
+// all of it.)
+//
 // The receiving half of an FdSocket: reads eagerly (up to a high-water mark) so
 // that fds are owned by this process as soon as they arrive, and hands chunks out
 // by pull (tryRead / waitRead) or push (consume).

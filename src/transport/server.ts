@@ -6,7 +6,9 @@ import { native, type PeerCred } from '../native.js';
 import { BackendTransferError } from '../errors.js';
 import { closeFd } from '../fd/index.js';
 import { FdPoller, READABLE } from './poller.js';
-import { FdSocket, withDefaults, type FdSocketOptions, type SocketType } from './fd-socket.js';
+import { FdSocket, type FdSocketOptions } from './fd-socket.js';
+import { withDefaults } from './unix-socket.js';
+import type { SocketType } from './types.js';
 import { checkPeer, type PeerPolicy } from './peer.js';
 import { printable } from './types.js';
 
