@@ -11,18 +11,5 @@ export { ChardevSocketSource, ChardevSocketTarget, ChardevBackend, chardevSocket
 export type { ChardevMeta, ChardevRole, ChardevSourceOptions, ChardevTargetOptions } from './chardev-socket.js';
 export { GenericSource, GenericTarget, GenericBackend, genericKind } from './generic.js';
 export type { GenericFd, GenericSourceOptions, GenericTargetOptions } from './generic.js';
-export {
-  VhostUserFrontend,
-  VhostUserErrorCodes,
-  VhostUserRequest,
-  VhostFeatureBit,
-  VirtioBlkFeatureBit,
-  VhostUserProtocolFeatureBit,
-  featureBit,
-  hasFeature,
-  requestName,
-  decodeVirtioBlkConfig,
-} from '../vhost-user/index.js';
-export type { VhostUserSession, VhostUserFrontendOptions, VhostUserConnectOptions, VhostUserReply, VirtioBlkConfig } from '../vhost-user/index.js';
 export { SourceBase, TargetBase } from './base.js';
 export type { SourceOptionsBase, TargetOptionsBase } from './base.js';

@@ -875,7 +875,7 @@ export class StreamReader {
   }
 
   #memfdPayload(fd: number, length: number, crc: number, into?: Buffer): Buffer {
-    const fail = (code: string, message: string): never => {
+    const fail = (code: (typeof ErrorCodes)[keyof typeof ErrorCodes], message: string): never => {
       throw new BackendTransferError(code, message, { details: { length } });
     };
     let seals: number;

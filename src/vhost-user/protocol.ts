@@ -27,20 +27,9 @@ import { BackendTransferError } from '../errors.js';
 
 // ---------------------------------------------------------------- constants
 
-export const VhostUserErrorCodes = {
-  /** The peer broke the protocol: not a reply, a reply to another request, bad version or size, unsolicited bytes. */
-  ERR_VHOST_USER_PROTOCOL: 'ERR_VHOST_USER_PROTOCOL',
-  /** No (complete) reply within the time limit. */
-  ERR_VHOST_USER_TIMEOUT: 'ERR_VHOST_USER_TIMEOUT',
-  /** The connection is gone: the back-end closed it (EOF, EPIPE, ECONNRESET), or this front-end was closed or detached. */
-  ERR_VHOST_USER_CLOSED: 'ERR_VHOST_USER_CLOSED',
-  /** The back-end answered and said no: a non-zero REPLY_ACK, or an empty GET_CONFIG reply. The session goes on. */
-  ERR_VHOST_USER_REJECTED: 'ERR_VHOST_USER_REJECTED',
-  /** detach() while a request is in flight or received bytes are still unread. */
-  ERR_VHOST_USER_BUSY: 'ERR_VHOST_USER_BUSY',
-} as const;
+export { VhostUserErrorCodes } from '../errors.js';
 
-export type VhostUserErrorCode = (typeof VhostUserErrorCodes)[keyof typeof VhostUserErrorCodes];
+export type { VhostUserErrorCode } from '../errors.js';
 
 /** Front-end request types (vhost-user.rst, "Front-end message types"). */
 export const VhostUserRequest = {

@@ -240,7 +240,3 @@ export class TapNamespace {
     deleteNetns(this.name);
   }
 }
-
-export function demoError(message: string): BackendTransferError {
-  return new BackendTransferError('ERR_DEMO', message);
-}
