@@ -138,13 +138,18 @@ describe('SendQueue with a fake sendmsg', () => {
 
   it('fds need bytes to ride on', () => {
     const { q } = queue(fakeSendmsg(() => 10).fn);
-    expect(() => q.submit(Buffer.alloc(1), Array.from({ length: 254 }, (_, i) => i), true, noFailQueued)).toThrow(
-      expect.objectContaining({ code: ErrorCodes.ERR_FDS_NEED_BYTES }),
-    );
+    expect(() =>
+      q.submit(
+        Buffer.alloc(1),
+        Array.from({ length: 254 }, (_, i) => i),
+        true,
+        noFailQueued,
+      ),
+    ).toThrow(expect.objectContaining({ code: ErrorCodes.ERR_FDS_NEED_BYTES }));
     expect(() => q.submit(Buffer.alloc(4), [-1], true, noFailQueued)).toThrow(expect.objectContaining({ code: ErrorCodes.ERR_INVALID_ARGUMENT }));
   });
 
-  it('EBADF on a message\'s first bytes fails that message only; EPIPE fails the sending side', async () => {
+  it("EBADF on a message's first bytes fails that message only; EPIPE fails the sending side", async () => {
     let err: Error | null = Object.assign(new Error('bad fd'), { code: 'EBADF' });
     const fake = fakeSendmsg(
       () => 100,
@@ -220,7 +225,17 @@ function buffer(script: Rx[]) {
     ended: () => log.push('ended'),
   };
   const st = stats();
-  const rb: ReceiveBuffer = new ReceiveBuffer({ fd: 98, type: 'seqpacket', readBufferSize: 1024, recycle: false, highWaterMark: 1 << 20, fdHighWaterMark: 1024, syscalls: fakeRecv(script), stats: st, hooks });
+  const rb: ReceiveBuffer = new ReceiveBuffer({
+    fd: 98,
+    type: 'seqpacket',
+    readBufferSize: 1024,
+    recycle: false,
+    highWaterMark: 1 << 20,
+    fdHighWaterMark: 1024,
+    syscalls: fakeRecv(script),
+    stats: st,
+    hooks,
+  });
   return { rb, log, st };
 }
 

@@ -9,7 +9,7 @@ import { FdServer } from '../transport/server.js';
 import { decodeState, encodeState, expectFd, requireString, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
-import { num, type Json } from './json.js';
+import { num, text, type Json } from './json.js';
 import type { BackendKindEntry } from './types.js';
 import { native } from '../native.js';
 
@@ -154,7 +154,7 @@ export const chardevSocketKind: BackendKindEntry<'chardev-socket', ChardevBacken
       ...common,
       fd: num(d, 'fd'),
       role: (d.role as ChardevRole | undefined) ?? 'client',
-      address: String(d.address ?? ''),
+      address: text(d, 'address'),
       tls: d.tls === true,
       telnet: d.telnet === true,
       websocket: d.websocket === true,

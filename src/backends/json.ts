@@ -58,3 +58,9 @@ export function targetCommon(d: Json): TargetCommon {
 export function jsonState(d: Json): Buffer | undefined {
   return typeof d.state === 'string' ? Buffer.from(d.state, 'base64') : undefined;
 }
+
+/** A string field ('' when absent; a non-string value as its JSON text). */
+export function text(d: Json, key: string): string {
+  const v = d[key];
+  return v === undefined || v === null ? '' : typeof v === 'string' ? v : JSON.stringify(v);
+}

@@ -9,7 +9,7 @@ import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, checkCount, decodeState, encodeState, expectFd, invalid, requireCount, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured, StateJsonLimits } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
-import { big, num, nums, type Json } from './json.js';
+import { big, num, nums, text, type Json } from './json.js';
 import type { BackendKindEntry } from './types.js';
 import { writeSync } from 'node:fs';
 
@@ -232,7 +232,7 @@ function checkedMeta(id: string, state: Buffer, limits?: StateJsonLimits): Vhost
   if (meta.backendChannel !== undefined && typeof meta.backendChannel !== 'boolean') throw verifyError(id, 'metadata backendChannel is not a boolean', { key: 'backendChannel' });
   if (meta.socketPath !== undefined && typeof meta.socketPath !== 'string') throw verifyError(id, 'metadata socketPath is not a string', { key: 'socketPath' });
   return {
-    socketPath: (meta.socketPath as string | undefined) ?? '',
+    socketPath: (meta.socketPath) ?? '',
     features: u64('features'),
     protocolFeatures: u64('protocolFeatures'),
     numQueues: requireCount(id, meta, 'numQueues'),
@@ -257,7 +257,7 @@ export const vhostUserKind: BackendKindEntry<'vhost-user', VhostUserBackend> = {
       kickFds: nums(d, 'kickFds'),
       callFds: nums(d, 'callFds'),
       inflight: inflight ? { fd: num(inflight, 'fd'), size: num(inflight, 'size'), offset: (inflight.offset as number) ?? 0, queueSize: (inflight.queueSize as number) ?? 0 } : undefined,
-      socketPath: String(d.socketPath ?? ''),
+      socketPath: text(d, 'socketPath'),
       features: big(d, 'features'),
       protocolFeatures: big(d, 'protocolFeatures'),
       numQueues: num(d, 'numQueues'),

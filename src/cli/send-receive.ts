@@ -16,7 +16,7 @@ import { describeBackend, sourceFromJson, targetFromJson } from '../backends/reg
 import { recordHandover } from '../handover/record.js';
 import { sendHandover } from '../handover/source.js';
 import { receiveHandover } from '../handover/target.js';
-import type { HandoverEvent, ReceiveHandoverOptions, SendHandoverOptions } from '../handover/types.js';
+import type { HandoverEvent } from '../handover/types.js';
 import type { Command } from './main.js';
 
 type Json = Record<string, unknown>;
@@ -136,7 +136,7 @@ export const sendCommand: Command = {
           bar.onEvent(e);
           sink.onEvent(e);
         },
-      } as SendHandoverOptions);
+      });
       bar.stop();
       if (values.json) console.log(safeJson({ ...r, warnings: sink.warnings }));
       else {
@@ -202,7 +202,7 @@ export const receiveCommand: Command = {
           bar.onEvent(e);
           sink.onEvent(e);
         },
-      } as ReceiveHandoverOptions);
+      });
     } catch (err) {
       bar.stop();
       return failed('receive', err, values.json === true, sink.warnings);

@@ -385,9 +385,13 @@ export class FdSocket extends EventEmitter {
       }
       if (soError !== 0) {
         const peerGone = soError === 104 || soError === 32 || soError === 107; // ECONNRESET, EPIPE, ENOTCONN
-        const e = new BackendTransferError(peerGone ? ErrorCodes.ERR_PEER_CLOSED : ErrorCodes.ERR_SYSTEM, `socket fd ${this.fd} failed (errno ${soError})${peerGone ? ': the peer closed the connection' : ''}`, {
-          details: { errno: soError },
-        });
+        const e = new BackendTransferError(
+          peerGone ? ErrorCodes.ERR_PEER_CLOSED : ErrorCodes.ERR_SYSTEM,
+          `socket fd ${this.fd} failed (errno ${soError})${peerGone ? ': the peer closed the connection' : ''}`,
+          {
+            details: { errno: soError },
+          },
+        );
         if (peerGone) this.#peerGone(e);
         else this.#fail(e);
         return;

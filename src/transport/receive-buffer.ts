@@ -464,9 +464,7 @@ export class ReceiveBuffer {
     }
     if (flags & this.#sys.MSG_TRUNC) {
       closeFds(fds);
-      this.#hooks.fail(
-        new BackendTransferError(ErrorCodes.ERR_RECORD_TRUNCATED, `recvmsg on fd ${this.#fd}: a record larger than ${space} bytes was truncated (MSG_TRUNC)`),
-      );
+      this.#hooks.fail(new BackendTransferError(ErrorCodes.ERR_RECORD_TRUNCATED, `recvmsg on fd ${this.#fd}: a record larger than ${space} bytes was truncated (MSG_TRUNC)`));
       return false;
     }
     if (n === 0 && nfds === 0) {

@@ -157,11 +157,9 @@ export class SendQueue {
     const pieces = nfds === 0 ? 0 : Math.ceil(nfds / SCM_MAX_FD);
     if (buf.length < pieces || buf.length === 0) {
       if (buf.length === 0 && nfds === 0) return null;
-      throw new BackendTransferError(
-        ErrorCodes.ERR_FDS_NEED_BYTES,
-        `${nfds} fds need ${pieces} piece(s) of at least one byte each, but the message has ${buf.length} byte(s)`,
-        { details: { fds: nfds, bytes: buf.length } },
-      );
+      throw new BackendTransferError(ErrorCodes.ERR_FDS_NEED_BYTES, `${nfds} fds need ${pieces} piece(s) of at least one byte each, but the message has ${buf.length} byte(s)`, {
+        details: { fds: nfds, bytes: buf.length },
+      });
     }
 
     // Fast path: nothing queued, one sendmsg takes all of it.
@@ -206,7 +204,7 @@ export class SendQueue {
     let cur: { iov: Uint8Array[]; len: number } = { iov: [], len: 0 };
     for (const s of segments) {
       if (!(s instanceof Uint8Array)) throw BackendTransferError.invalidArgument('data must be Uint8Arrays');
-      for (let pos = 0; pos < s.length; ) {
+      for (let pos = 0; pos < s.length;) {
         if (cur.len === this.#recordSize || cur.iov.length === this.#iovMax) {
           records.push(cur);
           cur = { iov: [], len: 0 };

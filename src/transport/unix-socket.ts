@@ -69,11 +69,7 @@ export function checkUnixSocket(fd: number): SocketType {
   }
   const domain = native.getsockopt(fd, native.SOL_SOCKET, native.SO_DOMAIN);
   if (domain !== native.AF_UNIX) {
-    throw new BackendTransferError(
-      ErrorCodes.ERR_NOT_UNIX_SOCKET,
-      `fd ${fd} is a socket of address family ${domain}, not AF_UNIX, so it cannot carry fds`,
-      { details: { domain } },
-    );
+    throw new BackendTransferError(ErrorCodes.ERR_NOT_UNIX_SOCKET, `fd ${fd} is a socket of address family ${domain}, not AF_UNIX, so it cannot carry fds`, { details: { domain } });
   }
   const t = native.getsockopt(fd, native.SOL_SOCKET, native.SO_TYPE);
   if (t === native.SOCK_STREAM) return 'stream';

@@ -348,7 +348,8 @@ export class VhostUserFrontend {
   async #u64Request(code: number): Promise<bigint> {
     const r = (await this.#request(code, new Uint8Array(0), [], true, undefined))!;
     closeFds(r.fds);
-    if (r.payload.length !== 8) throw this.#protocolFailure(`the reply to ${requestName(code)} should carry a u64 (8 bytes), it has ${r.payload.length}`, { request: requestName(code), size: r.payload.length });
+    if (r.payload.length !== 8)
+      throw this.#protocolFailure(`the reply to ${requestName(code)} should carry a u64 (8 bytes), it has ${r.payload.length}`, { request: requestName(code), size: r.payload.length });
     return decodeU64(r.payload);
   }
 
@@ -441,10 +442,18 @@ export class VhostUserFrontend {
       const h = decodeHeader(head);
       const details = { request: name, replyRequest: h.request, replyFlags: h.flags, replySize: h.size };
       if ((h.flags & VHOST_USER_VERSION_MASK) !== VHOST_USER_VERSION) {
-        throw vuError(VhostUserErrorCodes.ERR_VHOST_USER_PROTOCOL, `waiting for the reply to ${name}: header has version ${h.flags & VHOST_USER_VERSION_MASK}, not ${VHOST_USER_VERSION} (not a vhost-user back-end?)`, details);
+        throw vuError(
+          VhostUserErrorCodes.ERR_VHOST_USER_PROTOCOL,
+          `waiting for the reply to ${name}: header has version ${h.flags & VHOST_USER_VERSION_MASK}, not ${VHOST_USER_VERSION} (not a vhost-user back-end?)`,
+          details,
+        );
       }
       if ((h.flags & VHOST_USER_FLAG_REPLY) === 0) {
-        throw vuError(VhostUserErrorCodes.ERR_VHOST_USER_PROTOCOL, `waiting for the reply to ${name}: got a message without the REPLY flag (${requestName(h.request)}, flags 0x${h.flags.toString(16)})`, details);
+        throw vuError(
+          VhostUserErrorCodes.ERR_VHOST_USER_PROTOCOL,
+          `waiting for the reply to ${name}: got a message without the REPLY flag (${requestName(h.request)}, flags 0x${h.flags.toString(16)})`,
+          details,
+        );
       }
       if (h.request !== code) {
         throw vuError(VhostUserErrorCodes.ERR_VHOST_USER_PROTOCOL, `waiting for the reply to ${name}: got a reply to ${requestName(h.request)}`, details);
@@ -511,9 +520,7 @@ export class VhostUserFrontend {
           reject(
             vuError(
               VhostUserErrorCodes.ERR_VHOST_USER_TIMEOUT,
-              phase === 'send'
-                ? `${deadline.what}: the back-end did not take the request within ${deadline.ms} ms`
-                : `${deadline.what}: no complete reply within ${deadline.ms} ms`,
+              phase === 'send' ? `${deadline.what}: the back-end did not take the request within ${deadline.ms} ms` : `${deadline.what}: no complete reply within ${deadline.ms} ms`,
               { request: deadline.what, ms: deadline.ms },
             ),
           );
@@ -557,7 +564,12 @@ export class VhostUserFrontend {
       // Closed or detached locally while this request waited.
       if (this.#failure) return this.#failure;
       return e.code === VhostUserErrorCodes.ERR_VHOST_USER_CLOSED
-        ? vuError(VhostUserErrorCodes.ERR_VHOST_USER_CLOSED, `${String(e.details?.request ?? 'request')}: this front-end was ${this.#detached ? 'detached' : 'closed'} while it waited`, { request: e.details?.request }, e)
+        ? vuError(
+            VhostUserErrorCodes.ERR_VHOST_USER_CLOSED,
+            `${typeof e.details?.request === 'string' ? e.details.request : 'request'}: this front-end was ${this.#detached ? 'detached' : 'closed'} while it waited`,
+            { request: e.details?.request },
+            e,
+          )
         : e;
     }
     if (!this.#failure) this.#failure = e;

@@ -261,8 +261,7 @@ export interface VhostUserConfigPayload {
 export function encodeConfig(offset: number, size: number, flags = 0, data?: Uint8Array): Buffer {
   checkU32('offset', offset);
   checkU32('flags', flags);
-  if (!Number.isInteger(size) || size < 1 || size > VHOST_USER_MAX_CONFIG_SIZE)
-    throw BackendTransferError.invalidArgument(`config size must be 1..${VHOST_USER_MAX_CONFIG_SIZE}, got ${String(size)}`);
+  if (!Number.isInteger(size) || size < 1 || size > VHOST_USER_MAX_CONFIG_SIZE) throw BackendTransferError.invalidArgument(`config size must be 1..${VHOST_USER_MAX_CONFIG_SIZE}, got ${String(size)}`);
   if (data !== undefined && data.length !== size) throw BackendTransferError.invalidArgument(`config data is ${data.length} bytes, size says ${size}`);
   const b = Buffer.alloc(VHOST_USER_CONFIG_HEADER_SIZE + size);
   writeU32(b, offset, 0);
@@ -329,4 +328,3 @@ export function decodeVirtioBlkConfig(data: Uint8Array): VirtioBlkConfig {
   if (has(57)) c.writeZeroesMaySleep = b.readUInt8(56);
   return c;
 }
-

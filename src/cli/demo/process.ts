@@ -18,7 +18,8 @@ export function runSync(cmd: string, args: string[]): string {
   try {
     return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (err) {
-    const stderr = String((err as { stderr?: unknown }).stderr ?? '').trim();
+    const raw = (err as { stderr?: string | Buffer }).stderr;
+    const stderr = (raw === undefined ? '' : raw.toString()).trim();
     throw new Error(`${cmd} ${args.join(' ')}: ${stderr || (err as Error).message}`, { cause: err });
   }
 }
