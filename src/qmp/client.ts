@@ -1,3 +1,6 @@
+// (Over 450 lines: one client, its request queue, fd passing and reply matching
+// share one connection state; qmp/backends.ts and json-stream.ts are already apart.)
+//
 // A small QMP client over FdSocket, so that commands can carry file descriptors
 // (SCM_RIGHTS) the way libvirt passes TAP and socket fds to QEMU.
 //

@@ -1,3 +1,6 @@
+// (Over 450 lines: to be split with the table-driven format, after the staging and
+// data-path branches that rewrite it have landed; see docs/architecture.md.)
+//
 // The incremental, hardened stream reader. feed(bytes, fds) in any split returns
 // the frames that became complete, each checked: header CRC, limits before any
 // allocation, body CRC, frame order, negotiation, fd sequence numbers, fd kinds.
