@@ -116,7 +116,53 @@ export const ErrorCodes = {
   ERR_SYSTEM: 'ERR_SYSTEM',
 } as const;
 
-export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes] | (string & { readonly __code?: never });
+// The QMP client's and the vhost-user front-end's codes live here too (their
+// modules re-export them), so that ErrorCode is one closed union of every code.
+
+/** Codes of the QMP client and the QEMU attach helpers (src/qmp, docs/qmp.md). */
+export const QmpErrorCodes = {
+  /**
+   * QEMU answered a command with an error. `.details.class` is the QMP error
+   * class ('GenericError', 'CommandNotFound', 'DeviceNotFound', 'DeviceNotActive',
+   * 'KVMMissingCap'), `.details.desc` QEMU's text, `.details.command` the command.
+   */
+  ERR_QMP_ERROR: 'ERR_QMP_ERROR',
+  /** No greeting, or no reply to a command, within its time limit. */
+  ERR_QMP_TIMEOUT: 'ERR_QMP_TIMEOUT',
+  /** The peer does not speak QMP: its first bytes are not a QMP greeting (an HMP monitor, a QGA socket that talked, anything else). */
+  ERR_QMP_NOT_QMP: 'ERR_QMP_NOT_QMP',
+  /** The connection ended (QEMU exited or closed it, or we closed the client) before the reply came; or a command was issued after that. */
+  ERR_QMP_CLOSED: 'ERR_QMP_CLOSED',
+  /** The peer broke the protocol after the greeting (malformed JSON, a message over the size limit). The connection is closed. */
+  ERR_QMP_PROTOCOL: 'ERR_QMP_PROTOCOL',
+  /** QEMU accepted netdev_add / chardev-add, but reading it back (info network, query-chardev) does not show what was asked; it was removed again. */
+  ERR_QMP_VERIFY_FAILED: 'ERR_QMP_VERIFY_FAILED',
+} as const;
+
+/** Codes of the vhost-user front-end (src/vhost-user, docs/vhost-user.md). */
+export const VhostUserErrorCodes = {
+  /** The peer broke the protocol: not a reply, a reply to another request, bad version or size, unsolicited bytes. */
+  ERR_VHOST_USER_PROTOCOL: 'ERR_VHOST_USER_PROTOCOL',
+  /** No (complete) reply within the time limit. */
+  ERR_VHOST_USER_TIMEOUT: 'ERR_VHOST_USER_TIMEOUT',
+  /** The connection is gone: the back-end closed it (EOF, EPIPE, ECONNRESET), or this front-end was closed or detached. */
+  ERR_VHOST_USER_CLOSED: 'ERR_VHOST_USER_CLOSED',
+  /** The back-end answered and said no: a non-zero REPLY_ACK, or an empty GET_CONFIG reply. The session goes on. */
+  ERR_VHOST_USER_REJECTED: 'ERR_VHOST_USER_REJECTED',
+  /** detach() while a request is in flight or received bytes are still unread. */
+  ERR_VHOST_USER_BUSY: 'ERR_VHOST_USER_BUSY',
+} as const;
+
+export type QmpErrorCode = (typeof QmpErrorCodes)[keyof typeof QmpErrorCodes];
+export type VhostUserErrorCode = (typeof VhostUserErrorCodes)[keyof typeof VhostUserErrorCodes];
+
+/** Every code a BackendTransferError can carry: a closed union, so that a typo does not compile. */
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes] | QmpErrorCode | VhostUserErrorCode;
+
+/** Whether a string (say, a code a peer sent in a NACK) is one of ours. */
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && (Object.hasOwn(ErrorCodes, code) || Object.hasOwn(QmpErrorCodes, code) || Object.hasOwn(VhostUserErrorCodes, code));
+}
 
 export interface SystemErrorLike extends Error {
   code?: string;

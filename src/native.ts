@@ -1,4 +1,4 @@
-// The addon, loaded the way serialport/bindings-cpp does it (node-gyp-build picks a
+// The addon, loaded lazily (on first use) the way serialport/bindings-cpp does it (node-gyp-build picks a
 // prebuild from prebuilds/ or the local build/), with a typed interface that
 // everything above is written against.
 import { createRequire } from 'node:module';
@@ -202,10 +202,18 @@ const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
  */
 const override = process.env.BACKEND_TRANSFER_NATIVE;
 
-function load(): NativeBinding {
-  if (override) return require(override) as NativeBinding;
+let binding: NativeBinding | null = null;
+
+/**
+ * The addon, loaded on first use (not at import): code that only reads a recorded
+ * stream (`backend-transfer inspect`, the stream decoder) runs where the addon is
+ * missing or not built. Throws when it cannot be loaded, saying how to build it.
+ */
+export function loadNative(): NativeBinding {
+  if (binding) return binding;
+  if (override) return (binding = require(override) as NativeBinding);
   try {
-    return nodeGypBuild(fileURLToPath(new URL('..', import.meta.url))) as NativeBinding;
+    binding = nodeGypBuild(fileURLToPath(new URL('..', import.meta.url))) as NativeBinding;
   } catch (err) {
     // No prebuild matches (prebuilds/ has linux-x64 and linux-arm64, glibc) and
     // nothing was compiled: npm 11 skips a dependency's install script until the
@@ -216,6 +224,17 @@ function load(): NativeBinding {
       { cause: err },
     );
   }
+  return binding;
 }
 
-export const native = load();
+/** The addon's exports; the first property read loads it (see loadNative). */
+export const native: NativeBinding = new Proxy({} as NativeBinding, {
+  get: (_t, p) => Reflect.get(loadNative(), p) as unknown,
+  has: (_t, p) => Reflect.has(loadNative(), p),
+  ownKeys: () => Reflect.ownKeys(loadNative()),
+  getOwnPropertyDescriptor: (_t, p) => {
+    const d = Reflect.getOwnPropertyDescriptor(loadNative(), p);
+    if (d) d.configurable = true;
+    return d;
+  },
+});

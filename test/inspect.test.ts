@@ -17,14 +17,18 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'bt-inspect-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function cli(...args: string[]): Promise<{ code: number; stdout: string }> {
+async function cliEnv(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/cli/bin.ts', ...args], { cwd: ROOT });
-    return { code: 0, stdout };
+    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', 'src/cli/bin.ts', ...args], { cwd: ROOT, env });
+    return { code: 0, stdout, stderr };
   } catch (e) {
-    const err = e as { code: number; stdout: string };
-    return { code: err.code, stdout: err.stdout };
+    const err = e as { code: number; stdout: string; stderr: string };
+    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
   }
+}
+
+function cli(...args: string[]): Promise<{ code: number; stdout: string }> {
+  return cliEnv(process.env, ...args);
 }
 
 async function recorded(name: string, mutate?: (b: Buffer) => Buffer): Promise<string> {
@@ -54,6 +58,20 @@ describe('backend-transfer inspect', () => {
     expect(stdout).toMatch(/2\s+cpu0\/0\s+state\s+1\s+3\s+9\.8 KiB\s+-\s+ok/);
     expect(stdout).toMatch(/END_OF_STATE\s+2 section\(s\), 2 fd\(s\), 9\.8 KiB of state/);
     expect(stdout).toMatch(/complete \(EOF frame seen\)/);
+  });
+
+  it('reads a recorded stream where the addon cannot be loaded (it is loaded on first use, not at import)', async () => {
+    const file = await recorded('no-addon.bts');
+    const missing = join(dir, 'no-such-addon.node');
+    const env = { ...process.env, BACKEND_TRANSFER_NATIVE: missing };
+    const { code, stdout } = await cliEnv(env, 'inspect', file);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/1\s+net0\/0\s+tap\s+1\s+1\s+9 B\s+eventfd:eventfd0 eventfd:eventfd1\s+ok/);
+    expect(stdout).toMatch(/complete \(EOF frame seen\)/);
+    // The same override does reach the loader: a command that needs the addon fails on it.
+    const needs = await cliEnv(env, 'supported');
+    expect(needs.code).not.toBe(0);
+    expect(needs.stderr).toContain('no-such-addon.node');
   });
 
   it('--json gives the same facts for machines', async () => {

@@ -1,6 +1,6 @@
 // README.md's TypeScript snippets type-check against the package's API, so they
 // cannot rot: every ```ts block is compiled (strict, no emit) as its own module,
-// with 'backend-transfer' resolving to src/index.ts. The names a snippet leaves to
+// with 'backend-transfer' resolving to src/public.ts (and its subpaths as package.json maps them). The names a snippet leaves to
 // the reader (the fds, the VMM object) are declared once below with the types a
 // caller would have; everything else must come from the snippet's own imports.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -34,8 +34,8 @@ const GIVEN: [string, string][] = [
   ['vmm', '{ stop(): Promise<void>; cont(): Promise<void> }'],
   ['ui', '{ update(e: unknown): void }'],
   ['sock', "import('backend-transfer').FdSocket"],
-  ['hello', "import('backend-transfer').Hello"],
-  ['attachments', "import('backend-transfer').OutgoingAttachment[]"],
+  ['hello', "import('backend-transfer/stream').Hello"],
+  ['attachments', "import('backend-transfer/stream').OutgoingAttachment[]"],
   ['payload', 'Buffer'],
 ];
 
@@ -76,7 +76,13 @@ describe('README.md snippets', () => {
       types: ['node'],
       typeRoots: [join(ROOT, 'node_modules/@types')],
       skipLibCheck: true,
-      paths: { 'backend-transfer': [join(ROOT, 'src/index.ts')] },
+      paths: {
+        // As package.json "exports" maps them.
+        'backend-transfer': [join(ROOT, 'src/public.ts')],
+        'backend-transfer/native': [join(ROOT, 'src/native.ts')],
+        'backend-transfer/stream': [join(ROOT, 'src/stream/index.ts')],
+        'backend-transfer/vhost-user': [join(ROOT, 'src/vhost-user/index.ts')],
+      },
     });
     const problems = ts
       .getPreEmitDiagnostics(program)

@@ -27,7 +27,7 @@ import {
   featureBit,
   hasFeature,
   type VhostUserSession,
-} from '../src/backends/vhost-user-protocol.js';
+} from '../src/vhost-user/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
 import { skipUnless } from './helpers/env.js';
 import { Peers } from './helpers/child.js';

@@ -5,7 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { native, closeFd } from '../../src/index.js';
-import { runDemo, tapUnavailable, vhostUnavailable } from '../../src/demo/demo.js';
+import { runDemo, tapUnavailable, vhostUnavailable } from '../../src/cli/demo/demo.js';
 import { BENCH, ROOT, TSX } from '../lib/harness.js';
 import type { Case, Scale } from './types.js';
 

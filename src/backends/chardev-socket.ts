@@ -9,6 +9,9 @@ import { FdServer } from '../transport/server.js';
 import { decodeState, encodeState, expectFd, requireString, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
+import { num, text, type Json } from './json.js';
+import type { BackendKindEntry } from './types.js';
+import { native } from '../native.js';
 
 export type ChardevRole = 'client' | 'server' | 'listener';
 
@@ -140,3 +143,33 @@ export class ChardevSocketTarget extends TargetBase<ChardevMeta, ChardevBackend>
     return new ChardevBackend(meta as unknown as ChardevMeta, arrival.attachments[0]!.fd, blob);
   }
 }
+
+/** The chardev-socket kind's registry entry. */
+export const chardevSocketKind: BackendKindEntry<'chardev-socket', ChardevBackend> = {
+  kind: 'chardev-socket',
+  Source: ChardevSocketSource,
+  Target: ChardevSocketTarget,
+  sourceFromJson: (d: Json, common, state) =>
+    new ChardevSocketSource({
+      ...common,
+      fd: num(d, 'fd'),
+      role: (d.role as ChardevRole | undefined) ?? 'client',
+      address: text(d, 'address'),
+      tls: d.tls === true,
+      telnet: d.telnet === true,
+      websocket: d.websocket === true,
+      neverMove: d.neverMove === true,
+      state,
+    }),
+  targetFromJson: (_d, common) => new ChardevSocketTarget(common),
+  describe: (b) => ({ fds: [{ name: 'socket', fd: b.fd }], meta: b.meta }),
+  warmUp: (own) => {
+    // A socketpair stands in for the connection.
+    const [c1, c2] = native.socketpair(native.SOCK_STREAM);
+    own.push(c1, c2);
+    return {
+      source: new ChardevSocketSource({ id: 'warm-chardev', transfer: true, required: true, fd: c1, role: 'client', address: 'warm-up', closeOnRelease: false }),
+      target: new ChardevSocketTarget({ id: 'warm-chardev' }),
+    };
+  },
+};

@@ -7,6 +7,10 @@ import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, decodeState, encodeState, expectFd, invalid, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
+import { num, type Json } from './json.js';
+import type { BackendKindEntry } from './types.js';
+import type { AttachmentKind as WireAttachmentKind } from '../stream/wire.js';
+import { native } from '../native.js';
 
 export interface GenericFd {
   name: string;
@@ -97,3 +101,29 @@ export class GenericTarget extends TargetBase<Record<string, unknown>, GenericBa
     return new GenericBackend(new Map(arrival.attachments.map((a) => [a.name, a.fd])), (meta.metadata as Record<string, unknown>) ?? {}, blob);
   }
 }
+
+/** The generic kind's registry entry. */
+export const genericKind: BackendKindEntry<'generic', GenericBackend> = {
+  kind: 'generic',
+  Source: GenericSource,
+  Target: GenericTarget,
+  sourceFromJson: (d: Json, common, state) => {
+    const fds = (d.fds as Json[] | undefined) ?? [];
+    return new GenericSource({
+      ...common,
+      fds: fds.map((f) => ({ name: String(f.name), fd: num(f, 'fd'), kind: (f.kind as WireAttachmentKind | undefined) ?? 'generic', meta: f.meta as Json | undefined })),
+      metadata: d.metadata as Json | undefined,
+      state,
+    });
+  },
+  targetFromJson: (d, common) => new GenericTarget({ ...common, expect: d.expect as Record<string, never> | undefined }),
+  describe: (b) => ({ fds: [...b.fds].map(([name, fd]) => ({ name, fd })), meta: b.metadata }),
+  warmUp: (own) => {
+    const e = native.eventfd(0);
+    own.push(e);
+    return {
+      source: new GenericSource({ id: 'warm-generic', transfer: true, required: true, fds: [{ name: 'e', fd: e, kind: 'eventfd' }], closeOnRelease: false }),
+      target: new GenericTarget({ id: 'warm-generic' }),
+    };
+  },
+};

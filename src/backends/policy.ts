@@ -7,7 +7,8 @@ import { native } from '../native.js';
 import { crcImplementation, type CrcImplementation } from '../stream/crc.js';
 import type { AcceptFn, DeviceSupport } from '../stream/negotiate.js';
 import type { Offer } from '../stream/wire.js';
-import { BACKEND_KINDS, type BackendKind, type SourceDevice, type TargetDevice } from './types.js';
+import { BACKEND_KINDS } from './registry.js';
+import type { BackendKind, SourceDevice, TargetDevice } from './types.js';
 
 export interface Supported {
   /** Backend kinds this build can transfer. */

@@ -12,9 +12,16 @@ import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, decodeState, encodeState, expectFd, invalid, checkCount, requireCount, requireString, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
+import { nums, type Json } from './json.js';
+import type { BackendKindEntry } from './types.js';
 
 /** The TUNSETIFF flags that define a TAP (TUNGETIFF also reports queue state bits). */
-const FLAG_MASK = native.IFF_TAP | native.IFF_TUN | native.IFF_NO_PI | native.IFF_VNET_HDR | native.IFF_MULTI_QUEUE;
+/** The TAP flags compared on both sides (read from the addon on first use, so that importing loads nothing). */
+let flagMask: number | null = null;
+function tapFlagMask(): number {
+  flagMask ??= native.IFF_TAP | native.IFF_TUN | native.IFF_NO_PI | native.IFF_VNET_HDR | native.IFF_MULTI_QUEUE;
+  return flagMask;
+}
 
 export interface TapMeta {
   ifname: string;
@@ -65,8 +72,8 @@ export function describeTap(queues: readonly number[], vhostFds: readonly number
     if (info.kind !== 'tap' || !info.tun) throw invalid(dev, `queue ${i} (fd ${fd}) is not a TAP queue but ${info.kind}`);
     if (i === 0) {
       ifname = info.tun.name;
-      flags = info.tun.flags & FLAG_MASK;
-    } else if (info.tun.name !== ifname || (info.tun.flags & FLAG_MASK) !== flags) {
+      flags = info.tun.flags & tapFlagMask();
+    } else if (info.tun.name !== ifname || (info.tun.flags & tapFlagMask()) !== flags) {
       throw invalid(dev, `queue ${i} belongs to ${info.tun.name} (flags 0x${info.tun.flags.toString(16)}), queue 0 to ${ifname}`);
     }
     enabled.push((info.tun.flags & native.IFF_DETACH_QUEUE) === 0);
@@ -255,8 +262,8 @@ export class TapTarget extends TargetBase<TapMeta, TapBackend> {
       const info = expectFd(id, a, ['tap']);
       const tun = info.tun!;
       if (tun.name !== ifname) throw verifyError(id, `queue${i} is a queue of ${tun.name}, not of ${ifname}`, { attachment: a.name });
-      if ((tun.flags & FLAG_MASK) !== flags) {
-        throw verifyError(id, `queue${i} has TAP flags 0x${(tun.flags & FLAG_MASK).toString(16)}, the source declared 0x${flags.toString(16)}`, { attachment: a.name });
+      if ((tun.flags & tapFlagMask()) !== flags) {
+        throw verifyError(id, `queue${i} has TAP flags 0x${(tun.flags & tapFlagMask()).toString(16)}, the source declared 0x${flags.toString(16)}`, { attachment: a.name });
       }
       const on = (tun.flags & native.IFF_DETACH_QUEUE) === 0;
       if (enabled[i] !== undefined && enabled[i] !== on) throw verifyError(id, `queue${i} is ${on ? 'enabled' : 'detached'}, the source declared it ${on ? 'detached' : 'enabled'}`);
@@ -292,3 +299,14 @@ export class TapTarget extends TargetBase<TapMeta, TapBackend> {
     return new TapBackend(m, q, v, blob);
   }
 }
+
+/** The TAP kind's registry entry. No warm-up part: a TAP needs CAP_NET_ADMIN. */
+export const tapKind: BackendKindEntry<'tap', TapBackend> = {
+  kind: 'tap',
+  Source: TapSource,
+  Target: TapTarget,
+  sourceFromJson: (d: Json, common, state) =>
+    new TapSource({ ...common, queues: nums(d, 'queues'), vhostFds: nums(d, 'vhostFds'), offloads: d.offloads as number | undefined, ifindex: d.ifindex as number | undefined, state }),
+  targetFromJson: (_d, common) => new TapTarget(common),
+  describe: (t) => ({ fds: [...t.queues.map((fd, i) => ({ name: `queue${i}`, fd })), ...t.vhostFds.map((fd, i) => ({ name: `vhost${i}`, fd }))], meta: t.meta }),
+};

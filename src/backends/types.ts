@@ -10,8 +10,11 @@ import type { OutgoingAttachment, SectionPayload } from '../stream/writer.js';
 import type { ReceivedAttachment } from '../stream/reader.js';
 import type { PlannedDevice } from '../stream/wire.js';
 
-export const BACKEND_KINDS = ['tap', 'vhost-user', 'chardev-socket', 'generic'] as const;
-export type BackendKind = (typeof BACKEND_KINDS)[number];
+import type { BACKEND_REGISTRY } from './registry.js';
+import type { Json, SourceCommon, TargetCommon } from './json.js';
+
+/** The kinds in the registry (registry.ts): 'tap' | 'vhost-user' | 'chardev-socket' | 'generic'. */
+export type BackendKind = (typeof BACKEND_REGISTRY)[number]['kind'];
 
 export interface Captured {
   /** fds and their metadata, in the order the target will see them. Still the source's. */
@@ -88,4 +91,35 @@ export interface Resolved<T = unknown> {
   how: 'received' | 'opened' | 'none';
   backend: T | null;
   state: Buffer | null;
+}
+
+/** A received or opened backend's fds in a fixed order, with names, and its metadata (the CLI prints these). */
+export interface BackendDescription {
+  fds: { name: string; fd: number }[];
+  meta: unknown;
+}
+
+/**
+ * Everything about one backend kind, in one place: its Source and Target classes,
+ * how a JSON description (the `send` / `receive` CLI's format) becomes a device,
+ * how a received backend is described, and the kind's part of the warm-up
+ * handover. A new kind is a file exporting one of these plus one line in
+ * registry.ts (see docs/architecture.md).
+ */
+export interface BackendKindEntry<K extends string = string, B = unknown> {
+  readonly kind: K;
+  readonly Source: abstract new (...args: never[]) => SourceDevice;
+  readonly Target: abstract new (...args: never[]) => TargetDevice<B>;
+  /** A source device from its JSON description (the fds are this process's). */
+  sourceFromJson(d: Json, common: SourceCommon, state: Buffer | undefined): SourceDevice;
+  /** A target device from its JSON description. */
+  targetFromJson(d: Json, common: TargetCommon): TargetDevice<B>;
+  /** The fds and metadata of a backend this kind's target produced. */
+  describe(backend: B): BackendDescription;
+  /**
+   * A source and a target for the in-process warm-up handover (handover/warmup.ts),
+   * built on fds it opens and pushes onto `own` (closed by the caller). Left out
+   * by kinds whose checks need privilege (a TAP needs CAP_NET_ADMIN).
+   */
+  warmUp?(own: number[]): { source: SourceDevice; target: TargetDevice };
 }

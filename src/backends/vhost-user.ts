@@ -9,6 +9,9 @@ import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, checkCount, decodeState, encodeState, expectFd, invalid, requireCount, verifyError, stateOf } from './common.js';
 import type { Arrival, Captured, StateJsonLimits } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
+import { big, num, nums, text, type Json } from './json.js';
+import type { BackendKindEntry } from './types.js';
+import { writeSync } from 'node:fs';
 
 export interface InflightInfo {
   size: number;
@@ -229,7 +232,7 @@ function checkedMeta(id: string, state: Buffer, limits?: StateJsonLimits): Vhost
   if (meta.backendChannel !== undefined && typeof meta.backendChannel !== 'boolean') throw verifyError(id, 'metadata backendChannel is not a boolean', { key: 'backendChannel' });
   if (meta.socketPath !== undefined && typeof meta.socketPath !== 'string') throw verifyError(id, 'metadata socketPath is not a string', { key: 'socketPath' });
   return {
-    socketPath: (meta.socketPath as string | undefined) ?? '',
+    socketPath: (meta.socketPath) ?? '',
     features: u64('features'),
     protocolFeatures: u64('protocolFeatures'),
     numQueues: requireCount(id, meta, 'numQueues'),
@@ -239,3 +242,64 @@ function checkedMeta(id: string, state: Buffer, limits?: StateJsonLimits): Vhost
     inflight,
   };
 }
+
+/** The vhost-user kind's registry entry. */
+export const vhostUserKind: BackendKindEntry<'vhost-user', VhostUserBackend> = {
+  kind: 'vhost-user',
+  Source: VhostUserSource,
+  Target: VhostUserTarget,
+  sourceFromJson: (d: Json, common, state) => {
+    const inflight = d.inflight as Json | undefined;
+    return new VhostUserSource({
+      ...common,
+      socket: num(d, 'socket'),
+      backendChannel: d.backendChannel as number | undefined,
+      kickFds: nums(d, 'kickFds'),
+      callFds: nums(d, 'callFds'),
+      inflight: inflight ? { fd: num(inflight, 'fd'), size: num(inflight, 'size'), offset: (inflight.offset as number) ?? 0, queueSize: (inflight.queueSize as number) ?? 0 } : undefined,
+      socketPath: text(d, 'socketPath'),
+      features: big(d, 'features'),
+      protocolFeatures: big(d, 'protocolFeatures'),
+      numQueues: num(d, 'numQueues'),
+      deviceState: state,
+    });
+  },
+  targetFromJson: (_d, common) => new VhostUserTarget(common),
+  describe: (v) => ({
+    fds: [
+      { name: 'socket', fd: v.socket },
+      ...(v.backendChannel !== null ? [{ name: 'backend-channel', fd: v.backendChannel }] : []),
+      ...v.kickFds.map((fd, i) => ({ name: `kick${i}`, fd })),
+      ...v.callFds.map((fd, i) => ({ name: `call${i}`, fd })),
+      ...(v.inflightFd !== null ? [{ name: 'inflight', fd: v.inflightFd }] : []),
+    ],
+    meta: v.meta,
+  }),
+  warmUp: (own) => {
+    // A socketpair stands in for the connection; eventfds and an inflight memfd as QEMU has them.
+    const [v1, v2] = native.socketpair(native.SOCK_STREAM);
+    own.push(v1, v2);
+    const kick = native.eventfd(0);
+    const call = native.eventfd(0);
+    const inflight = native.memfd_create('bt-warm-up');
+    own.push(kick, call, inflight);
+    writeSync(inflight, Buffer.alloc(4096), 0, 4096, 0);
+    return {
+      source: new VhostUserSource({
+        id: 'warm-vhost',
+        transfer: true,
+        required: true,
+        socket: v1,
+        kickFds: [kick],
+        callFds: [call],
+        inflight: { fd: inflight, size: 4096, offset: 0, queueSize: 0 },
+        socketPath: 'warm-up',
+        features: 0n,
+        protocolFeatures: 0n,
+        numQueues: 1,
+        closeOnRelease: false,
+      }),
+      target: new VhostUserTarget({ id: 'warm-vhost' }),
+    };
+  },
+};

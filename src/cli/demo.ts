@@ -1,7 +1,7 @@
 // `backend-transfer demo`: the main job. Two processes, real backends, traffic
 // flowing through all of them while the old owner hands everything to the new one.
 import { parseArgs } from 'node:util';
-import { runDemo, type DemoReport } from '../demo/demo.js';
+import { runDemo, type DemoReport } from './demo/demo.js';
 import type { Command } from './main.js';
 import { BackendTransferError } from '../errors.js';
 import { escapeText } from './escape.js';

@@ -27,7 +27,9 @@ function usage(): string {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  await import('./commands.js');
+  // Loaded here, not imported at the top: commands.ts imports this file's Command type.
+  const { COMMANDS } = await import('./commands.js');
+  for (const [n, c] of COMMANDS) if (!commands.has(n)) registerCommand(n, c);
   const [name, ...rest] = argv;
   if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
     console.log(usage());

@@ -102,5 +102,5 @@ export function handoverOptions(values: {
       throw bad(`--option ${name}: the value is not JSON (${(err as Error).message}); a string needs quotes, e.g. ${name}='"text"'`);
     }
   }
-  return { timeouts: Object.keys(timeouts).length ? (timeouts as PhaseTimeouts) : undefined, peer, extra };
+  return { timeouts: Object.keys(timeouts).length ? (timeouts) : undefined, peer, extra };
 }

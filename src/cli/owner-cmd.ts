@@ -1,5 +1,5 @@
 // `backend-transfer _owner <json>`: one side of the demo (not for direct use).
-import { runOwner } from '../demo/owner.js';
+import { runOwner } from './demo/owner.js';
 import type { Command } from './main.js';
 
 export const ownerCommand: Command = {

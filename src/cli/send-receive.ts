@@ -13,16 +13,11 @@ import { escapeText, safeJson } from './escape.js';
 import { checkExecSize, descriptionMemfd, execEnv, resolveProgram } from './exec.js';
 import { checkSendFds } from './fd-check.js';
 import { handoverOptionSpecs, handoverOptions, handoverOptionsUsage } from './options.js';
-import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../backends/chardev-socket.js';
-import { GenericSource, GenericTarget, type GenericBackend } from '../backends/generic.js';
-import { TapSource, TapTarget, type TapBackend } from '../backends/tap.js';
-import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../backends/vhost-user.js';
-import type { SourceDevice, TargetDevice } from '../backends/types.js';
+import { describeBackend, sourceFromJson, targetFromJson } from '../backends/registry.js';
 import { recordHandover } from '../handover/record.js';
 import { sendHandover } from '../handover/source.js';
 import { receiveHandover } from '../handover/target.js';
-import type { HandoverEvent, ReceiveHandoverOptions, SendHandoverOptions } from '../handover/types.js';
-import type { AttachmentKind } from '../stream/wire.js';
+import type { HandoverEvent } from '../handover/types.js';
 import type { Command } from './main.js';
 
 type Json = Record<string, unknown>;
@@ -31,127 +26,10 @@ function bad(message: string): BackendTransferError {
   return BackendTransferError.invalidArgument(message);
 }
 
-function num(d: Json, key: string): number {
-  const v = d[key];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw bad(`device ${String(d.id)}: "${key}" must be a non-negative integer (an fd number or a count)`);
-  return v;
-}
-
-function nums(d: Json, key: string): number[] {
-  const v = d[key] ?? [];
-  if (!Array.isArray(v) || v.some((x) => typeof x !== 'number' || !Number.isInteger(x) || x < 0)) throw bad(`device ${String(d.id)}: "${key}" must be an array of fd numbers`);
-  return v as number[];
-}
-
-function big(d: Json, key: string): bigint {
-  const v = d[key];
-  if (typeof v === 'string' || typeof v === 'number') return BigInt(v);
-  throw bad(`device ${String(d.id)}: "${key}" must be a number or a string like "0x140000000"`);
-}
-
 /** A source device from its JSON description (the fds are this process's). */
-export function sourceDevice(d: Json): SourceDevice {
-  const common = { id: String(d.id), instance: (d.instance as number) ?? 0, version: (d.version as number) ?? 1, transfer: d.transfer === true, required: d.required === true };
-  const state = typeof d.state === 'string' ? Buffer.from(d.state, 'base64') : undefined;
-  switch (d.kind) {
-    case 'tap':
-      return new TapSource({ ...common, queues: nums(d, 'queues'), vhostFds: nums(d, 'vhostFds'), offloads: d.offloads as number | undefined, ifindex: d.ifindex as number | undefined, state });
-    case 'vhost-user': {
-      const inflight = d.inflight as Json | undefined;
-      return new VhostUserSource({
-        ...common,
-        socket: num(d, 'socket'),
-        backendChannel: d.backendChannel as number | undefined,
-        kickFds: nums(d, 'kickFds'),
-        callFds: nums(d, 'callFds'),
-        inflight: inflight ? { fd: num(inflight, 'fd'), size: num(inflight, 'size'), offset: (inflight.offset as number) ?? 0, queueSize: (inflight.queueSize as number) ?? 0 } : undefined,
-        socketPath: String(d.socketPath ?? ''),
-        features: big(d, 'features'),
-        protocolFeatures: big(d, 'protocolFeatures'),
-        numQueues: num(d, 'numQueues'),
-        deviceState: state,
-      });
-    }
-    case 'chardev-socket':
-      return new ChardevSocketSource({
-        ...common,
-        fd: num(d, 'fd'),
-        role: (d.role as 'client' | 'server' | 'listener') ?? 'client',
-        address: String(d.address ?? ''),
-        tls: d.tls === true,
-        telnet: d.telnet === true,
-        websocket: d.websocket === true,
-        neverMove: d.neverMove === true,
-        state,
-      });
-    case 'generic': {
-      const fds = (d.fds as Json[] | undefined) ?? [];
-      return new GenericSource({
-        ...common,
-        fds: fds.map((f) => ({ name: String(f.name), fd: num(f, 'fd'), kind: (f.kind as AttachmentKind | undefined) ?? 'generic', meta: f.meta as Json | undefined })),
-        metadata: d.metadata as Json | undefined,
-        state,
-      });
-    }
-    default:
-      throw bad(`device ${String(d.id)}: unknown kind ${String(d.kind)} (tap, vhost-user, chardev-socket, generic)`);
-  }
-}
-
-export function targetDevice(d: Json): TargetDevice {
-  const common = { id: String(d.id), instance: (d.instance as number) ?? 0, minVersion: (d.minVersion as number) ?? 1, maxVersion: (d.maxVersion as number) ?? 1, acceptFds: d.acceptFds !== false };
-  switch (d.kind) {
-    case 'tap':
-      return new TapTarget(common);
-    case 'vhost-user':
-      return new VhostUserTarget(common);
-    case 'chardev-socket':
-      return new ChardevSocketTarget(common);
-    case 'generic':
-      return new GenericTarget({ ...common, expect: d.expect as Record<string, never> | undefined });
-    default:
-      throw bad(`device ${String(d.id)}: unknown kind ${String(d.kind)} (tap, vhost-user, chardev-socket, generic)`);
-  }
-}
-
-/** The fds of a received backend, in a fixed order, with what they are. */
-function backendFds(kind: string, b: unknown): { name: string; fd: number }[] {
-  if (!b) return [];
-  switch (kind) {
-    case 'tap': {
-      const t = b as TapBackend;
-      return [...t.queues.map((fd, i) => ({ name: `queue${i}`, fd })), ...t.vhostFds.map((fd, i) => ({ name: `vhost${i}`, fd }))];
-    }
-    case 'vhost-user': {
-      const v = b as VhostUserBackend;
-      return [
-        { name: 'socket', fd: v.socket },
-        ...(v.backendChannel !== null ? [{ name: 'backend-channel', fd: v.backendChannel }] : []),
-        ...v.kickFds.map((fd, i) => ({ name: `kick${i}`, fd })),
-        ...v.callFds.map((fd, i) => ({ name: `call${i}`, fd })),
-        ...(v.inflightFd !== null ? [{ name: 'inflight', fd: v.inflightFd }] : []),
-      ];
-    }
-    case 'chardev-socket':
-      return [{ name: 'socket', fd: (b as ChardevBackend).fd }];
-    default:
-      return [...(b as GenericBackend).fds].map(([name, fd]) => ({ name, fd }));
-  }
-}
-
-function meta(kind: string, b: unknown): unknown {
-  if (!b) return null;
-  switch (kind) {
-    case 'tap':
-      return (b as TapBackend).meta;
-    case 'vhost-user':
-      return (b as VhostUserBackend).meta;
-    case 'chardev-socket':
-      return (b as ChardevBackend).meta;
-    default:
-      return (b as GenericBackend).metadata;
-  }
-}
+export const sourceDevice = sourceFromJson;
+/** A target device from its JSON description. */
+export const targetDevice = targetFromJson;
 
 function progressBar(enabled: boolean): { onEvent: (e: HandoverEvent) => void; stop: () => void } {
   if (!enabled) return { onEvent: () => undefined, stop: () => undefined };
@@ -259,7 +137,7 @@ export const sendCommand: Command = {
           bar.onEvent(e);
           sink.onEvent(e);
         },
-      } as SendHandoverOptions);
+      });
       bar.stop();
       if (values.json) console.log(safeJson({ ...r, warnings: sink.warnings }));
       else {
@@ -325,7 +203,7 @@ export const receiveCommand: Command = {
           bar.onEvent(e);
           sink.onEvent(e);
         },
-      } as ReceiveHandoverOptions);
+      });
     } catch (err) {
       bar.stop();
       return failed('receive', err, values.json === true, sink.warnings);
@@ -334,8 +212,8 @@ export const receiveCommand: Command = {
     const out: Json[] = [];
     const all: number[] = [];
     for (const d of r.devices.values()) {
-      const fds = backendFds(d.kind, d.backend);
-      out.push({ id: d.id, kind: d.kind, how: d.how, fds: fds.map((f) => ({ name: f.name, fd: f.fd })), meta: meta(d.kind, d.backend) });
+      const { fds, meta } = describeBackend(d.kind, d.backend);
+      out.push({ id: d.id, kind: d.kind, how: d.how, fds: fds.map((f) => ({ name: f.name, fd: f.fd })), meta });
       all.push(...fds.map((f) => f.fd));
     }
     // The state's hash lets a peer check the content arrived, not only its size.

@@ -1,5 +1,13 @@
 export { sendHandover } from './source.js';
-export { receiveHandover } from './target.js';
+import { receiveHandover as receive } from './target.js';
+import type { ReceiveHandoverOptions, ReceiveHandoverResult } from './types.js';
+import type { TargetDevice } from '../backends/types.js';
+
+/**
+ * Takes a handover over (see target.ts). The result's devices are typed from
+ * `accept`: a device's backend is the type its target adopts, no cast needed.
+ */
+export const receiveHandover: <const A extends readonly TargetDevice[]>(o: ReceiveHandoverOptions<A>) => Promise<ReceiveHandoverResult<A>> = receive as never;
 export * from './types.js';
 export { warmUpHandover } from './warmup.js';
 export { recordHandover } from './record.js';

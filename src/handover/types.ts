@@ -131,10 +131,20 @@ export interface SendHandoverResult {
   timings: HandoverTimings;
 }
 
-export interface ReceiveHandoverOptions {
+/** The backend type a target device adopts or opens. */
+export type BackendOf<T> = T extends TargetDevice<infer B> ? B : never;
+
+/**
+ * A resolved device of one of the accepted targets: a union over them, with
+ * `kind` as the discriminant, so that `if (d.kind === 'generic') d.backend` is a
+ * GenericBackend (or null) without a cast; with one kind accepted, no test is needed.
+ */
+export type ResolvedOf<T> = T extends TargetDevice<infer B> ? Omit<Resolved<B>, 'kind'> & { kind: T['kind'] } : never;
+
+export interface ReceiveHandoverOptions<A extends readonly TargetDevice[] = readonly TargetDevice[]> {
   /** An FdSocket, a path to listen on (one connection is accepted), or a connected fd. */
   socket: FdSocket | string | number;
-  accept: readonly TargetDevice[];
+  accept: A;
   backendTransfer: boolean;
   peer?: PeerPolicy;
   timeouts?: PhaseTimeouts;
@@ -185,7 +195,7 @@ export const DEFAULT_HANDOVER_LIMITS: Required<HandoverLimits> = {
   maxDevices: 4096,
 };
 
-export interface ReceiveHandoverResult {
+export interface ReceiveHandoverResult<A extends readonly TargetDevice[] = readonly TargetDevice[]> {
   /**
    * 'committed': the source committed, the backends are this side's. 'takeover':
    * the source died before committing (its process is gone, checked with a pidfd)
@@ -195,8 +205,8 @@ export interface ReceiveHandoverResult {
   outcome: 'committed' | 'takeover';
   /** Every planned device arrived and was adopted (always true when committed). */
   complete: boolean;
-  /** Every accepted device, resolved: received, opened by its opener, or none. */
-  devices: Map<string, Resolved>;
+  /** Every accepted device, resolved: received, opened by its opener, or none. Typed from `accept` (see ResolvedOf). */
+  devices: Map<string, ResolvedOf<A[number]>>;
   /** The VMM state (unless onState took it). */
   state: Buffer | null;
   stateBytes: number;

@@ -4,18 +4,13 @@
 // (the freeze-to-adopt window) of a handover that is otherwise a few ms long.
 //
 // warmUpHandover() runs one tiny handover inside this process, over a socketpair
-// (a generic, a chardev-socket and a vhost-user device, 256 KiB of state, CRC
+// (one device of each kind whose registry entry has a warm-up part, 256 KiB of state, CRC
 // on), before the real one, so that the real one runs on compiled code. sendHandover and receiveHandover call it in
 // their 'prepare' phase, before the freeze, unless `warmUp: false`.
-import { writeSync } from 'node:fs';
-import { ChardevSocketSource, ChardevSocketTarget } from '../backends/chardev-socket.js';
-import { GenericSource, GenericTarget } from '../backends/generic.js';
-import { VhostUserSource, VhostUserTarget } from '../backends/vhost-user.js';
+import { BACKEND_REGISTRY } from '../backends/registry.js';
+import type { BackendKindEntry } from '../backends/types.js';
 import { closeFds } from '../fd/index.js';
-import { native } from '../native.js';
 import { FdSocket } from '../transport/fd-socket.js';
-import { sendHandover } from './source.js';
-import { receiveHandover } from './target.js';
 
 let warm: Promise<void> | null = null;
 
@@ -23,41 +18,15 @@ let warm: Promise<void> | null = null;
 export function warmUpHandover(): Promise<void> {
   warm ??= (async () => {
     const [a, b] = FdSocket.pair();
-    // Backends of the kinds whose checks need no privilege: an eventfd, a chardev
-    // connection, a vhost-user connection with its eventfds and inflight memfd
-    // (socketpairs stand in for the connections). A TAP needs CAP_NET_ADMIN: not here.
+    // Each kind's warm-up part (registry entries): real fds of the kinds whose
+    // checks need no privilege (a TAP needs CAP_NET_ADMIN: not here).
     const own: number[] = [];
     try {
-      const e = native.eventfd(0);
-      own.push(e);
-      const [c1, c2] = native.socketpair(native.SOCK_STREAM);
-      own.push(c1, c2);
-      const [v1, v2] = native.socketpair(native.SOCK_STREAM);
-      own.push(v1, v2);
-      const kick = native.eventfd(0);
-      const call = native.eventfd(0);
-      const inflight = native.memfd_create('bt-warm-up');
-      own.push(kick, call, inflight);
-      writeSync(inflight, Buffer.alloc(4096), 0, 4096, 0);
-      const sources = [
-        new GenericSource({ id: 'warm-generic', transfer: true, required: true, fds: [{ name: 'e', fd: e, kind: 'eventfd' }], closeOnRelease: false }),
-        new ChardevSocketSource({ id: 'warm-chardev', transfer: true, required: true, fd: c1, role: 'client', address: 'warm-up', closeOnRelease: false }),
-        new VhostUserSource({
-          id: 'warm-vhost',
-          transfer: true,
-          required: true,
-          socket: v1,
-          kickFds: [kick],
-          callFds: [call],
-          inflight: { fd: inflight, size: 4096, offset: 0, queueSize: 0 },
-          socketPath: 'warm-up',
-          features: 0n,
-          protocolFeatures: 0n,
-          numQueues: 1,
-          closeOnRelease: false,
-        }),
-      ];
-      const targets = [new GenericTarget({ id: 'warm-generic' }), new ChardevSocketTarget({ id: 'warm-chardev' }), new VhostUserTarget({ id: 'warm-vhost' })];
+      // Loaded when first called, not at import: source.ts and target.ts import this file (no import cycle).
+      const [{ sendHandover }, { receiveHandover }] = await Promise.all([import('./source.js'), import('./target.js')]);
+      const parts = (BACKEND_REGISTRY as readonly BackendKindEntry[]).flatMap((k) => (k.warmUp ? [k.warmUp(own)] : []));
+      const sources = parts.map((p) => p.source);
+      const targets = parts.map((p) => p.target);
       const state = Buffer.alloc(256 * 1024, 0x5a);
       const [, r] = await Promise.all([
         sendHandover({ socket: a, devices: sources, state, partSize: 64 * 1024, backendTransfer: true, warmUp: false, collectGarbage: false }),

@@ -11,6 +11,9 @@ import { native } from '../native.js';
 import type { QmpClient } from './client.js';
 import { QmpErrorCodes, qmpError } from './errors.js';
 
+/** Array.isArray without its narrowing (which would turn a readonly number[] into any[]). */
+const isList = (v: unknown): boolean => Array.isArray(v);
+
 /** One line of HMP `info network`. */
 export interface NetworkInfoEntry {
   /** The netdev id, the NIC's device id, or a hub port name. */
@@ -172,7 +175,7 @@ function withCleanup(err: unknown, report: CleanupReport): Error {
 export async function attachTapToQemu(qmp: QmpClient, options: AttachTapOptions): Promise<AttachedTap> {
   const { id, queueFds, vhostFds, netdevOptions = {}, timeout } = options;
   checkId(id, 'netdev');
-  if (!Array.isArray(queueFds) || queueFds.length === 0) throw BackendTransferError.invalidArgument('queueFds must list at least one TAP fd');
+  if (!isList(queueFds) || queueFds.length === 0) throw BackendTransferError.invalidArgument('queueFds must list at least one TAP fd');
   if (queueFds.length > 1024) throw BackendTransferError.invalidArgument('QEMU takes at most 1024 queues');
   if (new Set(queueFds).size !== queueFds.length) throw BackendTransferError.invalidArgument('queueFds lists an fd twice');
   let ifname = '';
@@ -186,7 +189,7 @@ export async function attachTapToQemu(qmp: QmpClient, options: AttachTapOptions)
     else if (info.tun.name !== ifname) throw BackendTransferError.invalidArgument(`queueFds[${i}] (fd ${fd}) is a queue of ${info.tun.name}, not of ${ifname}`);
   });
   if (vhostFds !== undefined) {
-    if (!Array.isArray(vhostFds) || vhostFds.length !== queueFds.length) {
+    if (!isList(vhostFds) || vhostFds.length !== queueFds.length) {
       throw BackendTransferError.invalidArgument(`vhostFds must have one fd per queue (${queueFds.length}), got ${Array.isArray(vhostFds) ? vhostFds.length : typeof vhostFds}`);
     }
     vhostFds.forEach((fd, i) => {

@@ -1,3 +1,6 @@
+// (Over 450 lines: one client, its request queue, fd passing and reply matching
+// share one connection state; qmp/backends.ts and json-stream.ts are already apart.)
+//
 // A small QMP client over FdSocket, so that commands can carry file descriptors
 // (SCM_RIGHTS) the way libvirt passes TAP and socket fds to QEMU.
 //
@@ -21,7 +24,7 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFds } from '../fd/index.js';
 import { FdSocket, type FdSocketOptions } from '../transport/fd-socket.js';
 import type { PeerPolicy } from '../transport/peer.js';
-import { QmpErrorCodes, qmpError, type QmpErrorClass } from './errors.js';
+import { QmpErrorCodes, qmpError } from './errors.js';
 import { JsonObjectSplitter, JsonStreamError } from './json-stream.js';
 
 export interface QmpVersion {
@@ -434,7 +437,7 @@ export class QmpClient extends EventEmitter {
           if (options.filter && !options.filter(ev)) return;
         } catch (err) {
           done();
-          reject(err as Error);
+          reject(err);
           return;
         }
         done();
@@ -536,7 +539,7 @@ export class QmpClient extends EventEmitter {
     this.#releaseLane(p);
     if ('error' in msg) {
       const e = isObject(msg.error) ? msg.error : {};
-      const cls = (typeof e.class === 'string' ? e.class : 'GenericError') as QmpErrorClass;
+      const cls = (typeof e.class === 'string' ? e.class : 'GenericError');
       const desc = typeof e.desc === 'string' ? e.desc : JSON.stringify(msg.error);
       this.#settle(p, qmpError(QmpErrorCodes.ERR_QMP_ERROR, `${p.command}: ${cls}: ${desc}`, { details: { class: cls, desc, command: p.command, id: p.id } }));
     } else {

@@ -1,3 +1,6 @@
+// (Over 450 lines: to be split with the table-driven format, after the staging and
+// data-path branches that rewrite it have landed; see docs/architecture.md.)
+//
 // The incremental, hardened stream reader. feed(bytes, fds) in any split returns
 // the frames that became complete, each checked: header CRC, limits before any
 // allocation, body CRC, frame order, negotiation, fd sequence numbers, fd kinds.
@@ -914,7 +917,7 @@ export class StreamReader {
   }
 
   #memfdPayload(fd: number, length: number, crc: number, into?: Buffer): Buffer {
-    const fail = (code: string, message: string): never => {
+    const fail = (code: (typeof ErrorCodes)[keyof typeof ErrorCodes], message: string): never => {
       throw new BackendTransferError(code, message, { details: { length } });
     };
     let seals: number;

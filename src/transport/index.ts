@@ -1,4 +1,5 @@
-export { FdSocket, checkUnixSocket, SCM_MAX_FD } from './fd-socket.js';
+export { FdSocket, SCM_MAX_FD } from './fd-socket.js';
+export { checkUnixSocket } from './unix-socket.js';
 export type { SocketType, FdSocketOptions, ConnectOptions, ReceivedChunk, FdSocketStats } from './fd-socket.js';
 export { FdServer } from './server.js';
 export type { ListenOptions, RejectedPeer } from './server.js';

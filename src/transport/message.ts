@@ -7,7 +7,7 @@
 // Which message an fd batch belongs to: a recvmsg on a unix socket stops right
 // after the skb whose fds it detached (or inside it, when the buffer is full), so
 // the fds of a chunk belong to the message holding the chunk's last byte.
-import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BackendTransferError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { closeFds } from '../fd/index.js';
 import { SCM_MAX_FD, type FdSocket, type ReceivedChunk } from './fd-socket.js';
 
@@ -64,7 +64,7 @@ export class MessageReader {
     let body: Buffer | null = null;
     let bodyLen = 0;
     const fds: number[] = [];
-    const fail = (code: string, message: string): never => {
+    const fail = (code: ErrorCode, message: string): never => {
       closeFds(fds);
       fds.length = 0;
       this.#error = new BackendTransferError(code, message);

@@ -4,8 +4,11 @@
 import { native, type PollerConstructor, type PollerInstance } from '../native.js';
 import { BackendTransferError } from '../errors.js';
 
-export const READABLE = native.UV_READABLE;
-export const WRITABLE = native.UV_WRITABLE;
+// libuv's uv_poll_event values (UV_READABLE = 1, UV_WRITABLE = 2, fixed by its ABI),
+// not read from the addon so that importing this file loads nothing; test/fd-socket-units.test.ts
+// checks them against native.UV_READABLE / UV_WRITABLE.
+export const READABLE = 1;
+export const WRITABLE = 2;
 
 export type PollHandler = (events: number, error?: BackendTransferError) => void;
 

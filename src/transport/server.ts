@@ -6,8 +6,11 @@ import { native, type PeerCred } from '../native.js';
 import { BackendTransferError } from '../errors.js';
 import { closeFd } from '../fd/index.js';
 import { FdPoller, READABLE } from './poller.js';
-import { FdSocket, withDefaults, type FdSocketOptions, type SocketType } from './fd-socket.js';
+import { FdSocket, type FdSocketOptions } from './fd-socket.js';
+import { withDefaults } from './unix-socket.js';
+import type { SocketType } from './types.js';
 import { checkPeer, type PeerPolicy } from './peer.js';
+import { printable } from './types.js';
 
 export interface ListenOptions extends FdSocketOptions {
   type?: SocketType;
@@ -200,6 +203,8 @@ export class FdServer extends EventEmitter {
   }
 }
 
-export function printable(address: string): string {
-  return address.startsWith('\0') ? `@${address.slice(1)}` : address;
-}
+export { printable };
+
+// FdSocket.listen is FdServer.listen: defined here, so that fd-socket.ts needs no
+// import of this file (no fd-socket <-> server cycle).
+FdSocket.listen = (address: string, options: ListenOptions = {}): FdServer => FdServer.listen(address, options);

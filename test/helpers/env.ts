@@ -1,17 +1,10 @@
 // Honest skips: a test that cannot run here says why, on the console and in the report.
-import { execFileSync } from 'node:child_process';
+import { hasCommand } from '../../src/cli/demo/process.js';
 import { existsSync } from 'node:fs';
 
 export const isRoot = process.getuid?.() === 0;
 
-export function hasCommand(cmd: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
+export { hasCommand };
 
 /** null when network namespaces with TAP devices can be made here, else the reason they cannot. */
 export function netnsUnavailable(): string | null {

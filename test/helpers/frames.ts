@@ -1,2 +1,2 @@
-// Frame builders live in src/demo (the demo's TAP traffic uses them too).
-export * from '../../src/demo/frames.js';
+// Frame builders live in src/cli/demo (the demo's TAP traffic uses them too).
+export * from '../../src/cli/demo/frames.js';

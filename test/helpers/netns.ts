@@ -1,2 +1,2 @@
-// Network namespace helpers live in src/demo (the demo makes one too).
-export * from '../../src/demo/netns.js';
+// Network namespace helpers live in src/cli/demo (the demo makes one too).
+export * from '../../src/cli/demo/netns.js';

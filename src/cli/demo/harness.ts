@@ -2,10 +2,9 @@
 // processes, an echo peer that counts its connections, and a TAP's namespace.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { BackendTransferError } from '../errors.js';
-import { closeFds } from '../fd/index.js';
-import { FdServer } from '../transport/server.js';
-import type { FdSocket } from '../transport/fd-socket.js';
+import { closeFds } from '../../fd/index.js';
+import { FdServer } from '../../transport/server.js';
+import type { FdSocket } from '../../transport/fd-socket.js';
 import type { OwnerConfig } from './owner.js';
 import { createNetns, deleteNetns, ip } from './netns.js';
 import { peerMac } from './owner.js';
@@ -213,7 +212,7 @@ export class TapNamespace {
     const first = this.link();
     const mon = spawn('ip', ['-n', this.name, '-o', 'monitor', 'link'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    mon.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    mon.stdout.on('data', (d: Buffer) => (out += d.toString()));
     // ip prints nothing when it is ready: give it a moment to subscribe.
     await new Promise((r) => setTimeout(r, 100));
     return {
@@ -239,8 +238,4 @@ export class TapNamespace {
   delete(): void {
     deleteNetns(this.name);
   }
-}
-
-export function demoError(message: string): BackendTransferError {
-  return new BackendTransferError('ERR_DEMO', message);
 }

@@ -3,11 +3,11 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
-import type { PhaseTimeouts } from '../handover/types.js';
+import type { PhaseTimeouts } from '../../handover/types.js';
 import { OwnerProcess, TapNamespace, startEchoPeer, type OwnerEvent } from './harness.js';
 import type { OwnerConfig } from './owner.js';
 import { StorageDaemon } from './storage-daemon.js';
+import { hasCommand } from './process.js';
 
 export interface DemoOptions {
   /** Chardev connections to the echo peer. Default 1. */
@@ -47,26 +47,17 @@ export interface DemoReport {
   problems: string[];
 }
 
-function commandExists(cmd: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Why a TAP in a private namespace cannot be made here, or null. */
 export function tapUnavailable(): string | null {
   if (process.getuid?.() !== 0) return 'needs CAP_NET_ADMIN to create a network namespace and a TAP (run as root)';
   if (!existsSync('/dev/net/tun')) return '/dev/net/tun does not exist (no tun driver)';
-  if (!commandExists('ip')) return "the 'ip' command is missing (Debian package iproute2)";
+  if (!hasCommand('ip')) return "the 'ip' command is missing (Debian package iproute2)";
   return null;
 }
 
 /** Why qemu-storage-daemon cannot serve vhost-user here, or null. */
 export function vhostUnavailable(): string | null {
-  if (!commandExists('qemu-storage-daemon')) return 'qemu-storage-daemon is not installed';
+  if (!hasCommand('qemu-storage-daemon')) return 'qemu-storage-daemon is not installed';
   return null;
 }
 

@@ -12,39 +12,17 @@
 //   (log backend, on stderr); every `qio_channel_socket_accept_complete` on the
 //   export's listening channel is one connection accepted. The listening channel is
 //   told apart from the QMP monitor's by the fd of its `listen_complete` event.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { execFileSync } from 'node:child_process';
+import { hasCommand, run } from './process.js';
 
-function hasCommand(cmd: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const run = promisify(execFile);
 
 const QSD = 'qemu-storage-daemon';
 const SO_ACCEPTCON = 0x10000;
 const SS_CONNECTED = 3;
 const SOCK_STREAM = 1;
-
-/** null when qemu-storage-daemon can run here, else why not. */
-export function qsdUnavailable(): string | null {
-  if (!hasCommand(QSD)) return "qemu-storage-daemon is not installed (Debian package qemu-system-common)";
-  return null;
-}
-
-/** null when `ss` (iproute2) can show unix socket peers, else why not. */
-export function ssUnavailable(): string | null {
-  return hasCommand('ss') ? null : "the 'ss' command (Debian package iproute2) is not installed";
-}
 
 export interface StorageDaemonOptions {
   /** Image size in bytes (a multiple of 512). Default 64 MiB. */
@@ -103,7 +81,7 @@ function unixTable(pid: number): UnixEntry[] {
 }
 
 /** Socket inode → fd, over the fds of process `pid`. */
-function socketFds(pid: number): Map<number, number> {
+export function socketFds(pid: number): Map<number, number> {
   const out = new Map<number, number>();
   let names: string[];
   try {
@@ -122,11 +100,6 @@ function socketFds(pid: number): Map<number, number> {
     if (m) out.set(Number(m[1]), Number(name));
   }
   return out;
-}
-
-/** Inodes of the sockets this process has open (e.g. to check that a handed-over connection left it). */
-export function ownSocketInodes(): Set<number> {
-  return new Set(socketFds(process.pid).keys());
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -351,18 +324,5 @@ export class StorageDaemon {
       await this.#closed;
     }
     rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
-/** Tracks daemons so that afterEach disposes of them even when a test fails. */
-export class StorageDaemons {
-  #all: StorageDaemon[] = [];
-  async start(options: StorageDaemonOptions = {}): Promise<StorageDaemon> {
-    const d = await StorageDaemon.start(options);
-    this.#all.push(d);
-    return d;
-  }
-  async disposeAll(): Promise<void> {
-    await Promise.all(this.#all.splice(0).map((d) => d.dispose()));
   }
 }

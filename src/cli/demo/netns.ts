@@ -1,16 +1,11 @@
 // Private network namespaces for TAP devices (ip netns add / del), for the demo and the tests.
-import { execFileSync } from 'node:child_process';
+import { runSync } from './process.js';
 
 let counter = 0;
 
 /** Runs ip(8); a failure throws with ip's own message (nothing is printed). */
 export function ip(...args: string[]): string {
-  try {
-    return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (err) {
-    const stderr = String((err as { stderr?: unknown }).stderr ?? '').trim();
-    throw new Error(`ip ${args.join(' ')}: ${stderr || (err as Error).message}`, { cause: err });
-  }
+  return runSync('ip', args);
 }
 
 /** Creates a fresh network namespace and returns its name. */

@@ -6,20 +6,20 @@
 // leave as JSON lines on stdout.
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { BackendTransferError } from '../errors.js';
-import { closeFds } from '../fd/index.js';
-import { native } from '../native.js';
-import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../backends/chardev-socket.js';
-import { TapSource, TapTarget, openTap, type TapBackend } from '../backends/tap.js';
-import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../backends/vhost-user.js';
-import { VhostUserFrontend, VhostUserProtocolFeatureBit, featureBit, hasFeature } from '../backends/vhost-user-protocol.js';
-import type { SourceDevice, TargetDevice } from '../backends/types.js';
-import { sendHandover } from '../handover/source.js';
-import { receiveHandover } from '../handover/target.js';
-import { warmUpHandover } from '../handover/warmup.js';
-import type { HandoverEvent, PhaseTimeouts } from '../handover/types.js';
-import { FdServer } from '../transport/server.js';
-import { FdSocket } from '../transport/fd-socket.js';
+import { BackendTransferError } from '../../errors.js';
+import { closeFds } from '../../fd/index.js';
+import { native } from '../../native.js';
+import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../../backends/chardev-socket.js';
+import { TapSource, TapTarget, openTap, type TapBackend } from '../../backends/tap.js';
+import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../../backends/vhost-user.js';
+import { VhostUserFrontend, VhostUserProtocolFeatureBit, featureBit, hasFeature } from '../../vhost-user/index.js';
+import type { SourceDevice, TargetDevice } from '../../backends/types.js';
+import { sendHandover } from '../../handover/source.js';
+import { receiveHandover } from '../../handover/target.js';
+import { warmUpHandover } from '../../handover/warmup.js';
+import type { HandoverEvent, PhaseTimeouts } from '../../handover/types.js';
+import { FdServer } from '../../transport/server.js';
+import { FdSocket } from '../../transport/fd-socket.js';
 import { parseRst, tcpSyn } from './frames.js';
 
 export interface OwnerConfig {

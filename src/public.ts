@@ -1,0 +1,16 @@
+// The package's root export (`import ... from 'backend-transfer'`): what a VMM
+// manager needs to hand backends over and take them over. The addon and the wire
+// internals are subpath exports: 'backend-transfer/native' (src/native.ts),
+// 'backend-transfer/stream' (src/stream/index.ts), and the vhost-user front-end
+// is 'backend-transfer/vhost-user' (src/vhost-user/index.ts). See package.json
+// "exports" and docs/architecture.md.
+export { BackendTransferError, ErrorCodes, VhostUserErrorCodes, isBackendTransferError, isErrorCode } from './errors.js';
+export type { ErrorCode, QmpErrorCode, VhostUserErrorCode } from './errors.js';
+export * from './transport/index.js';
+export { closeFd, closeFds, dupFd, findSameFile, inspectFd, sameFileMethod } from './fd/index.js';
+export { mapSealedMemfd, releaseMapping, isReleased, mappingStats } from './fd/mapping.js';
+export type { FdInfo, FdKind, SameFileMethod } from './fd/index.js';
+export type { PeerCred } from './native.js';
+export * from './backends/index.js';
+export * from './handover/index.js';
+export * from './qmp/index.js';
