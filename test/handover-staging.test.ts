@@ -173,3 +173,47 @@ describe('checked before anything moves', () => {
     await expect(t.done).rejects.toMatchObject({ code: 'ERR_TIMEOUT' });
   });
 });
+
+describe('faults while staging (the target here)', () => {
+  it('the target refuses a staged fd (NACK with the STAGE\'s sectionId): nothing was frozen, the source keeps working backends, the target closes all it staged', async () => {
+    const { peer, path } = await source({ stateBytes: 1000 });
+    const before = countOpenFds(); // after the child's pipes
+    // irq is an eventfd: a target that expects a memfd refuses it at staging.
+    const t = receive(path, { accept: [new GenericTarget({ id: 'vm0', expect: { ram: 'memfd', irq: 'memfd' } })] });
+    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as { event: string; code: string; details: Record<string, unknown>; frozen: number; thawed: number; works: boolean; leaked: number };
+    expect(s.event).toBe('handover-failed');
+    expect(s.code).toBe('ERR_HANDOVER_REFUSED');
+    expect(s.details).toMatchObject({ phase: 'stage', code: 'ERR_BACKEND_VERIFY' });
+    expect(s.frozen).toBe(0);
+    expect(s.thawed).toBe(0);
+    expect(s.works).toBe(true);
+    expect(s.leaked).toBe(0);
+    await expect(t.done).rejects.toMatchObject({ code: 'ERR_BACKEND_VERIFY', details: { phase: 'stage', committed: false } });
+    expect(await fdsSettleAt(before)).toBe(before);
+  });
+
+  it('the target aborts while staging: the source is told and never froze, the target closes all it staged', async () => {
+    const { peer, path } = await source({ stateBytes: 1000 });
+    const before = countOpenFds();
+    const ac = new AbortController();
+    const events: HandoverEvent[] = [];
+    const done = receiveHandover({
+      socket: path,
+      accept: [new GenericTarget({ id: 'vm0' })],
+      backendTransfer: true,
+      signal: ac.signal,
+      onEvent: (e) => {
+        events.push(e);
+        if (e.type === 'progress') ac.abort('operator said no'); // after the first STAGE arrived
+      },
+    });
+    done.catch(() => undefined);
+    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as { event: string; code: string; details: Record<string, unknown>; frozen: number; works: boolean };
+    expect(s).toMatchObject({ event: 'handover-failed', code: 'ERR_HANDOVER_REFUSED', frozen: 0, works: true });
+    expect(s.details.phase).toBe('stage');
+    await expect(done).rejects.toMatchObject({ code: 'ERR_HANDOVER_ABORTED' });
+    expect(phasesOf(events)).toContain('stage');
+    expect(await fdsSettleAt(before)).toBe(before);
+  });
+});
+

@@ -400,6 +400,8 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         if (it.type === 'stage') {
           stage(it, false);
           o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections: stagedCount, fds: fdsCount, etaMs: null });
+          // An abort heard by now refuses this device rather than acknowledging it.
+          if (o.signal?.aborted) throw abortedError(clock.phase, o.signal);
           await guard(writer.ack(AckStage.STAGED, '', it.sectionId), timeouts.stage, 'sending ACK(STAGED)');
           continue;
         }
