@@ -274,6 +274,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
         if (it.type === 'stage') {
           // Its metadata is kept past the reader's reused buffer.
           bytes += it.bodyLength;
+          fdsCount += it.attachments.length;
           it.payload = Buffer.from(it.payload);
           return;
         }
