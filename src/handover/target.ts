@@ -22,7 +22,7 @@ import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_HANDOVER_LIMITS, DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { PeerWatch, PhaseClock, SessionGuard, abortedError, collectGarbage, limited, now } from './util.js';
+import { PeerWatch, PhaseClock, SessionGuard, abortedError, closeSectionItem, collectGarbage, limited, now } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
@@ -125,7 +125,13 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   const guard = <T>(p: Promise<T>, ms: number, what: string, stall = true): Promise<T> => limited(session ? session.guard(p, stall) : p, ms, what, limits);
   let sourceAborted = false;
   const next = async (what: string, ms: number, stall = true): Promise<StreamItem> => {
-    const it = await guard(queue!.next(0, what), ms, `waiting for ${what}`, stall);
+    const pending = queue!.next(0, what);
+    // When this wait gives up (a timeout, the caller's abort), an item still on its
+    // way to it is nobody's: close its fds when it comes.
+    const it = await guard(pending, ms, `waiting for ${what}`, stall).catch((err: unknown) => {
+      pending.then(closeSectionItem, () => undefined);
+      throw err;
+    });
     if (it.type === 'abort') throw abortedBySource(it);
     return it;
   };
