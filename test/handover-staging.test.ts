@@ -71,7 +71,8 @@ describe('staged backends', () => {
     expect(r.staged).toBe(true);
     expect(s.result.devices).toEqual([{ id: 'vm0', kind: 'generic', outcome: 'moved', fds: 2 }]);
     const b = s.result.timings.breakdown!;
-    expect(Object.keys(b).sort()).toEqual(['adoptMs', 'freezeMs', 'switchOverMs']);
+    expect(Object.keys(b).sort()).toEqual(['adoptMs', 'freezeMs', 'switchOverBytes', 'switchOverMs']);
+    expect(b.switchOverBytes).toBeGreaterThan(MiB + 3); // the state and the device's mutable state, framed
     expect(b.freezeMs! + b.switchOverMs! + b.adoptMs!).toBeCloseTo(s.result.timings.downtimeMs, 3);
     expect(r.state && sha256(r.state)).toBe(sha);
     expect(r.dropped).toEqual([]);

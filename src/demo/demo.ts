@@ -27,6 +27,8 @@ export interface DemoOptions {
   timeouts?: PhaseTimeouts;
   /** The CLI to run the owners with (default: this process's own). */
   cli?: string[];
+  /** Stage the backends before the freeze (default true; false: the old order). */
+  staging?: boolean;
 }
 
 export interface DemoReport {
@@ -41,7 +43,7 @@ export interface DemoReport {
   fds: number;
   downtimeMs: number | null;
   /** With staging: the downtime in parts (freeze, switch-over state, adopt and ACK). */
-  breakdown?: { freezeMs: number; switchOverMs: number; adoptMs: number };
+  breakdown?: { freezeMs: number; switchOverMs: number; adoptMs: number; switchOverBytes: number };
   /** The backends were staged before the freeze. */
   staged?: boolean;
   totalMs: number | null;
@@ -116,6 +118,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       chardevs: o.chardevs ?? 1,
       stateBytes: o.stateBytes ?? 4 * 1024 * 1024,
       timeouts: o.timeouts,
+      ...(o.staging === false ? { staging: false } : {}),
       ...(qsds.length ? { vhostPaths: qsds.map((q) => q.socketPath), vhostQueues: 2 } : {}),
       ...(ns ? { tap: { ifname: ns.ifname, queues: o.tapQueues ?? 4 } } : {}),
     };

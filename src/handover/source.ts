@@ -58,6 +58,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
   let tAdopted: number | null = null;
   let tFrozen: number | null = null;
   let tEos: number | null = null;
+  let bytesAtFreeze = 0;
+  let bytesAtEos = 0;
   let precopy: Precopy | null = null;
   /** ACK(STAGED)s still to come: the queue does not count them as unasked-for frames. */
   let stageAcksDue = 0;
@@ -258,6 +260,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     }
     const droppedKeys = new Set(dropped.map((x) => `${x.id}\0${x.instance}`));
     tFrozen = now();
+    bytesAtFreeze = bytes;
     enter(staged ? 'switch-over' : 'transfer');
     // From now on no wait on the target is unbounded: no progress for timeouts.stall ms fails it.
     guard.watchStall(timeouts.stall);
@@ -290,6 +293,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     writes.push(w.endOfState());
     await bounded(Promise.all(writes).then(() => undefined), timeouts.transfer, 'sending the sections');
     tEos = now();
+    bytesAtEos = bytes;
 
     if (staged) {
       enter('adopt');
@@ -343,7 +347,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       phases: clock.spent,
     };
     if (staged && tFreeze !== null && tFrozen !== null && tEos !== null && tAdopted !== null) {
-      timings.breakdown = { freezeMs: tFrozen - tFreeze, switchOverMs: tEos - tFrozen, adoptMs: tAdopted - tEos };
+      timings.breakdown = { freezeMs: tFrozen - tFreeze, switchOverMs: tEos - tFrozen, adoptMs: tAdopted - tEos, switchOverBytes: bytesAtEos - bytesAtFreeze };
     }
     return {
       devices: outcomes,

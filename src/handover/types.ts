@@ -87,6 +87,8 @@ export interface DowntimeBreakdown {
   switchOverMs: number;
   /** From END_OF_STATE written until ACK(ADOPTED) read: the target's reading, adopting and its ACK. */
   adoptMs: number;
+  /** Bytes written in the switch-over (FREEZE to END_OF_STATE, framing included). */
+  switchOverBytes: number;
 }
 
 export interface HandoverTimings {
