@@ -68,20 +68,22 @@ export const demoCommand: Command = {
         'state-mib': { type: 'string' },
         without: { type: 'string', multiple: true },
         'no-staging': { type: 'boolean' },
+        precopy: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
     if (values.help) {
       console.log(
         [
-          'usage: backend-transfer demo [--json] [--chardevs 1-64] [--vhost-devices 0-8] [--tap-queues 1-64] [--state-mib 0-1024] [--without tap|vhost-user]... [--no-staging]',
+          'usage: backend-transfer demo [--json] [--chardevs 1-64] [--vhost-devices 0-8] [--tap-queues 1-64] [--state-mib 0-1024] [--without tap|vhost-user]... [--no-staging] [--precopy]',
           '',
           'Starts an "old" and a "new" owner process. The old one sets up real backends and keeps traffic',
           'flowing through them: a chardev socket to an echo peer (always), vhost-user-blk connections to',
           'qemu-storage-daemon (when installed), a multi-queue TAP in a private network namespace (with',
           'CAP_NET_ADMIN). Then it hands everything to the new one and the report says what moved, how long',
           'the switch took, and whether any peer saw a reconnect. The backends are staged (sent and verified)',
-          'before the freeze unless --no-staging gives the old order (everything after the freeze).',
+          'before the freeze unless --no-staging gives the old order (everything after the freeze); --precopy',
+          'hands the VMM state over before the freeze too.',
         ].join('\n'),
       );
       return 0;
@@ -100,6 +102,7 @@ export const demoCommand: Command = {
       tapQueues,
       stateBytes: stateMib === undefined ? undefined : stateMib * 1024 * 1024,
       ...(values['no-staging'] ? { staging: false } : {}),
+      ...(values.precopy ? { precopy: true } : {}),
       without: without as ('tap' | 'vhost-user')[],
       onProgress: (e) => {
         if (e.event !== 'phase' || !tty) return;

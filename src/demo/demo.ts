@@ -29,6 +29,8 @@ export interface DemoOptions {
   cli?: string[];
   /** Stage the backends before the freeze (default true; false: the old order). */
   staging?: boolean;
+  /** Hand the VMM state over before the freeze (precopy): only the devices' mutable state follows it. */
+  precopy?: boolean;
 }
 
 export interface DemoReport {
@@ -119,6 +121,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       stateBytes: o.stateBytes ?? 4 * 1024 * 1024,
       timeouts: o.timeouts,
       ...(o.staging === false ? { staging: false } : {}),
+      ...(o.precopy ? { precopy: true } : {}),
       ...(qsds.length ? { vhostPaths: qsds.map((q) => q.socketPath), vhostQueues: 2 } : {}),
       ...(ns ? { tap: { ifname: ns.ifname, queues: o.tapQueues ?? 4 } } : {}),
     };

@@ -45,6 +45,8 @@ export interface OwnerConfig {
   partSize?: number;
   /** Stage the backends before the freeze (default true; false: the old order). */
   staging?: boolean;
+  /** Hand the VMM state over before the freeze (precopy); nothing of it follows the freeze. */
+  precopy?: boolean;
   /** Fault injection (tests, old owner): abort the handover (its AbortSignal) when it enters this phase. */
   abortAt?: string;
   /** Fault injection (tests, new owner): refuse the first staged device (its verify fails: a NACK at staging). */
@@ -323,7 +325,7 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
         socket: typeof cmd.path === 'string' ? cmd.path : c.handoverPath,
         devices,
         backendTransfer: true,
-        state,
+        ...(c.precopy ? { precopy: state, state: Buffer.alloc(0) } : { state }),
         timeouts: c.timeouts,
         partSize: c.partSize,
         onEvent: (e: HandoverEvent) => {
