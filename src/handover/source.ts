@@ -483,15 +483,25 @@ async function payloadBytes(p: SectionPayload): Promise<Uint8Array> {
 
 /**
  * What identifies a staged device's backend: every attachment's fd, kind, name
- * and metadata, and the open file behind each fd (device and inode from fstat;
- * an fd closed since is an error). A different print at the freeze means the
- * backend changed after it was staged.
+ * and metadata, and the open file behind each fd as far as it tells files apart
+ * cheaply: its file type (fstat's st_mode; an fd closed since is an error), and
+ * for a socket or a regular file (a memfd) its device and inode too. A TAP queue
+ * or an eventfd replaced under the same fd number by one of the same kind is not
+ * seen (they all share one inode). A different print at the freeze means the
+ * backend changed after it was staged. Inside the downtime: kept to about 0.5 µs
+ * per fd (fstat_mode), a full fstat only for sockets and files.
  */
 function fingerprint(atts: readonly OutgoingAttachment[]): string {
   let s = '';
   for (const a of atts) {
-    const st = native.fstat(a.fd);
-    s += `${a.fd}|${a.kind}|${a.name}|${a.meta ? JSON.stringify(a.meta) : ''}|${st.devMajor}:${st.devMinor}:${st.ino}:${st.mode}\n`;
+    const mode = native.fstat_mode(a.fd);
+    const type = mode & 0o170000;
+    let id = '';
+    if (type === 0o140000 || type === 0o100000) {
+      const st = native.fstat(a.fd);
+      id = `${st.devMajor}:${st.devMinor}:${st.ino}`;
+    }
+    s += `${a.fd}|${a.kind}|${a.name}|${a.meta ? JSON.stringify(a.meta) : ''}|${mode}|${id}\n`;
   }
   return s;
 }
