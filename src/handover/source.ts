@@ -193,7 +193,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     const byKey = new Map(o.devices.map((d) => [`${d.id}\0${d.instance}`, d] as const));
     const deviceOf = (p: { id: string; instance: number }) => byKey.get(`${p.id}\0${p.instance}`)!;
     /** With staging: what each staged device sent (to see at the freeze whether it changed). */
-    const stagedPrints = new Map<SourceDevice, string>();
+    const stagedPrints = new Map<SourceDevice, Print>();
     if (staged) {
       // Stage: every backend's fds and static metadata go now, while the VMM still
       // uses them (the target only holds duplicates and must not touch them); the
@@ -252,7 +252,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
         const cap = d.capture(true);
         const now2 = fingerprint(cap.attachments);
         captured.set(d, cap);
-        if (now2 !== print) restage.push(d);
+        if (!samePrint(now2, print)) restage.push(d);
       } catch (err) {
         captured.delete(d);
         dropped.push({ id: d.id, instance: d.instance, reason: `its backend is no longer usable: ${(err as Error).message}` });
@@ -489,21 +489,46 @@ async function payloadBytes(p: SectionPayload): Promise<Uint8Array> {
  * or an eventfd replaced under the same fd number by one of the same kind is not
  * seen (they all share one inode). A different print at the freeze means the
  * backend changed after it was staged. Inside the downtime: kept to about 0.5 µs
- * per fd (fstat_mode), a full fstat only for sockets and files.
+ * per fd (fstat_mode), a full fstat only for sockets and files, no strings built.
  */
-function fingerprint(atts: readonly OutgoingAttachment[]): string {
-  let s = '';
-  for (const a of atts) {
-    const mode = native.fstat_mode(a.fd);
+interface Print {
+  fds: Int32Array;
+  modes: Float64Array;
+  atts: readonly OutgoingAttachment[];
+  /** Inodes of sockets and files, by attachment index. */
+  ids: Map<number, string>;
+}
+
+function fingerprint(atts: readonly OutgoingAttachment[]): Print {
+  const fds = new Int32Array(atts.length);
+  const modes = new Float64Array(atts.length);
+  const ids = new Map<number, string>();
+  for (let i = 0; i < atts.length; i++) {
+    const fd = atts[i]!.fd;
+    const mode = native.fstat_mode(fd);
+    fds[i] = fd;
+    modes[i] = mode;
     const type = mode & 0o170000;
-    let id = '';
     if (type === 0o140000 || type === 0o100000) {
-      const st = native.fstat(a.fd);
-      id = `${st.devMajor}:${st.devMinor}:${st.ino}`;
+      const st = native.fstat(fd);
+      ids.set(i, `${st.devMajor}:${st.devMinor}:${st.ino}`);
     }
-    s += `${a.fd}|${a.kind}|${a.name}|${a.meta ? JSON.stringify(a.meta) : ''}|${mode}|${id}\n`;
   }
-  return s;
+  return { fds, modes, atts, ids };
+}
+
+function samePrint(a: Print, b: Print): boolean {
+  if (a.fds.length !== b.fds.length) return false;
+  for (let i = 0; i < a.fds.length; i++) {
+    if (a.fds[i] !== b.fds[i] || a.modes[i] !== b.modes[i]) return false;
+    const x = a.atts[i]!;
+    const y = b.atts[i]!;
+    if (x.kind !== y.kind || x.name !== y.name) return false;
+    if ((x.meta ?? null) !== (y.meta ?? null) && JSON.stringify(x.meta ?? null) !== JSON.stringify(y.meta ?? null)) return false;
+  }
+  if (a.ids.size !== b.ids.size) return false;
+  for (const [i, id] of a.ids) if (b.ids.get(i) !== id) return false;
+  return true;
 }
 
 interface Precopy {
