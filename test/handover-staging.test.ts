@@ -175,6 +175,17 @@ describe('checked before anything moves', () => {
   });
 });
 
+describe('checked before anything moves (kinds)', () => {
+  it('an fd of another kind than declared (a memfd declared an eventfd) fails before connecting', async () => {
+    const { peer, path } = await source({ stateBytes: 1000, lie: true });
+    const t = receive(path, { timeouts: { connect: 1500 } });
+    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as { event: string; code: string; message: string; frozen: number; works: boolean };
+    expect(s).toMatchObject({ event: 'handover-failed', code: 'ERR_BACKEND_INVALID', frozen: 0, works: true });
+    expect(s.message).toMatch(/ram\) is declared eventfd but is memfd/);
+    await expect(t.done).rejects.toMatchObject({ code: 'ERR_TIMEOUT' });
+  });
+});
+
 describe('faults while staging (the target here)', () => {
   it('the target refuses a staged fd (NACK with the STAGE\'s sectionId): nothing was frozen, the source keeps working backends, the target closes all it staged', async () => {
     const { peer, path } = await source({ stateBytes: 1000 });
