@@ -37,7 +37,7 @@ export function formatDemo(r: DemoReport): string {
     : [part('freeze'), part('transfer'), part('verify')].filter(Boolean).join(', ');
   out.push(`  downtime      ${r.downtimeMs === null ? '-' : `${r.downtimeMs.toFixed(2)} ms`} (freeze to adopted${parts ? `: ${parts} ms` : ''})   total ${r.totalMs === null ? '-' : `${r.totalMs.toFixed(1)} ms`}`);
   if (r.staged !== undefined) out.push(`  staging       ${r.staged ? `on: the backends were staged and verified before the freeze${typeof ph.stage === 'number' ? ` (${ph.stage.toFixed(1)} ms, no downtime)` : ''}` : 'off: the old order (fds moved and verified inside the downtime)'}`);
-  if (r.throughputMBps !== null) out.push(`  throughput    ${r.throughputMBps.toFixed(0)} MB/s of state during the transfer phase`);
+  if (r.throughputMBps !== null) out.push(`  throughput    ${r.throughputMBps.toFixed(0)} MB/s of state during the ${r.staged ? 'switch-over' : 'transfer phase'}`);
   for (const x of r.reconnects) out.push(`  reconnects    ${String(x.reconnects)} seen by ${x.peer}: ${x.detail}`);
   out.push('');
   out.push('  traffic after the handover (new owner):');
