@@ -204,6 +204,17 @@ describe('faults while staging (the target here)', () => {
     expect(await fdsSettleAt(before)).toBe(before);
   });
 
+  it("staged metadata counts against the target's limits (maxDeviceStateBytes): refused at staging, before any freeze", async () => {
+    const { peer, path } = await source({ stateBytes: 1000 });
+    const before = countOpenFds();
+    const t = receive(path, { limits: { maxDeviceStateBytes: 10 } });
+    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as { event: string; code: string; details: Record<string, unknown>; frozen: number; works: boolean };
+    expect(s).toMatchObject({ event: 'handover-failed', code: 'ERR_HANDOVER_REFUSED', frozen: 0, works: true });
+    expect(s.details).toMatchObject({ phase: 'stage', code: 'ERR_STREAM_TOO_LARGE' });
+    await expect(t.done).rejects.toMatchObject({ code: 'ERR_STREAM_TOO_LARGE', details: { what: 'staged metadata of device vm0' } });
+    expect(await fdsSettleAt(before)).toBe(before);
+  });
+
   it('the target aborts while staging: the source is told and never froze, the target closes all it staged', async () => {
     const { peer, path } = await source({ stateBytes: 1000 });
     const before = countOpenFds();

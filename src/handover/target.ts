@@ -239,6 +239,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     // What the source may make this side hold, checked from the declared lengths
     // before a payload is read out of its memfd or copied (see HandoverLimits).
     let keptBytes = 0; // all state kept in memory
+    const stagedBytes = new Map<string, number>(); // staged metadata kept, per device
     let vmmReserved = 0; // VMM state accounted so far, in stream order: where the next part goes in stateBuf
     let lateRoom = 0; // an announced VMM state size too large to make room for before the freeze
     const deviceBytes = new Map<PlannedDevice, number>();
@@ -278,7 +279,14 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       reader,
       (it) => {
         if (it.type === 'stage') {
-          // Its metadata is kept past the reader's reused buffer.
+          // Its metadata is kept past the reader's reused buffer: within the same
+          // limits as a device's state (a re-stage replaces what it staged before).
+          const key = `${it.device.id}\0${it.device.instance}`;
+          const before = stagedBytes.get(key) ?? 0;
+          if (it.payload.length > lim.maxDeviceStateBytes) throw tooLarge(`staged metadata of device ${it.device.id}`, it.payload.length, lim.maxDeviceStateBytes);
+          if (keptBytes - before + it.payload.length > lim.maxStateBytes) throw tooLarge('state', keptBytes - before + it.payload.length, lim.maxStateBytes);
+          keptBytes += it.payload.length - before;
+          stagedBytes.set(key, it.payload.length);
           bytes += it.bodyLength;
           fdsCount += it.attachments.length;
           it.payload = Buffer.from(it.payload);
