@@ -42,11 +42,12 @@ const json = (v: Record<string, unknown> | null) => blob(v === null ? Buffer.all
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 const MAGIC = Buffer.from([0x89, 0x42, 0x54, 0x4d, 0x0d, 0x0a, 0x1a, 0x0a]);
-const T = { HELLO: 0x01, WELCOME: 0x02, PLAN: 0x03, SECTION_START: 0x10, SECTION_PART: 0x11, SECTION_END: 0x12, SECTION_FULL: 0x13, END_OF_STATE: 0x20, ACK: 0x30, NACK: 0x31, PING: 0x32, PONG: 0x33, COMMIT: 0x40, ABORT: 0x41, EOF: 0x7f } as const;
+const T = { HELLO: 0x01, WELCOME: 0x02, PLAN: 0x03, SECTION_START: 0x10, SECTION_PART: 0x11, SECTION_END: 0x12, SECTION_FULL: 0x13, STAGE: 0x14, FREEZE: 0x15, END_OF_STATE: 0x20, ACK: 0x30, NACK: 0x31, PING: 0x32, PONG: 0x33, COMMIT: 0x40, ABORT: 0x41, EOF: 0x7f } as const;
 const NAMES = Object.fromEntries(Object.entries(T).map(([k, v]) => [v, k])) as Record<number, string>;
 const FDS = 1;
 const MEMFD_PAYLOAD = 2;
 const BODY_CRC = 4;
+const STAGED = 8;
 const KIND = { tap: 1, 'vhost-net': 2, 'vhost-user': 3, eventfd: 4, memfd: 5, 'chardev-socket': 6, listener: 7, generic: 8 } as const;
 type AttKind = keyof typeof KIND;
 
@@ -160,6 +161,13 @@ function section(
   else Object.assign(decoded, { payloadLength: payload.length, payloadSha256: sha256(payload) });
   return { bytes, decoded };
 }
+
+/** A STAGE body: laid out as a SECTION_FULL body. */
+const stage = (o: { sectionId: number; idstr: string; atts: AttIn[]; payload: Buffer }): Body => section(T.SECTION_FULL, o);
+const freeze = (dropped: { id: string; instance?: number; reason: string }[]): Body => ({
+  bytes: Buffer.concat([u32(dropped.length), ...dropped.flatMap((d) => [str(d.id), u32(d.instance ?? 0), str(d.reason)])]),
+  decoded: { dropped: dropped.map((d) => ({ id: d.id, instance: d.instance ?? 0, reason: d.reason })) },
+});
 
 const endOfState = (sectionCount: number, totalFds: number, payloadBytes: number): Body => ({
   bytes: Buffer.concat([u32(sectionCount), u32(totalFds), u64(BigInt(payloadBytes))]),
@@ -887,7 +895,7 @@ const welcomeCpu = () => welcome({ features: BODY_CRC, canPassFds: 1, fdBudget: 
   s.frame(T.WELCOME, welcomeCpu());
   const at = s.length;
   s.frame(T.ACK, ack(5), { expectFrame: false });
-  vectors.push({ name: 'bad-return-ack-stage', description: 'ACK with stage 5.', direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+  vectors.push({ name: 'bad-return-ack-stage', description: 'ACK with stage 5 (STAGED) although WELCOME has no STAGED feature.', direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
 }
 {
   const s = new StreamBuilder();
@@ -1054,6 +1062,134 @@ for (const [name, text, why] of [
 {
   const s = new StreamBuilder(null).raw(Buffer.from([0x89, 0x42, 0x58]));
   vectors.push({ name: 'bad-magic-short', description: 'Three bytes that already differ from the magic, then the end: the magic is judged on all 8 bytes, so this is a truncation.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_TRUNCATED', 3) });
+}
+
+// ---- staged backends (STAGED)
+
+/** A live handover with STAGED: the generic device's fds go in STAGE before FREEZE; the VMM state is precopied (its section open across FREEZE). */
+function stagedHandover(o: { sectionFd?: boolean; eosBeforeFreeze?: boolean; noStage?: boolean } = {}): { s: StreamBuilder; welcome: Body; failAt: number } {
+  const features = FDS | BODY_CRC | STAGED;
+  const s = new StreamBuilder();
+  s.frame(
+    T.HELLO,
+    hello({ features, canPassFds: 1, fdBudget: 1000, probe: PROBE, offers: [{ kind: 'generic', id: 'gen0', fdCount: 2, flags: 1 | 2 }, stateOffer], info: { pid: 1234, program: 'backend-transfer', stateBytes: 10 } }),
+    { fds: [probeFd()] },
+  );
+  const w = welcome({ features, canPassFds: 1, fdBudget: 1000, answers: [{ id: 'gen0', decision: 2 }, { id: 'vmm-state', decision: 1 }], info: { pid: 5678, probe: 'ok' } });
+  s.frame(T.PLAN, plan({ features, devices: [{ kind: 'generic', id: 'gen0', withFds: 1, fdCount: 2 }, statePlanned], totalFds: 2 }));
+  const devFds = (): FdDesc[] => [
+    { kind: 'memfd', content: Buffer.from('guest ram').toString('hex'), sealed: false, note: "device fd 'ram' (staged)" },
+    { kind: 'eventfd', value: 0, note: "device fd 'irq' (staged)" },
+  ];
+  const atts: AttIn[] = [
+    { kind: 'memfd', name: 'ram', meta: null },
+    { kind: 'eventfd', name: 'irq', meta: { queue: 0 } },
+  ];
+  if (!o.noStage) s.frame(T.STAGE, stage({ sectionId: 1, idstr: 'gen0', atts, payload: genericJson(['ram', 'irq']) }), { fds: devFds() });
+  // The VMM state's first part goes before the freeze (precopy).
+  s.frame(T.SECTION_START, section(T.SECTION_START, { sectionId: 2, idstr: 'vmm-state', payload: Buffer.from('early') }));
+  let failAt = s.length;
+  if (o.eosBeforeFreeze) {
+    failAt = s.length;
+    s.frame(T.SECTION_END, section(T.SECTION_END, { sectionId: 2, payload: Buffer.from('final') }));
+    failAt = s.length;
+    s.frame(T.END_OF_STATE, endOfState(1, 2, 10), { expectFrame: false });
+    return { s, welcome: w, failAt };
+  }
+  s.frame(T.FREEZE, freeze([]));
+  s.frame(T.SECTION_END, section(T.SECTION_END, { sectionId: 2, payload: Buffer.from('final') }));
+  failAt = s.length;
+  const blobState = genericJson(['ram', 'irq'], Buffer.from('vring bases'));
+  if (o.sectionFd) {
+    s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 3, idstr: 'gen0', atts: [{ kind: 'eventfd', name: 'irq' }], payload: blobState }), {
+      fds: [{ kind: 'eventfd', value: 0, note: 'a device fd on a section under STAGED' }],
+      expectFrame: false,
+    });
+    return { s, welcome: w, failAt };
+  }
+  s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 3, idstr: 'gen0', payload: blobState }));
+  failAt = s.length;
+  s.frame(T.END_OF_STATE, endOfState(2, o.noStage ? 0 : 2, 10 + blobState.length), { expectFrame: !o.noStage });
+  if (o.noStage) return { s, welcome: w, failAt };
+  s.frame(T.COMMIT, empty());
+  s.frame(T.EOF, empty());
+  return { s, welcome: w, failAt };
+}
+
+{
+  const { s, welcome: w } = stagedHandover();
+  vectors.push({
+    name: 'valid-staged-live-handover',
+    description:
+      "A live handover with STAGED, read by a target that sent `welcome`: HELLO with its probe (#0), PLAN, a STAGE carrying the generic device's memfd and eventfd (#1, #2) and its static metadata, the VMM state's first part before the freeze (SECTION_START), FREEZE inside that open section (nothing dropped), its final part (SECTION_END), the device's section with its mutable state and no fds, END_OF_STATE (2 sections; totalFds 2: the stage in effect; payloadBytes of the sections only), COMMIT, EOF.",
+    direction: 'main',
+    reader: 'target',
+    welcome: w.decoded,
+    stream: s,
+    expect: ok(s),
+  });
+}
+{
+  // Two devices; both staged; at the freeze cpu1 is dropped and cpu0 staged again (its fd changed).
+  const features = FDS | BODY_CRC | STAGED;
+  const s = new StreamBuilder();
+  s.frame(
+    T.HELLO,
+    hello({ features, canPassFds: 1, offers: [{ kind: 'generic', id: 'cpu0', fdCount: 1, flags: 1 }, { kind: 'generic', id: 'cpu1', fdCount: 1, flags: 1 }] }),
+  );
+  s.frame(T.PLAN, plan({ features, devices: [{ kind: 'generic', id: 'cpu0', withFds: 1, fdCount: 1 }, { kind: 'generic', id: 'cpu1', withFds: 1, fdCount: 1 }], totalFds: 2 }));
+  const ev = (note: string): FdDesc[] => [{ kind: 'eventfd', value: 1, note }];
+  s.frame(T.STAGE, stage({ sectionId: 1, idstr: 'cpu0', atts: [{ kind: 'eventfd', name: 'kick' }], payload: genericJson(['kick']) }), { fds: ev("cpu0's kick, staged") });
+  s.frame(T.STAGE, stage({ sectionId: 2, idstr: 'cpu1', atts: [{ kind: 'eventfd', name: 'kick' }], payload: genericJson(['kick']) }), { fds: ev("cpu1's kick, staged") });
+  s.frame(T.FREEZE, freeze([{ id: 'cpu1', reason: 'unplugged after it was staged' }]));
+  s.frame(T.STAGE, stage({ sectionId: 3, idstr: 'cpu0', atts: [{ kind: 'eventfd', name: 'kick' }], payload: genericJson(['kick']) }), { fds: ev("cpu0's new kick: staged again, replacing #0") });
+  s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 4, idstr: 'cpu0', payload: regs }));
+  s.frame(T.END_OF_STATE, endOfState(1, 1, 5));
+  s.frame(T.EOF, empty());
+  vectors.push({
+    name: 'valid-staged-restage-and-drop',
+    description:
+      "STAGED, staged then changed: cpu0 and cpu1 are staged (fds #0, #1); FREEZE drops cpu1 (its staged fd is stale: the target closes it); cpu0 is staged again after FREEZE (#2 replaces #0); only cpu0 has a section; END_OF_STATE counts 1 section and 1 fd (the stage in effect).",
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: ok(s),
+  });
+}
+{
+  const { s, welcome: w, failAt } = stagedHandover({ sectionFd: true });
+  vectors.push({ name: 'bad-staged-section-fd', description: 'STAGED: a section carries a device fd (they go in STAGE only).', direction: 'main', reader: 'target', welcome: w.decoded, stream: s, expect: err(s, 'ERR_STREAM_FD_EXTRA', failAt) });
+}
+{
+  const { s, welcome: w, failAt } = stagedHandover({ eosBeforeFreeze: true });
+  vectors.push({ name: 'bad-staged-eos-before-freeze', description: 'STAGED: END_OF_STATE without FREEZE.', direction: 'main', reader: 'target', welcome: w.decoded, stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', failAt) });
+}
+{
+  const { s, welcome: w, failAt } = stagedHandover({ noStage: true });
+  vectors.push({
+    name: 'bad-staged-never-staged',
+    description: 'STAGED: END_OF_STATE although the device planned with fds was never staged.',
+    direction: 'main',
+    reader: 'target',
+    welcome: w.decoded,
+    stream: s,
+    expect: err(s, 'ERR_STREAM_FD_MISSING', failAt),
+  });
+}
+{
+  const s = recorded([{ kind: 'generic', id: 'cpu0' }]);
+  const at = s.length;
+  s.frame(T.STAGE, stage({ sectionId: 1, idstr: 'cpu0', atts: [], payload: regs }), { expectFrame: false });
+  vectors.push({ name: 'bad-stage-without-feature', description: 'A STAGE frame although PLAN has no STAGED feature.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+}
+{
+  const s = new StreamBuilder();
+  s.frame(T.WELCOME, welcome({ features: FDS | BODY_CRC | STAGED, canPassFds: 1, fdBudget: 1000, answers: [{ id: 'gen0', decision: 2 }], info: { pid: 5678, probe: 'ok' } }));
+  s.frame(T.ACK, ack(5, '', 1));
+  s.frame(T.ACK, ack(3));
+  s.frame(T.ACK, ack(4));
+  s.frame(T.EOF, empty());
+  vectors.push({ name: 'valid-return-staged', description: 'A target with STAGED: ACK(STAGED) for STAGE section 1, then after END_OF_STATE only ACK(ADOPTED), then ACK(COMMITTED).', direction: 'return', reader: 'source', stream: s, expect: ok(s) });
 }
 
 // ---------------------------------------------------------------- output

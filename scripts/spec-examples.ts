@@ -105,3 +105,46 @@ print('return-path', [
   ...frame('NACK', 0x31, [...str('ERR_STREAM_CRC', 'code'), ...str('bad', 'reason'), u32(1, 'sectionId')]),
   ...frame('EOF', 0x7f, []),
 ]);
+
+// 4. Staged backends (STAGED): the device's fd and static metadata go in a STAGE
+// frame before the freeze; after FREEZE only its mutable state follows.
+const STAGED = 8;
+print('staged', [
+  MAGIC,
+  ...frame('HELLO', 0x01, [
+    u16(1, 'minVersion'), u16(1, 'maxVersion'), u32(FDS | BODY_CRC | STAGED, 'features FDS|BODY_CRC|STAGED'), u8(1, 'canPassFds'), u8(0, 'reserved'),
+    u32(0xffffffff, 'fdBudget unknown'), ...blob(Buffer.alloc(0), 'probe'), u32(1, 'offerCount'),
+    ...str('generic', 'kind'), ...str('kick', 'id'), u32(0, 'instance'), u32(1, 'version'), u32(1, 'fdCount'), u8(1, 'flags WANTS_FDS'),
+    ...blob(Buffer.alloc(0), 'info'),
+  ]),
+  ...frame('PLAN', 0x03, [
+    u16(1, 'version'), u32(FDS | BODY_CRC | STAGED, 'features'), u32(1, 'totalFds'), u32(1, 'deviceCount'),
+    ...str('generic', 'kind'), ...str('kick', 'id'), u32(0, 'instance'), u32(1, 'version'), u8(1, 'withFds'), u32(1, 'fdCount'),
+  ]),
+  ...frame('STAGE', 0x14, [
+    u32(1, 'sectionId'), u32(0, 'instanceId'), u32(1, 'versionId'), ...str('kick', 'idstr'), u16(1, 'attachmentCount'),
+    u8(4, 'attachment kind eventfd'), u8(0, 'role device'), ...str('kick0', 'name'), ...blob(Buffer.from('{"queue":0}'), 'meta'),
+    u32(3, 'payloadLength'), [Buffer.from('cfg'), 'payload "cfg" (static metadata)'],
+  ], { fdCount: 1, firstFdSeq: 0 }),
+  ...frame('FREEZE', 0x15, [u32(0, 'droppedCount')]),
+  ...frame('SECTION_FULL', 0x13, [
+    u32(2, 'sectionId'), u32(0, 'instanceId'), u32(1, 'versionId'), ...str('kick', 'idstr'), u16(0, 'attachmentCount'),
+    u32(5, 'payloadLength'), [Buffer.from('idx=7'), 'payload "idx=7" (mutable state)'],
+  ]),
+  ...frame('END_OF_STATE', 0x20, [u32(1, 'sectionCount'), u32(1, 'totalFds (the stage in effect)'), u64(5n, 'payloadBytes (sections only)')]),
+  ...frame('EOF', 0x7f, []),
+]);
+
+// 5. Its return path: the target's ACK(STAGED) for the STAGE (section 1), before the
+// freeze, then ACK(ADOPTED) after END_OF_STATE (no LOADED or VERIFIED with STAGED).
+print('staged-return-path', [
+  MAGIC,
+  ...frame('WELCOME', 0x02, [
+    u16(1, 'version'), u32(FDS | BODY_CRC | STAGED, 'features FDS|BODY_CRC|STAGED'), u8(1, 'canPassFds'), u8(0, 'reserved'), u32(1000, 'fdBudget'), u32(1, 'answerCount'),
+    ...str('kick', 'id'), u32(0, 'instance'), u8(2, 'decision WITH_FDS'), u8(0, 'reason none'), u32(1, 'minVersion'), u32(1, 'maxVersion'),
+    ...blob(Buffer.alloc(0), 'info'),
+  ]),
+  ...frame('ACK', 0x30, [u8(5, 'stage STAGED'), u32(1, 'sectionId: the STAGE frame'), ...str('', 'detail')]),
+  ...frame('ACK', 0x30, [u8(3, 'stage ADOPTED'), u32(0xffffffff, 'sectionId: the whole stream'), ...str('', 'detail')]),
+  ...frame('EOF', 0x7f, []),
+]);

@@ -86,6 +86,21 @@ function asFrame(it: StreamItem, withFds: boolean): { type: string; body: Record
       else Object.assign(body, { payloadLength: it.payload.length, payloadSha256: sha256(it.payload) });
       return { type: SECTION_TYPE[it.frame], body };
     }
+    case 'stage':
+      return {
+        type: 'STAGE',
+        body: {
+          sectionId: it.sectionId,
+          instanceId: it.device.instance,
+          versionId: it.versionId,
+          idstr: it.device.id,
+          attachments: it.attachments.map((a) => ({ kind: a.kind, role: a.role, name: a.name, meta: a.meta })),
+          payloadLength: it.payload.length,
+          payloadSha256: sha256(it.payload),
+        },
+      };
+    case 'freeze':
+      return { type: 'FREEZE', body: { dropped: it.freeze.dropped } };
     case 'end-of-state':
       return { type: 'END_OF_STATE', body: { ...it.summary, payloadBytes: String(it.summary.payloadBytes) } };
     case 'ping':
@@ -198,7 +213,7 @@ function check(v: VectorMeta, withFds: boolean): void {
     if (withFds) {
       // Every fd handed out is a real fd of the kind its attachment declares.
       for (const it of items) {
-        if (it.type !== 'section') continue;
+        if (it.type !== 'section' && it.type !== 'stage') continue;
         for (const a of it.attachments) {
           const info = inspectFd(a.fd);
           if (a.kind === 'eventfd' || a.kind === 'memfd') expect(info.kind).toBe(a.kind);
@@ -206,7 +221,7 @@ function check(v: VectorMeta, withFds: boolean): void {
       }
     }
   } finally {
-    for (const it of items) if (it.type === 'section') closeFds(it.attachments.map((a) => a.fd).filter((fd) => fd >= 0));
+    for (const it of items) if (it.type === 'section' || it.type === 'stage') closeFds(it.attachments.map((a) => a.fd).filter((fd) => fd >= 0));
   }
 }
 

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { BackendTransferError, GenericTarget, TapSource, inspectFd, native, receiveHandover } from '../src/index.js';
+import { BackendTransferError, GenericTarget, TapSource, inspectFd, native, receiveHandover, type ReceiveHandoverOptions } from '../src/index.js';
 import { withoutCode } from '../src/errors.js';
 import { trackFdLeaks } from './helpers/fds.js';
 import { Peers } from './helpers/child.js';
@@ -19,7 +19,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const REPEATED_CODE = /(ERR_[A-Z0-9_]+): \1\b/;
 
-async function handover(spec: Record<string, unknown>, signal?: AbortSignal, onPhase?: (p: string) => void) {
+async function handover(spec: Record<string, unknown>, signal?: AbortSignal, onPhase?: (p: string) => void, more: Partial<ReceiveHandoverOptions> = {}) {
   const path = join(dir, `h-${n++}.sock`);
   const peer = peers.spawn('source', [JSON.stringify({ stateBytes: 1 << 16, ...spec, path })], { fixture: 'session-peer.ts' });
   await peer.waitFor('ready');
@@ -29,6 +29,7 @@ async function handover(spec: Record<string, unknown>, signal?: AbortSignal, onP
     backendTransfer: true,
     signal,
     onEvent: (e) => e.type === 'phase' && onPhase?.(e.phase),
+    ...more,
   }).then(
     () => null,
     (e: BackendTransferError) => e,
@@ -42,11 +43,12 @@ describe('error text', () => {
     const e = new BackendTransferError('ERR_BACKEND_VERIFY', 'ERR_BACKEND_VERIFY: device x: bad');
     expect(e.message).toBe('ERR_BACKEND_VERIFY: device x: bad');
     expect(withoutCode(e.message)).toBe('device x: bad');
-    // The target's reader refuses a memfd declared as an eventfd and says why in a NACK.
-    const { source, target } = await handover({ lie: true });
-    expect(target?.code).toBe('ERR_STREAM_FD_KIND');
+    // The target refuses a state over its limit and says why in a NACK. (A source that
+    // declares a memfd as an eventfd is refused before it connects now.)
+    const { source, target } = await handover({}, undefined, undefined, { limits: { maxStateBytes: 1024 } });
+    expect(target?.code).toBe('ERR_STREAM_TOO_LARGE');
     expect(source.code).toBe('ERR_HANDOVER_REFUSED');
-    expect(source.message).toContain('ERR_STREAM_FD_KIND');
+    expect(source.message).toContain('ERR_STREAM_TOO_LARGE');
     expect(source.message).not.toMatch(REPEATED_CODE);
     expect(target!.message).not.toMatch(REPEATED_CODE);
   });
@@ -62,7 +64,7 @@ describe('error text', () => {
 
   it("the target caller's abort reason reaches both sides' errors", async () => {
     const ac = new AbortController();
-    const { source, target } = await handover({}, ac.signal, (p) => p === 'verify' && ac.abort(new Error('disk quota on the new host')));
+    const { source, target } = await handover({}, ac.signal, (p) => p === 'stage' && ac.abort(new Error('disk quota on the new host')));
     expect(target?.code).toBe('ERR_HANDOVER_ABORTED');
     expect(target!.message).toContain('disk quota on the new host');
     expect(source.code).toBe('ERR_HANDOVER_REFUSED');

@@ -237,14 +237,16 @@ describe('device metadata: every count and index a whole number', () => {
       const path = sockPath();
       const t = spawnTarget(path, { accept: [{ id: 'vhost0', kind: 'vhost-user' }] });
       await t.waitFor('listening');
-      const s = spawnSource(path, { vhostMeta: meta });
+      // Staged (the default): refused at staging, before the source froze.
+      const s = spawnSource(path, { vhostMeta: meta, staging: true });
       await s.waitFor('ready');
       s.command({ cmd: 'handover' });
       const tr = await first(t, ['received', 'receive-failed'], 20_000);
       expect(tr, JSON.stringify(tr)).toMatchObject({ event: 'receive-failed', code: 'ERR_BACKEND_VERIFY', leaked: 0 });
       expect(String(tr.message)).toMatch(message);
       const r = await first(s, ['handover-done', 'handover-failed'], 20_000);
-      expect(r).toMatchObject({ event: 'handover-failed', code: 'ERR_HANDOVER_REFUSED', thawed: true, leaked: 0 });
+      expect(r).toMatchObject({ event: 'handover-failed', code: 'ERR_HANDOVER_REFUSED', frozen: false, thawed: false, leaked: 0 });
+      expect((r.details as { phase: string }).phase).toBe('stage');
       expect((r.owned as string[]).filter((k) => k === 'closed')).toEqual([]);
     }, 30_000);
   }

@@ -141,10 +141,11 @@ async function expectGoneWithSource(w: World): Promise<void> {
   if (w.ns) expect(() => w.ns!.link()).toThrow();
 }
 
+// The old order (staging: false, what a 0.1.0 peer gets); the staged order is below.
 describe.sequential('kill -9 of the source at each phase', () => {
   for (const phase of ['connect', 'authenticate', 'handshake', 'freeze', 'transfer']) {
     it(`at ${phase}: the target keeps nothing and leaks nothing; the backends went with their only holder`, async () => {
-      const w = await world({ killAt: phase });
+      const w = await world({ killAt: phase, staging: false });
       const t = newOwner(w);
       await t.waitFor('listening');
       w.old.command({ cmd: 'handover' });
@@ -165,7 +166,7 @@ describe.sequential('kill -9 of the source at each phase', () => {
 
   for (const phase of ['verify', 'commit', 'release']) {
     it(`at ${phase}: the target holds every backend (${phase === 'release' ? 'committed' : 'takeover'}) and the peers saw nothing`, async () => {
-      const w = await world({ killAt: phase });
+      const w = await world({ killAt: phase, staging: false });
       const t = newOwner(w, { tapMac: w.tap?.mac } as Partial<OwnerConfig>);
       await t.waitFor('listening');
       w.old.command({ cmd: 'handover' });
@@ -182,7 +183,7 @@ describe.sequential('kill -9 of the source at each phase', () => {
 
 describe.sequential('kill -9 of the source in the middle of the transfer', () => {
   it('the target keeps the backends that arrived whole; the rest went with the source', async () => {
-    const w = await world({ killAfterSections: 1 });
+    const w = await world({ killAfterSections: 1, staging: false });
     const t = newOwner(w, { tapMac: w.tap?.mac } as Partial<OwnerConfig>);
     await t.waitFor('listening');
     w.old.command({ cmd: 'handover' });
@@ -214,7 +215,7 @@ describe.sequential('kill -9 of the source in the middle of the transfer', () =>
 describe.sequential('kill -9 of the target at each phase', () => {
   for (const phase of ['authenticate', 'handshake', 'transfer', 'verify', 'adopt', 'commit']) {
     it(`at ${phase}: the source keeps every backend, thaws, and the peers saw nothing`, async () => {
-      const w = await world();
+      const w = await world({ staging: false });
       const t = newOwner(w, { killAt: phase });
       await t.waitFor('listening');
       const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
@@ -234,13 +235,102 @@ describe.sequential('kill -9 of the target at each phase', () => {
   }
 });
 
+// Staged backends (the default): the fds move and are verified before the freeze.
+describe.sequential('staged: kill -9 of the source at each phase', () => {
+  for (const phase of ['stage', 'freeze', 'switch-over']) {
+    it(`at ${phase} (before FREEZE reached the target): nothing was frozen for the target to take over; it closes all it staged, the backends went with their only holder`, async () => {
+      const w = await world({ killAt: phase });
+      const t = newOwner(w);
+      await t.waitFor('listening');
+      w.old.command({ cmd: 'handover' });
+      expect((await exitOf(w.old)).signal).toBe('SIGKILL');
+      const r = await t.waitFor(['received', 'receive-failed'], 15_000);
+      expect(r.event, JSON.stringify(r)).toBe('receive-failed');
+      expect(String(r.code)).toMatch(/ERR_PEER_CLOSED|ERR_STREAM_TRUNCATED/);
+      await expectGoneWithSource(w);
+    });
+  }
+
+  for (const phase of ['adopt', 'commit', 'release']) {
+    it(`at ${phase}: the target holds every backend (${phase === 'release' ? 'committed' : 'takeover'}) and the peers saw nothing`, async () => {
+      const w = await world({ killAt: phase });
+      const t = newOwner(w, { tapMac: w.tap?.mac } as Partial<OwnerConfig>);
+      await t.waitFor('listening');
+      w.old.command({ cmd: 'handover' });
+      expect((await exitOf(w.old)).signal).toBe('SIGKILL');
+      const r = await t.waitFor(['received', 'receive-failed'], 15_000);
+      expect(r.event, JSON.stringify(r)).toBe('received');
+      expect(r.outcome).toBe(phase === 'release' ? 'committed' : 'takeover');
+      expect(r.complete).toBe(true);
+      expect((r.devices as { how: string }[]).every((d) => d.how === 'received')).toBe(true);
+      await expectAliveWith(w, t);
+    });
+  }
+});
+
+describe.sequential('staged: kill -9 of the target at each phase', () => {
+  for (const phase of ['stage', 'switch-over', 'adopt', 'commit']) {
+    it(`at ${phase}: the source keeps every backend${phase === 'stage' ? ' and never froze' : ', thaws'}, and the peers saw nothing`, async () => {
+      const w = await world();
+      const t = newOwner(w, { killAt: phase });
+      await t.waitFor('listening');
+      const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
+      expect((await exitOf(t)).signal).toBe('SIGKILL');
+      expect(r.event).toBe('handover-failed');
+      expect(String(r.code)).toMatch(/ERR_PEER_CLOSED|ERR_STREAM_TRUNCATED|ERR_TIMEOUT/);
+      if (phase === 'stage') expect(r.frozen).toBe(false);
+      if (phase === 'commit') expect(r.details).toMatchObject({ commitSent: true, targetGone: true });
+      await expectAliveWith(w, w.old);
+    });
+  }
+});
+
+describe.sequential('staged: faults while staging cost no downtime', () => {
+  it('the source aborts while staging: nothing was frozen, the source keeps and uses every backend, the target closes what it staged', async () => {
+    const w = await world({ abortAt: 'stage' });
+    const t = newOwner(w);
+    await t.waitFor('listening');
+    const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
+    expect(r).toMatchObject({ event: 'handover-failed', code: 'ERR_HANDOVER_ABORTED', frozen: false });
+    expect((r.details as { phase: string }).phase).toBe('stage');
+    const tr = await t.waitFor(['received', 'receive-failed'], 10_000);
+    expect(tr).toMatchObject({ event: 'receive-failed', code: 'ERR_HANDOVER_ABORTED' });
+    await expectAliveWith(w, w.old);
+  });
+
+  it('the target refuses a staged device (NACK at staging): nothing was frozen, the source keeps and uses every backend', async () => {
+    const w = await world();
+    const t = newOwner(w, { refuseStaged: true } as Partial<OwnerConfig>);
+    await t.waitFor('listening');
+    const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
+    expect(r).toMatchObject({ event: 'handover-failed', code: 'ERR_HANDOVER_REFUSED', frozen: false });
+    expect(r.details).toMatchObject({ phase: 'stage', code: 'ERR_BACKEND_VERIFY' });
+    expect(String(r.message)).toMatch(/refused by fault injection/);
+    const tr = await t.waitFor(['received', 'receive-failed'], 10_000);
+    expect(tr).toMatchObject({ event: 'receive-failed', code: 'ERR_BACKEND_VERIFY' });
+    await expectAliveWith(w, w.old);
+  });
+
+  it('a target that stages and then goes silent: timeouts.stage fails the source before anything is frozen; the target closes what it staged', async () => {
+    const w = await world({ chardevs: 2, timeouts: { connect: 3000, stage: 1500, freeze: 500, verify: 5000, adopt: 5000, commit: 5000 } });
+    const t = newOwner(w, { silentAfterStages: 1 } as Partial<OwnerConfig>);
+    await t.waitFor('listening');
+    const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
+    expect(r).toMatchObject({ event: 'handover-failed', code: 'ERR_TIMEOUT', frozen: false });
+    expect((r.details as { phase: string }).phase).toBe('stage');
+    const tr = await t.waitFor(['received', 'receive-failed'], 10_000);
+    expect(tr.event).toBe('receive-failed');
+    await expectAliveWith(w, w.old);
+  });
+});
+
 describe.sequential('other faults', () => {
   it('a target that stops reading: the source times out, keeps everything and goes on', async () => {
     // The target pauses on entering 'transfer', but one event-loop tick of its reader
     // may already have taken tens of MiB by then (and the kernel and its buffer hold
     // 16 MiB more): with 128 MiB the source is almost always still sending when it
     // times out; if everything did fit, it times out waiting for ACK(LOADED) instead.
-    const w = await world({ stateBytes: 128 * 1024 * 1024, timeouts: { transfer: 1500, verify: 1500 } });
+    const w = await world({ stateBytes: 128 * 1024 * 1024, timeouts: { transfer: 1500, verify: 1500 }, staging: false });
     const t = newOwner(w, { stopReadingAt: 'transfer', timeouts: { transfer: 0 } });
     await t.waitFor('listening');
     const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);

@@ -102,4 +102,58 @@ describe('docs/stream-format.md examples', () => {
     await w.eof();
     expect(ch.bytes().toString('hex')).toBe(bytes.toString('hex'));
   });
+  it('staged: the eventfd rides on the STAGE frame before FREEZE; the section after it carries only state', async () => {
+    const bytes = example('staged');
+    const efd = native.eventfd(3);
+    const r = new StreamReader({ role: 'inspect' });
+    let end = 8;
+    for (let off = 8; off < bytes.length; ) {
+      const h = decodeHeader(bytes, off);
+      off += 20 + h.bodyLength + 4;
+      if (h.fdCount > 0) end = off;
+    }
+    const items = [...r.feed(bytes.subarray(0, end), [native.dup(efd)]), ...r.feed(bytes.subarray(end))];
+    expect(items.map((i) => i.type)).toEqual(['hello', 'plan', 'stage', 'freeze', 'section', 'end-of-state', 'eof']);
+    const st = items[2] as Extract<(typeof items)[0], { type: 'stage' }>;
+    expect(st).toMatchObject({ sectionId: 1, restage: false, afterFreeze: false });
+    expect(st.payload.toString()).toBe('cfg');
+    expect(st.attachments.map((a) => ({ kind: a.kind, name: a.name, meta: a.meta }))).toEqual([{ kind: 'eventfd', name: 'kick0', meta: { queue: 0 } }]);
+    expect(inspectFd(st.attachments[0]!.fd).kind).toBe('eventfd');
+    expect(items[3]).toMatchObject({ freeze: { dropped: [] } });
+    const sec = items[4] as SectionItem;
+    expect(sec.attachments).toEqual([]);
+    expect(sec.payload.toString()).toBe('idx=7');
+    r.end();
+
+    const ch = new MemoryChannel(true);
+    const w = new StreamWriter(ch);
+    await w.hello((items[0] as Extract<(typeof items)[0], { type: 'hello' }>).hello);
+    await w.plan((items[1] as Extract<(typeof items)[0], { type: 'plan' }>).plan);
+    await w.stage({ id: 'kick', instance: 0, version: 1 }, [{ kind: 'eventfd', name: 'kick0', meta: { queue: 0 }, fd: efd }], Buffer.from('cfg'));
+    await w.freeze([]);
+    await w.section({ id: 'kick', instance: 0, version: 1 }, [], Buffer.from('idx=7'));
+    await w.endOfState();
+    await w.eof();
+    expect(ch.bytes().toString('hex')).toBe(bytes.toString('hex'));
+    expect(ch.writes.map((x) => x.fds.length)).toEqual([0, 0, 1, 0, 0, 0, 0]);
+    closeFds([efd, st.attachments[0]!.fd]);
+    ch.close();
+  });
+
+  it('staged-return-path: ACK(STAGED) names the STAGE frame; decodes, and the writer reproduces it', async () => {
+    const bytes = example('staged-return-path');
+    const items = new StreamReader({ role: 'source' }).feed(bytes);
+    expect(items.map((i) => i.type)).toEqual(['welcome', 'ack', 'ack', 'eof']);
+    expect(items[1]).toMatchObject({ ack: { stage: AckStage.STAGED, sectionId: 1 } });
+    expect(items[2]).toMatchObject({ ack: { stage: AckStage.ADOPTED, sectionId: 0xffffffff } });
+    const ch = new MemoryChannel();
+    const w = new StreamWriter(ch);
+    await w.welcome((items[0] as Extract<(typeof items)[0], { type: 'welcome' }>).welcome);
+    await w.ack(AckStage.STAGED, '', 1);
+    await w.ack(AckStage.ADOPTED);
+    await w.eof();
+    expect(ch.bytes().toString('hex')).toBe(bytes.toString('hex'));
+    // Without STAGED in WELCOME an ACK(STAGED) is a protocol error.
+    expect(() => new StreamReader({ role: 'source' }).feed(Buffer.concat([example('return-path').subarray(0, 8 + 20 + 40 + 4), bytes.subarray(8 + 20 + 40 + 4)]))).toThrow(/ACK\(STAGED\) without the STAGED feature/);
+  });
 });

@@ -368,7 +368,7 @@ describe('hardening: each error has its code, and no fd survives it', () => {
   });
 
   it('ERR_STREAM_UNKNOWN_FRAME', async () => {
-    const { run } = await handshakeThen([rawFrame(0x15, Buffer.alloc(4))]);
+    const { run } = await handshakeThen([rawFrame(0x16, Buffer.alloc(4))]);
     await expectCode(run, 'ERR_STREAM_UNKNOWN_FRAME');
   });
 

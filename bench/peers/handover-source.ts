@@ -8,6 +8,8 @@ const devices = Number(process.argv[2]);
 const fdsEach = Number(process.argv[3]);
 const stateBytes = Number(process.argv[4]);
 const crc = process.argv[5] !== 'nocrc';
+/** 'staged' (default: backends staged, the state after the freeze), 'precopy' (staged, the state before the freeze), 'old' (staging off). */
+const mode = process.argv[6] ?? 'staged';
 const owned: number[] = [];
 const list = Array.from({ length: devices }, (_, d) => {
   const fds = Array.from({ length: fdsEach }, (_, k) => {
@@ -24,8 +26,16 @@ function* state(): Generator<Uint8Array> {
 }
 const sock = FdSocket.fromFd(3);
 const t0 = performance.now();
-const r = await sendHandover({ socket: sock, devices: list, state: state(), backendTransfer: true, crc, timeouts: { verify: 120_000, adopt: 120_000, commit: 120_000 } });
+const r = await sendHandover({
+  socket: sock,
+  devices: list,
+  ...(mode === 'precopy' ? { precopy: state(), state: Buffer.alloc(0) } : { state: state() }),
+  staging: mode !== 'old',
+  backendTransfer: true,
+  crc,
+  timeouts: { stage: 120_000, verify: 120_000, adopt: 120_000, commit: 120_000 },
+});
 const wall = performance.now() - t0;
-process.stdout.write(JSON.stringify({ downtimeMs: r.timings.downtimeMs, totalMs: r.timings.totalMs, wallMs: wall, fds: r.fds, stateBytes, phases: r.timings.phases }) + '\n');
+process.stdout.write(JSON.stringify({ downtimeMs: r.timings.downtimeMs, totalMs: r.timings.totalMs, wallMs: wall, fds: r.fds, stateBytes, staged: r.staged, phases: r.timings.phases, breakdown: r.timings.breakdown ?? null }) + '\n');
 closeFds(owned);
 sock.close();

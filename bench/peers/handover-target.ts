@@ -10,7 +10,7 @@ const r = await receiveHandover({
   accept: Array.from({ length: devices }, (_, d) => new GenericTarget({ id: `vm${d}` })),
   backendTransfer: true,
   onState: (p) => void (state += p.length),
-  timeouts: { verify: 120_000, adopt: 120_000, commit: 120_000 },
+  timeouts: { stage: 120_000, verify: 120_000, adopt: 120_000, commit: 120_000 },
 });
 for (const d of r.devices.values()) (d.backend as { close?: () => void } | null)?.close?.();
 process.stdout.write(JSON.stringify({ fds: r.fds, state, downtimeMs: r.timings.downtimeMs }) + '\n');

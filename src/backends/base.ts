@@ -26,6 +26,7 @@ export abstract class SourceBase<O extends SourceOptionsBase> implements SourceD
   readonly required: boolean;
   protected readonly o: O;
   #released = false;
+  #unplugged = false;
 
   constructor(o: O) {
     this.o = o;
@@ -43,6 +44,15 @@ export abstract class SourceBase<O extends SourceOptionsBase> implements SourceD
 
   fdCount(): number {
     return this.fds().length;
+  }
+
+  /** The device went away (hot-unplug): a handover that staged it drops it at the freeze. */
+  unplug(): void {
+    this.#unplugged = true;
+  }
+
+  get unplugged(): boolean {
+    return this.#unplugged;
   }
 
   release(): void {

@@ -33,6 +33,11 @@ export interface SourceDevice {
   readonly transfer: boolean;
   /** The handover fails if the target refuses this device. */
   readonly required: boolean;
+  /**
+   * With staging: the device went away after it was staged (hot-unplugged). At the
+   * freeze the source then drops it (FREEZE names it) instead of moving it.
+   */
+  readonly unplugged?: boolean;
   /** fds capture() will attach. */
   fdCount(): number;
   /** Throws (ERR_BACKEND_NOT_MOVABLE, ...) when this backend may never move. Called before anything is sent. */

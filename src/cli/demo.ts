@@ -31,9 +31,13 @@ export function formatDemo(r: DemoReport): string {
   out.push(`  fds           ${r.fds}`);
   const ph = r.phases ?? {};
   const part = (name: string) => (typeof ph[name] === 'number' ? `${name} ${ph[name].toFixed(1)}` : null);
-  const parts = [part('freeze'), part('transfer'), part('verify')].filter(Boolean).join(', ');
+  const b = r.breakdown;
+  const parts = b
+    ? `freeze ${b.freezeMs.toFixed(2)}, switch-over state ${b.switchOverMs.toFixed(2)}, adopt and ACK ${b.adoptMs.toFixed(2)}`
+    : [part('freeze'), part('transfer'), part('verify')].filter(Boolean).join(', ');
   out.push(`  downtime      ${r.downtimeMs === null ? '-' : `${r.downtimeMs.toFixed(2)} ms`} (freeze to adopted${parts ? `: ${parts} ms` : ''})   total ${r.totalMs === null ? '-' : `${r.totalMs.toFixed(1)} ms`}`);
-  if (r.throughputMBps !== null) out.push(`  throughput    ${r.throughputMBps.toFixed(0)} MB/s of state during the transfer phase`);
+  if (r.staged !== undefined) out.push(`  staging       ${r.staged ? `on: the backends were staged and verified before the freeze${typeof ph.stage === 'number' ? ` (${ph.stage.toFixed(1)} ms, no downtime)` : ''}` : 'off: the old order (fds moved and verified inside the downtime)'}`);
+  if (r.throughputMBps !== null) out.push(`  throughput    ${r.throughputMBps.toFixed(0)} MB/s of state during the ${r.staged ? 'switch-over' : 'transfer phase'}`);
   for (const x of r.reconnects) out.push(`  reconnects    ${String(x.reconnects)} seen by ${x.peer}: ${x.detail}`);
   out.push('');
   out.push('  traffic after the handover (new owner):');
@@ -63,19 +67,23 @@ export const demoCommand: Command = {
         'tap-queues': { type: 'string' },
         'state-mib': { type: 'string' },
         without: { type: 'string', multiple: true },
+        'no-staging': { type: 'boolean' },
+        precopy: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
     if (values.help) {
       console.log(
         [
-          'usage: backend-transfer demo [--json] [--chardevs 1-64] [--vhost-devices 0-8] [--tap-queues 1-64] [--state-mib 0-1024] [--without tap|vhost-user]...',
+          'usage: backend-transfer demo [--json] [--chardevs 1-64] [--vhost-devices 0-8] [--tap-queues 1-64] [--state-mib 0-1024] [--without tap|vhost-user]... [--no-staging] [--precopy]',
           '',
           'Starts an "old" and a "new" owner process. The old one sets up real backends and keeps traffic',
           'flowing through them: a chardev socket to an echo peer (always), vhost-user-blk connections to',
           'qemu-storage-daemon (when installed), a multi-queue TAP in a private network namespace (with',
           'CAP_NET_ADMIN). Then it hands everything to the new one and the report says what moved, how long',
-          'the switch took, and whether any peer saw a reconnect.',
+          'the switch took, and whether any peer saw a reconnect. The backends are staged (sent and verified)',
+          'before the freeze unless --no-staging gives the old order (everything after the freeze); --precopy',
+          'hands the VMM state over before the freeze too.',
         ].join('\n'),
       );
       return 0;
@@ -93,6 +101,8 @@ export const demoCommand: Command = {
       vhostDevices,
       tapQueues,
       stateBytes: stateMib === undefined ? undefined : stateMib * 1024 * 1024,
+      ...(values['no-staging'] ? { staging: false } : {}),
+      ...(values.precopy ? { precopy: true } : {}),
       without: without as ('tap' | 'vhost-user')[],
       onProgress: (e) => {
         if (e.event !== 'phase' || !tty) return;

@@ -89,12 +89,12 @@ export const sendCommand: Command = {
   async run(argv) {
     const { values } = parseArgs({
       args: argv,
-      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, record: { type: 'string' }, ...handoverOptionSpecs, help: { type: 'boolean', short: 'h' } },
+      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, 'no-staging': { type: 'boolean' }, record: { type: 'string' }, ...handoverOptionSpecs, help: { type: 'boolean', short: 'h' } },
     });
     if (values.help || !values.devices) {
       console.log(
         [
-          'usage: backend-transfer send --devices FILE.json [--socket PATH | --record FILE] [--state FILE] [--json] [--no-backend-transfer] [shared options]',
+          'usage: backend-transfer send --devices FILE.json [--socket PATH | --record FILE] [--state FILE] [--json] [--no-backend-transfer] [--no-staging] [shared options]',
           '',
           'FILE.json: { "socket": "/run/vmm/handover.sock", "backendTransfer": true, "devices": [',
           '  { "kind": "tap", "id": "net0", "transfer": true, "queues": [3, 4], "vhostFds": [] },',
@@ -131,6 +131,8 @@ export const sendCommand: Command = {
         devices,
         state,
         backendTransfer,
+        // Staging (the backends verified before the freeze) is the default; the target decides with its version.
+        ...(values['no-staging'] ? { staging: false } : {}),
         peer: opts.peer,
         timeouts: opts.timeouts,
         onEvent: (e) => {
@@ -142,7 +144,9 @@ export const sendCommand: Command = {
       if (values.json) console.log(safeJson({ ...r, warnings: sink.warnings }));
       else {
         for (const d of r.devices) console.log(`${escapeText(d.id).padEnd(12)} ${escapeText(d.kind).padEnd(15)} ${d.outcome.padEnd(11)} ${d.fds} fd(s)`);
-        console.log(`state ${r.stateBytes} bytes, ${r.fds} fds, downtime ${r.timings.downtimeMs?.toFixed(2) ?? '-'} ms, total ${r.timings.totalMs.toFixed(1)} ms`);
+        const b = r.timings.breakdown;
+        const parts = b ? ` (freeze ${b.freezeMs.toFixed(2)}, switch-over state ${b.switchOverMs.toFixed(2)}, adopt and ACK ${b.adoptMs.toFixed(2)})` : '';
+        console.log(`state ${r.stateBytes} bytes, ${r.fds} fds, ${r.staged ? 'staged' : 'not staged'}, downtime ${r.timings.downtimeMs?.toFixed(2) ?? '-'} ms${parts}, total ${r.timings.totalMs.toFixed(1)} ms`);
       }
       return 0;
     } catch (err) {

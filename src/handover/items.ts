@@ -27,6 +27,12 @@ export interface ItemQueueOptions {
   onFlood?: (err: BackendTransferError) => void;
   /** Called with the bytes of each PING taken and each PONG sent (not progress). */
   onNoise?: (bytes: number) => void;
+  /**
+   * Frames the session expects many of at once (ACK(STAGED): one per staged
+   * device), which the caller bounds itself: not counted against MAX_QUEUED_ITEMS
+   * while this says true.
+   */
+  expected?: (item: StreamItem) => boolean;
 }
 
 function flood(what: string): BackendTransferError {
@@ -40,6 +46,8 @@ export class ItemQueue {
   #items: StreamItem[] = [];
   #head = 0;
   #queuedOther = 0;
+  /** Items queued without counting (ItemQueueOptions.expected). */
+  readonly #uncounted = new WeakSet<StreamItem>();
   #pongBusy = false;
   #dropped = 0;
   /** Stop answering PINGs (they are dropped and counted). */
@@ -73,7 +81,8 @@ export class ItemQueue {
           this.#waiter = null;
           w.resolve(it);
         } else {
-          if (it.type !== 'section' && ++this.#queuedOther > MAX_QUEUED_ITEMS) {
+          if (options.expected?.(it)) this.#uncounted.add(it);
+          else if (this.#counted(it) && ++this.#queuedOther > MAX_QUEUED_ITEMS) {
             for (let j = i; j < items.length; j++) closeSectionItem(items[j]!);
             refuse(flood(`more than ${MAX_QUEUED_ITEMS} frames (${it.type}) sent ahead of being asked for`));
           }
@@ -91,6 +100,11 @@ export class ItemQueue {
       },
     );
     this.done.catch(() => undefined);
+  }
+
+  /** Counted against MAX_QUEUED_ITEMS: not a section or a stage (bounded by the plan), not expected. */
+  #counted(it: StreamItem): boolean {
+    return it.type !== 'section' && it.type !== 'stage' && !this.#uncounted.has(it);
   }
 
   #wake(err: Error): void {
@@ -147,7 +161,7 @@ export class ItemQueue {
     if (this.#head >= this.#items.length) return undefined;
     const it = this.#items[this.#head]!;
     this.#items[this.#head++] = undefined as unknown as StreamItem; // let it go
-    if (it.type !== 'section') this.#queuedOther--;
+    if (this.#counted(it)) this.#queuedOther--;
     if (this.#head === this.#items.length) {
       this.#items = [];
       this.#head = 0;
@@ -179,7 +193,7 @@ export class ItemQueue {
       const i = held.findIndex((x) => x.type === type);
       if (i >= 0) {
         const hit = held.splice(i, 1)[0]!;
-        if (hit.type !== 'section') this.#queuedOther--;
+        if (this.#counted(hit)) this.#queuedOther--;
         return hit as Extract<StreamItem, { type: T }>;
       }
       const deadline = Date.now() + ms;
@@ -197,7 +211,7 @@ export class ItemQueue {
     } finally {
       this.#items = held.concat(this.#takeAll());
       this.#queuedOther = 0;
-      for (let i = this.#head; i < this.#items.length; i++) if (this.#items[i]!.type !== 'section') this.#queuedOther++;
+      for (let i = this.#head; i < this.#items.length; i++) if (this.#counted(this.#items[i]!)) this.#queuedOther++;
     }
   }
 

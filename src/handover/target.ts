@@ -14,16 +14,16 @@ import { verifyError } from '../backends/common.js';
 import { fdBudget } from '../stream/budget.js';
 import { fdSocketChannel } from '../stream/channel.js';
 import { answerOffers } from '../stream/negotiate.js';
-import { StreamReader, type StreamItem } from '../stream/reader.js';
+import { StreamReader, type StageItem, type StreamItem } from '../stream/reader.js';
 import { tooLarge } from '../stream/codec.js';
-import { ALL_FEATURES, AckStage, type PlannedDevice } from '../stream/wire.js';
+import { ALL_FEATURES, AckStage, Features, NO_SECTION, type PlannedDevice } from '../stream/wire.js';
 import { StreamWriter } from '../stream/writer.js';
 import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_HANDOVER_LIMITS, DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { PeerWatch, PhaseClock, SessionGuard, abortedError, collectGarbage, limited, now } from './util.js';
+import { PeerWatch, PhaseClock, SessionGuard, abortedError, closeSectionItem, collectGarbage, limited, now } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
@@ -36,6 +36,10 @@ interface Pending {
   arrival: Arrival;
   parts: Parts;
   complete: boolean;
+  /** With staging: its backend was staged and verified. */
+  staged: boolean;
+  /** With staging: FREEZE dropped it. */
+  dropped: boolean;
 }
 
 /** Parts under this size are copied together into shared chunks. */
@@ -107,7 +111,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let writer: StreamWriter | null = null;
   let committed = false;
   const pending = new Map<string, Pending>();
-  const received: number[] = []; // every device fd that arrived, until committed
+  const received = new Set<number>(); // every device fd that arrived (stale staged ones taken out when closed), until committed
   let stateParts: Parts | null = o.onState ? null : new Parts();
   let stateBuf: Buffer | null = null;
   let stateBytes = 0;
@@ -124,7 +128,13 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   const guard = <T>(p: Promise<T>, ms: number, what: string, stall = true): Promise<T> => limited(session ? session.guard(p, stall) : p, ms, what, limits);
   let sourceAborted = false;
   const next = async (what: string, ms: number, stall = true): Promise<StreamItem> => {
-    const it = await guard(queue!.next(0, what), ms, `waiting for ${what}`, stall);
+    const pending = queue!.next(0, what);
+    // When this wait gives up (a timeout, the caller's abort), an item still on its
+    // way to it is nobody's: close its fds when it comes.
+    const it = await guard(pending, ms, `waiting for ${what}`, stall).catch((err: unknown) => {
+      pending.then(closeSectionItem, () => undefined);
+      throw err;
+    });
     if (it.type === 'abort') throw abortedBySource(it);
     return it;
   };
@@ -153,8 +163,10 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       state: stateBuf ? stateBuf.subarray(0, stateBytes) : stateParts ? stateParts.joined() : null,
       stateBytes,
       bytes,
-      fds: received.length,
+      fds: received.size,
       timings: { totalMs: clock.total(), downtimeMs: tFirst !== null && tAdopted !== null ? tAdopted - tFirst : null, phases: clock.spent },
+      dropped: droppedList,
+      staged: stagedMode,
       peer: cred,
     };
   };
@@ -166,15 +178,18 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     for (const [key, p] of pending) {
       if (adopted.has(key)) continue;
       const fds = p.arrival.attachments.map((a) => a.fd);
-      if (!p.planned.withFds || !p.target || !p.complete) {
+      if (!p.planned.withFds || !p.target || !p.complete || p.dropped || (stagedMode && !p.staged)) {
         closeFds(fds);
         if (p.planned.withFds) all = false;
         continue;
       }
       if (!p.parts.empty) p.arrival.state = p.parts.joined();
       try {
-        p.target.verify(p.arrival);
-        checkDistinctFiles([...kept, p]);
+        // A staged backend was verified when it arrived; its state came after FREEZE.
+        if (!p.staged) {
+          p.target.verify(p.arrival);
+          checkDistinctFiles([...kept, p]);
+        }
         adopted.set(key, p.target.adopt(p.arrival));
         kept.push(p);
       } catch {
@@ -192,6 +207,12 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
   let watch: PeerWatch | null = null;
   let planned = false;
   let endOfState = false;
+  /** The STAGED feature is in use; FREEZE was read. */
+  let stagedMode = false;
+  let frozenSeen = false;
+  const droppedList: { id: string; instance: number; reason: string }[] = [];
+  /** A failure tied to one STAGE: its sectionId goes in the NACK. */
+  let nackSection = NO_SECTION;
   try {
     if (o.signal?.aborted) throw abortedError('prepare', o.signal);
     // Listen first, so that a source can connect (into the backlog) while this side warms up.
@@ -221,6 +242,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     // What the source may make this side hold, checked from the declared lengths
     // before a payload is read out of its memfd or copied (see HandoverLimits).
     let keptBytes = 0; // all state kept in memory
+    const stagedBytes = new Map<string, number>(); // staged metadata kept, per device
     let vmmReserved = 0; // VMM state accounted so far, in stream order: where the next part goes in stateBuf
     let lateRoom = 0; // an announced VMM state size too large to make room for before the freeze
     const deviceBytes = new Map<PlannedDevice, number>();
@@ -261,6 +283,20 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       sock,
       reader,
       (it) => {
+        if (it.type === 'stage') {
+          // Its metadata is kept past the reader's reused buffer: within the same
+          // limits as a device's state (a re-stage replaces what it staged before).
+          const key = `${it.device.id}\0${it.device.instance}`;
+          const before = stagedBytes.get(key) ?? 0;
+          if (it.payload.length > lim.maxDeviceStateBytes) throw tooLarge(`staged metadata of device ${it.device.id}`, it.payload.length, lim.maxDeviceStateBytes);
+          if (keptBytes - before + it.payload.length > lim.maxStateBytes) throw tooLarge('state', keptBytes - before + it.payload.length, lim.maxStateBytes);
+          keptBytes += it.payload.length - before;
+          stagedBytes.set(key, it.payload.length);
+          bytes += it.bodyLength;
+          fdsCount += it.attachments.length;
+          it.payload = Buffer.from(it.payload);
+          return;
+        }
         if (it.type !== 'section') return;
         bytes += it.bodyLength;
         fdsCount += it.attachments.length;
@@ -344,62 +380,152 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     }
     for (const p of planItem.plan.devices) {
       const target = byKey.get(`${p.id}\0${p.instance}`) ?? null;
-      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0), jsonLimits }, parts: new Parts(), complete: false });
+      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0), jsonLimits }, parts: new Parts(), complete: false, staged: false, dropped: false });
     }
 
-    enter('transfer');
-    // The source freezes now (its freeze() may take up to timeouts.freeze); from the
-    // first section on, no progress for timeouts.stall ms fails the transfer.
-    const firstWait = timeouts.stall > 0 ? timeouts.freeze + timeouts.stall : 0;
-    const stallFirst = firstWait > 0 && !(timeouts.transfer > 0 && timeouts.transfer <= firstWait);
-    for (let first = true; ; first = false) {
-      const it = !first
-        ? await next('sections', timeouts.transfer)
-        : await next('sections', stallFirst ? firstWait : timeouts.transfer, false).catch((err: unknown) => {
-            if (!stallFirst || (err as BackendTransferError).code !== ErrorCodes.ERR_TIMEOUT) throw err;
-            throw new BackendTransferError(
-              ErrorCodes.ERR_HANDOVER_STALLED,
-              `no section within ${firstWait} ms of PLAN (timeouts.freeze + timeouts.stall): the source stopped after the handshake`,
-              { details: { phase: clock.phase, ms: firstWait } },
-            );
-          });
-      if (first) session.watchStall(timeouts.stall);
-      if (it.type === 'end-of-state') {
-        endOfState = true;
-        break;
-      }
-      if (it.type !== 'section') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `unexpected ${it.type} among the sections`);
-      tFirst ??= now();
+    stagedMode = (planItem.plan.features & Features.STAGED) !== 0;
+    /** A VMM-state or device section frame: its part kept. */
+    const takeSection = (it: Extract<StreamItem, { type: 'section' }>) => {
       sections++;
       const p = pending.get(`${it.idstr}\0${it.instanceId}`)!;
       for (const a of it.attachments) {
-        received.push(a.fd);
+        received.add(a.fd);
         p.arrival.attachments.push(a);
       }
       if (!isVmmState(it.device) && !p.parts.add(it.payload, true) && it.payloadMapped) releaseMapping(it.payload); // copied when it arrived (if inline)
       if (it.frame === 'end' || it.frame === 'full') p.complete = true;
       o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections, fds: fdsCount, etaMs: null });
-    }
-    for (const p of pending.values()) p.arrival.state = p.parts.joined();
-    // No more PONGs from here: the ACKs are what the source waits for.
-    queue.quiet = true;
-    await guard(writer.ack(AckStage.LOADED, `${pending.size} section(s), ${received.length} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
+    };
+    if (stagedMode) {
+      // Stage: each backend arrives with its static metadata while the source still
+      // uses it. It is verified now (from the kernel's view, touching nothing) and
+      // answered on its own, ACK(STAGED) or NACK, before anything is frozen.
+      enter('stage');
+      const toStage = [...pending.values()].filter((p) => p.planned.withFds).length;
+      let stagedCount = 0;
+      const stage = (it: StageItem, afterFreeze: boolean) => {
+        nackSection = it.sectionId;
+        const p = pending.get(`${it.device.id}\0${it.device.instance}`)!;
+        for (const a of it.attachments) received.add(a.fd);
+        if (p.staged) {
+          // A re-stage: the backend changed after it was staged; the old fds are stale.
+          const stale = p.arrival.attachments.map((a) => a.fd);
+          for (const fd of stale) received.delete(fd);
+          closeFds(stale);
+        }
+        p.arrival = { device: p.planned, attachments: it.attachments, state: it.payload, jsonLimits };
+        if (!p.target) throw new BackendTransferError(ErrorCodes.ERR_BACKEND_VERIFY, `device ${p.planned.id}: staged, but this side has no device for it`);
+        p.target.verify(p.arrival);
+        if (!p.staged) stagedCount++;
+        p.staged = true;
+        // No open file twice: within the device now, across all once all are staged (and again for a re-stage).
+        if (afterFreeze || stagedCount === toStage) checkDistinctFiles([...pending.values()].filter((x) => x.staged && !x.dropped));
+        else checkDistinctFiles([p]);
+        nackSection = NO_SECTION;
+      };
+      // The source's freeze() runs between its last ACK(STAGED) and FREEZE.
+      const stageWait = timeouts.stage > 0 && timeouts.freeze > 0 ? timeouts.stage + timeouts.freeze : 0;
+      for (;;) {
+        const it = await next('STAGE or FREEZE', stageWait, false);
+        if (it.type === 'stage') {
+          stage(it, false);
+          o.onEvent?.({ type: 'progress', bytes, totalBytes: null, sections: stagedCount, fds: fdsCount, etaMs: null });
+          // An abort heard by now refuses this device rather than acknowledging it.
+          if (o.signal?.aborted) throw abortedError(clock.phase, o.signal);
+          await guard(writer.ack(AckStage.STAGED, '', it.sectionId), timeouts.stage, 'sending ACK(STAGED)');
+          continue;
+        }
+        if (it.type === 'section' && isVmmState(it.device)) {
+          takeSection(it); // the precopied VMM state
+          continue;
+        }
+        if (it.type === 'freeze') {
+          tFirst = now();
+          frozenSeen = true;
+          for (const d of it.freeze.dropped) {
+            const p = pending.get(`${d.id}\0${d.instance}`)!;
+            p.dropped = true;
+            const fds = p.arrival.attachments.map((a) => a.fd);
+            for (const fd of fds) received.delete(fd);
+            closeFds(fds);
+            p.arrival.attachments = [];
+            droppedList.push({ id: d.id, instance: d.instance, reason: d.reason });
+            o.onEvent?.({ type: 'warning', message: `device ${d.id}: dropped by the source at the freeze (${d.reason}); its staged fds were closed` });
+          }
+          break;
+        }
+        throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `unexpected ${it.type} while staging`);
+      }
+      // Switch-over: only what changed while the VMM ran (and re-stages) until END_OF_STATE.
+      enter('switch-over');
+      session.watchStall(timeouts.stall);
+      for (;;) {
+        const it = await next('the switch-over state', timeouts.transfer);
+        if (it.type === 'end-of-state') {
+          endOfState = true;
+          break;
+        }
+        if (it.type === 'stage') stage(it, true);
+        else if (it.type === 'section') takeSection(it);
+        else throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `unexpected ${it.type} in the switch-over`);
+      }
+      for (const p of pending.values()) if (!p.dropped) p.arrival.state = p.parts.joined();
+      queue.quiet = true;
+      // Adopt: what was verified at staging is taken as it is (nothing inspected again).
+      enter('adopt');
+      for (const [key, p] of pending) {
+        if (!p.planned.withFds || !p.target || p.dropped) continue;
+        adopted.set(key, p.target.adopt(p.arrival));
+      }
+      tAdopted = now();
+      await guard(writer.ack(AckStage.ADOPTED), timeouts.adopt, 'sending ACK(ADOPTED)');
+    } else {
+      enter('transfer');
+      // The source freezes now (its freeze() may take up to timeouts.freeze); from the
+      // first section on, no progress for timeouts.stall ms fails the transfer.
+      const firstWait = timeouts.stall > 0 ? timeouts.freeze + timeouts.stall : 0;
+      const stallFirst = firstWait > 0 && !(timeouts.transfer > 0 && timeouts.transfer <= firstWait);
+      for (let first = true; ; first = false) {
+        const it = !first
+          ? await next('sections', timeouts.transfer)
+          : await next('sections', stallFirst ? firstWait : timeouts.transfer, false).catch((err: unknown) => {
+              if (!stallFirst || (err as BackendTransferError).code !== ErrorCodes.ERR_TIMEOUT) throw err;
+              throw new BackendTransferError(
+                ErrorCodes.ERR_HANDOVER_STALLED,
+                `no section within ${firstWait} ms of PLAN (timeouts.freeze + timeouts.stall): the source stopped after the handshake`,
+                { details: { phase: clock.phase, ms: firstWait } },
+              );
+            });
+        if (first) session.watchStall(timeouts.stall);
+        if (it.type === 'end-of-state') {
+          endOfState = true;
+          break;
+        }
+        if (it.type !== 'section') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `unexpected ${it.type} among the sections`);
+        tFirst ??= now();
+        takeSection(it);
+      }
+      for (const p of pending.values()) p.arrival.state = p.parts.joined();
+      // No more PONGs from here: the ACKs are what the source waits for.
+      queue.quiet = true;
+      await guard(writer.ack(AckStage.LOADED, `${pending.size} section(s), ${received.size} fd(s)`), timeouts.verify, 'sending ACK(LOADED)');
 
-    enter('verify');
-    for (const p of pending.values()) {
-      if (!p.planned.withFds || !p.target) continue;
-      p.target.verify(p.arrival);
-    }
-    checkDistinctFiles([...pending.values()].filter((p) => p.planned.withFds && p.target));
-    await guard(writer.ack(AckStage.VERIFIED), timeouts.verify, 'sending ACK(VERIFIED)');
+      enter('verify');
+      for (const p of pending.values()) {
+        if (!p.planned.withFds || !p.target) continue;
+        p.target.verify(p.arrival);
+      }
+      checkDistinctFiles([...pending.values()].filter((p) => p.planned.withFds && p.target));
+      await guard(writer.ack(AckStage.VERIFIED), timeouts.verify, 'sending ACK(VERIFIED)');
 
-    enter('adopt');
-    for (const [key, p] of pending) {
-      if (!p.planned.withFds || !p.target) continue;
-      adopted.set(key, p.target.adopt(p.arrival));
+      enter('adopt');
+      for (const [key, p] of pending) {
+        if (!p.planned.withFds || !p.target) continue;
+        adopted.set(key, p.target.adopt(p.arrival));
+      }
+      tAdopted = now();
+      await guard(writer.ack(AckStage.ADOPTED), timeouts.adopt, 'sending ACK(ADOPTED)');
     }
-    tAdopted = now();
-    await guard(writer.ack(AckStage.ADOPTED), timeouts.adopt, 'sending ACK(ADOPTED)');
 
     enter('commit');
     const c = await next('COMMIT', timeouts.commit);
@@ -428,7 +554,9 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     // whole (a takeover). Where the holder cannot be known (the connecting process
     // died while the connection stayed open, say a fork's child held it), no takeover.
     const sourceVanished = e.code === ErrorCodes.ERR_PEER_CLOSED || e.code === ErrorCodes.ERR_STREAM_TRUNCATED;
-    if (!committed && planned && sourceVanished && watch !== null && (await watch.holderGone(1500))) {
+    // With staging, only after FREEZE: before it the source never stopped using the
+    // backends, so their state here may be stale; what was staged is closed.
+    if (!committed && planned && sourceVanished && (!stagedMode || frozenSeen) && watch !== null && (await watch.holderGone(1500))) {
       o.onEvent?.({ type: 'warning', message: `the source (pid ${cred?.pid}) died in phase ${failedIn}: taking over what arrived` });
       enter('done');
       return await takeover();
@@ -436,13 +564,13 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     enter('aborted');
     if (!committed) {
       // Nothing received is ours without COMMIT.
-      closeFds(received);
-      received.length = 0;
+      closeFds([...received]);
+      received.clear();
       // Tell the source why (unless it is the one that aborted), so that it thaws at once.
       if (writer && !writer.error && sock && !sock.closed && !sourceAborted) {
         await Promise.race([
           writer
-            .nack(e.code, withoutCode(e.message, e.code))
+            .nack(e.code, withoutCode(e.message, e.code), nackSection)
             .then(() => writer!.eof())
             .catch(() => undefined),
           new Promise((r) => setTimeout(r, 500)),

@@ -4,14 +4,42 @@ import type { PeerPolicy } from '../transport/peer.js';
 import type { FdSocket } from '../transport/fd-socket.js';
 import type { SectionPayload } from '../stream/writer.js';
 
-export type SourcePhase = 'prepare' | 'connect' | 'authenticate' | 'handshake' | 'freeze' | 'transfer' | 'verify' | 'commit' | 'release' | 'done' | 'aborted';
-export type TargetPhase = 'prepare' | 'accept' | 'authenticate' | 'handshake' | 'transfer' | 'verify' | 'adopt' | 'commit' | 'done' | 'aborted';
+/**
+ * With staging (the STAGED feature, the default between two peers that have it):
+ * source prepare → connect → authenticate → handshake → stage → freeze →
+ * switch-over → adopt → commit → release → done; target ... → handshake → stage →
+ * switch-over → adopt → commit → done. Without it (a 0.1.0 peer, staging: false):
+ * freeze → transfer → verify on the source, transfer → verify → adopt on the target.
+ */
+export type SourcePhase =
+  | 'prepare'
+  | 'connect'
+  | 'authenticate'
+  | 'handshake'
+  | 'stage'
+  | 'freeze'
+  | 'switch-over'
+  | 'transfer'
+  | 'verify'
+  | 'adopt'
+  | 'commit'
+  | 'release'
+  | 'done'
+  | 'aborted';
+export type TargetPhase = 'prepare' | 'accept' | 'authenticate' | 'handshake' | 'stage' | 'switch-over' | 'transfer' | 'verify' | 'adopt' | 'commit' | 'done' | 'aborted';
 
 export interface PhaseTimeouts {
   /** ms per phase; 0 = no limit. */
   connect?: number;
   authenticate?: number;
   handshake?: number;
+  /**
+   * Staging (with the STAGED feature), ms: the source sending every device's
+   * STAGE and reading every ACK(STAGED) (a silent target fails it here, before
+   * anything is frozen); the target waiting for the next STAGE or for FREEZE
+   * (plus timeouts.freeze for the caller's freeze()).
+   */
+  stage?: number;
   /** The caller's freeze() (source). On timeout the source fails, tells the target and calls thaw(). */
   freeze?: number;
   transfer?: number;
@@ -37,6 +65,7 @@ export const DEFAULT_TIMEOUTS: Required<PhaseTimeouts> = {
   connect: 10_000,
   authenticate: 5_000,
   handshake: 10_000,
+  stage: 30_000,
   freeze: 10_000,
   transfer: 0,
   verify: 30_000,
@@ -50,6 +79,18 @@ export type HandoverEvent =
   | { type: 'progress'; bytes: number; totalBytes: number | null; sections: number; fds: number; etaMs: number | null }
   | { type: 'warning'; message: string };
 
+/** Where the downtime went (source, with staging). */
+export interface DowntimeBreakdown {
+  /** The caller's freeze(), and the check of which staged backends changed. */
+  freezeMs: number;
+  /** Writing FREEZE, re-stages, every device's mutable state, the VMM state and END_OF_STATE. */
+  switchOverMs: number;
+  /** From END_OF_STATE written until ACK(ADOPTED) read: the target's reading, adopting and its ACK. */
+  adoptMs: number;
+  /** Bytes written in the switch-over (FREEZE to END_OF_STATE, framing included). */
+  switchOverBytes: number;
+}
+
 export interface HandoverTimings {
   /** Start to end, ms. */
   totalMs: number;
@@ -60,14 +101,33 @@ export interface HandoverTimings {
   downtimeMs: number | null;
   /** ms spent in each phase. */
   phases: Record<string, number>;
+  /** With staging (source): the downtime in parts. */
+  breakdown?: DowntimeBreakdown;
 }
 
 export interface SendHandoverOptions {
   /** An FdSocket, a socket path to connect to, or a connected fd (checked: it must be AF_UNIX). */
   socket: FdSocket | string | number;
   devices: readonly SourceDevice[];
-  /** VMM-level state that travels with the devices (a Buffer, or parts from an iterable). */
+  /**
+   * VMM-level state that travels with the devices (a Buffer, or parts from an
+   * iterable). With `precopy`, this is the final part, sent after the freeze.
+   */
   state?: SectionPayload;
+  /**
+   * Stage the backends before the freeze (the STAGED feature, when the target has
+   * it; default true): every device's fds and static metadata go and are verified
+   * by the target before freeze(), so that only mutable state moves in the downtime.
+   * false, or a target without it (release 0.1.0), gives the old order.
+   */
+  staging?: boolean;
+  /**
+   * VMM state handed over before the freeze (with staging only): sent while the
+   * VMM still runs, after the devices are staged; `state` then follows the freeze
+   * as the final part of the same section. Tracking what changed meanwhile is the
+   * caller's job (put it in the final part). A Buffer or an (async) iterable of parts.
+   */
+  precopy?: Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
   /** Version of that state's format. Default 1. */
   stateVersion?: number;
   /** The session promise that this is a local migration: without it no fd moves. */
@@ -116,9 +176,17 @@ export interface SendHandoverOptions {
 export interface DeviceOutcome {
   id: string;
   kind: string;
-  /** 'moved': with its fds; 'state-only': its state went, the target opens its own backend; 'refused': not transferred. */
-  outcome: 'moved' | 'state-only' | 'refused';
+  /**
+   * 'moved': with its fds; 'state-only': its state went, the target opens its own
+   * backend; 'refused': not transferred; 'dropped': staged, then gone or unusable at
+   * the freeze (unplugged, its fds closed): nothing of it moved, the target closed
+   * what was staged (`reason` says why).
+   */
+  outcome: 'moved' | 'state-only' | 'refused' | 'dropped';
   fds: number;
+  /** With staging: the device's backend changed after it was staged and was staged again inside the downtime. */
+  restaged?: boolean;
+  reason?: string;
 }
 
 export interface SendHandoverResult {
@@ -128,6 +196,8 @@ export interface SendHandoverResult {
   bytes: number;
   /** Backend fds that moved. */
   fds: number;
+  /** The backends were staged before the freeze (the STAGED feature was negotiated). */
+  staged: boolean;
   timings: HandoverTimings;
 }
 
@@ -213,6 +283,10 @@ export interface ReceiveHandoverResult<A extends readonly TargetDevice[] = reado
   bytes: number;
   fds: number;
   timings: HandoverTimings;
+  /** With staging: devices the source dropped at the freeze (their staged fds were closed). */
+  dropped: { id: string; instance: number; reason: string }[];
+  /** The backends were staged before the freeze. */
+  staged: boolean;
   /** Source's peer credentials. */
   peer: { pid: number; uid: number; gid: number } | null;
 }

@@ -11,6 +11,7 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import type { HandoverEvent } from './types.js';
 
 export function closeSectionItem(it: StreamItem): void {
+  if (it.type === 'stage') closeFds(it.attachments.map((a) => a.fd));
   if (it.type !== 'section') return;
   closeFds(it.attachments.map((a) => a.fd));
   if (it.payloadFd !== undefined) closeFd(it.payloadFd);

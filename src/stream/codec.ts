@@ -20,7 +20,9 @@ import {
   type Answer,
   type AttachmentHeader,
   type DecisionCode,
+  type DroppedDevice,
   type EndOfState,
+  type Freeze,
   type Hello,
   type Nack,
   type Ping,
@@ -252,6 +254,20 @@ export function encodeSectionPrefix(type: number, s: SectionHeader, inMemfd: boo
   return w.done();
 }
 
+export function encodeFreeze(f: Freeze): Buffer {
+  const items = f.dropped.map((d) => ({ id: utf8(d.id, 'dropped id'), instance: d.instance, reason: utf8(d.reason.slice(0, 1000), 'dropped reason') }));
+  let size = 4;
+  for (const x of items) size += 2 + x.id.length + 4 + 2 + x.reason.length;
+  const w = new BodyWriter(size);
+  w.u32(items.length);
+  for (const x of items) {
+    w.str(x.id);
+    w.u32(x.instance, 'instance');
+    w.str(x.reason);
+  }
+  return w.done();
+}
+
 export function encodeEndOfState(e: EndOfState): Buffer {
   const w = new BodyWriter(16);
   w.u32(e.sectionCount);
@@ -461,6 +477,8 @@ export function decodePlan(c: Cursor): Plan {
 }
 
 export function decodeSectionPrefix(c: Cursor, type: number, flags: number, fdCount: number): SectionHeader {
+  // A STAGE body is laid out as a SECTION_FULL body (its payload always inline).
+  if (type === FrameType.STAGE) type = FrameType.SECTION_FULL;
   if (!isSectionFrame(type)) throw new Error('internal: not a section frame');
   const sectionId = c.u32('sectionId');
   const s: SectionHeader = { sectionId, attachments: [], payloadLength: 0 };
@@ -498,6 +516,15 @@ export function decodeSectionPrefix(c: Cursor, type: number, flags: number, fdCo
   return s;
 }
 
+export function decodeFreeze(c: Cursor): Freeze {
+  // At least 8 bytes per dropped device (two empty strings and the instance).
+  const n = c.count('dropped device', c.limits.maxDevices, 8);
+  const dropped: DroppedDevice[] = [];
+  for (let i = 0; i < n; i++) dropped.push({ id: c.str('dropped id'), instance: c.u32('dropped instance'), reason: c.str('dropped reason') });
+  c.finish('FREEZE');
+  return { dropped };
+}
+
 export function decodeEndOfState(c: Cursor): EndOfState {
   const e = { sectionCount: c.u32('sectionCount'), totalFds: c.u32('totalFds'), payloadBytes: c.u64('payloadBytes') };
   c.finish('END_OF_STATE');
@@ -506,7 +533,7 @@ export function decodeEndOfState(c: Cursor): EndOfState {
 
 export function decodeAck(c: Cursor): Ack {
   const stage = c.u8('stage');
-  if (stage < 1 || stage > 4) throw protocolError(`unknown ACK stage ${stage}`);
+  if (stage < 1 || stage > 5) throw protocolError(`unknown ACK stage ${stage}`);
   const a = { stage: stage as AckStageCode, sectionId: c.u32('sectionId'), detail: c.str('detail') };
   c.finish('ACK');
   return a;

@@ -19,6 +19,7 @@ import {
   decodeAck,
   decodeEmpty,
   decodeEndOfState,
+  decodeFreeze,
   decodeHeader,
   decodeHello,
   decodeNack,
@@ -51,6 +52,7 @@ import {
   type AttachmentHeader,
   type AttachmentKind,
   type EndOfState,
+  type Freeze,
   type Hello,
   type Nack,
   type Ping,
@@ -104,6 +106,24 @@ export interface SectionItem {
   bodyLength: number;
 }
 
+/** With STAGED: one device's staged backend (a STAGE frame). */
+export interface StageItem {
+  type: 'stage';
+  sectionId: number;
+  device: PlannedDevice;
+  versionId: number;
+  /** Device fds, in order (the caller's once returned). */
+  attachments: ReceivedAttachment[];
+  /** The static metadata (with reuseBuffers valid until the next feed(): copy what you keep). */
+  payload: Buffer;
+  /** A second STAGE of this device (it replaces the first, whose fds are stale). */
+  restage: boolean;
+  /** Came after FREEZE (inside the switch-over). */
+  afterFreeze: boolean;
+  offset: number;
+  bodyLength: number;
+}
+
 export type StreamItem =
   | {
       type: 'hello';
@@ -114,6 +134,8 @@ export type StreamItem =
   | { type: 'welcome'; welcome: Welcome }
   | { type: 'plan'; plan: Plan }
   | SectionItem
+  | StageItem
+  | { type: 'freeze'; freeze: Freeze }
   | { type: 'end-of-state'; summary: EndOfState }
   | { type: 'ack'; ack: Ack }
   | { type: 'nack'; nack: Nack }
@@ -181,6 +203,9 @@ interface DeviceState {
   sectionId: number | null;
   fdsSeen: number;
   closed: boolean;
+  /** With STAGED: device fds of the stage in effect, or null before its first STAGE. */
+  stagedFds: number | null;
+  dropped: boolean;
 }
 
 type Phase = 'magic' | 'handshake' | 'planned' | 'state-done' | 'finished';
@@ -240,6 +265,8 @@ export class StreamReader {
   #deviceFds = 0;
   #payloadBytes = 0n;
   #totalFdsSeen = 0;
+  /** With STAGED: FREEZE was read. */
+  #frozen = false;
   /** Source role: the target sent NACK in place of WELCOME; only EOF may follow. */
   #refusedEarly = false;
   /** Main stream: COMMIT or ABORT came; only PING, PONG and EOF may follow. */
@@ -355,6 +382,7 @@ export class StreamReader {
     if (!this.#error) this.#error = e;
     // Nothing of this feed reaches the caller: close the fds in its items too.
     for (const it of items) {
+      if (it.type === 'stage') closeFds(it.attachments.map((a) => a.fd));
       if (it.type === 'section') {
         closeFds(it.attachments.map((a) => a.fd));
         if (it.payloadFd !== undefined) closeFd(it.payloadFd);
@@ -478,7 +506,8 @@ export class StreamReader {
     if (h.fdCount > this.limits.maxFdsPerFrame) throw tooLarge(`fds of one ${FRAME_NAMES[h.type]} frame`, h.fdCount, this.limits.maxFdsPerFrame);
     if ((h.flags & ~FrameFlags.PAYLOAD_IN_MEMFD) !== 0) throw protocolError(`unknown frame flags 0x${h.flags.toString(16)}`);
     if (!isSectionFrame(h.type)) {
-      const allowed = h.type === FrameType.HELLO ? 1 : 0; // HELLO may carry its probe fd
+      // HELLO may carry its probe fd; a STAGE its device's fds.
+      const allowed = h.type === FrameType.HELLO ? 1 : h.type === FrameType.STAGE ? Number.MAX_SAFE_INTEGER : 0;
       if (h.fdCount > allowed) throw protocolError(`${FRAME_NAMES[h.type]} frames carry ${allowed ? 'at most one fd' : 'no fds'}, this one declares ${h.fdCount}`);
       if (h.flags !== 0) throw protocolError(`${FRAME_NAMES[h.type]} frames have no flags`);
     }
@@ -491,9 +520,13 @@ export class StreamReader {
     const bad = (why: string): never => {
       throw protocolError(`${name} frame ${why} (offset ${this.#frameStart})`);
     };
+    const staged = (this.#features & Features.STAGED) !== 0;
     // ABORT may come inside an open section (a source whose state failed midway says
-    // why); it ends the section and the state: then only PING, PONG and EOF.
-    if (this.#open !== null && type !== FrameType.SECTION_PART && type !== FrameType.SECTION_END && type !== FrameType.PING && type !== FrameType.PONG && type !== FrameType.ABORT) {
+    // why); it ends the section and the state: then only PING, PONG and EOF. With
+    // STAGED, FREEZE may come inside the open section of a precopied state.
+    const inSectionOk =
+      type === FrameType.SECTION_PART || type === FrameType.SECTION_END || type === FrameType.PING || type === FrameType.PONG || type === FrameType.ABORT || (staged && type === FrameType.FREEZE);
+    if (this.#open !== null && !inSectionOk) {
       bad(`inside section ${this.#openSectionId} (expected SECTION_PART or SECTION_END)`);
     }
     if (this.#ended !== null && type !== FrameType.PING && type !== FrameType.PONG && type !== FrameType.EOF) bad(`after ${this.#ended} (only PING, PONG and EOF may follow)`);
@@ -523,10 +556,19 @@ export class StreamReader {
         if (this.#phase === 'state-done') bad('after END_OF_STATE');
         if ((type === FrameType.SECTION_PART || type === FrameType.SECTION_END) && this.#open === null) bad('without SECTION_START');
         break;
+      case FrameType.STAGE:
+      case FrameType.FREEZE:
+        if (this.role === 'source') bad('on a return path');
+        if (!this.#plan) bad('before PLAN');
+        if (!staged) bad('without the STAGED feature');
+        if (this.#phase === 'state-done') bad('after END_OF_STATE');
+        if (type === FrameType.FREEZE && this.#frozen) bad('repeated');
+        break;
       case FrameType.END_OF_STATE:
         if (this.role === 'source') bad('on a return path');
         if (!this.#plan) bad('before PLAN');
         if (this.#phase === 'state-done') bad('repeated');
+        if (staged && !this.#frozen) bad('before FREEZE (STAGED)');
         break;
       case FrameType.ACK:
       case FrameType.NACK:
@@ -624,6 +666,15 @@ export class StreamReader {
       case FrameType.SECTION_FULL:
         items.push(this.#section(h, c, body, fds, crcOk));
         break;
+      case FrameType.STAGE:
+        items.push(this.#stage(h, c, body, fds));
+        break;
+      case FrameType.FREEZE: {
+        const freeze = decodeFreeze(c);
+        this.#acceptFreeze(freeze);
+        items.push({ type: 'freeze', freeze });
+        break;
+      }
       case FrameType.END_OF_STATE: {
         const summary = decodeEndOfState(c);
         this.#checkEndOfState(summary);
@@ -631,9 +682,12 @@ export class StreamReader {
         items.push({ type: 'end-of-state', summary });
         break;
       }
-      case FrameType.ACK:
-        items.push({ type: 'ack', ack: decodeAck(c) });
+      case FrameType.ACK: {
+        const ack = decodeAck(c);
+        if (ack.stage === 5 && (this.#features & Features.STAGED) === 0) throw protocolError('ACK(STAGED) without the STAGED feature');
+        items.push({ type: 'ack', ack });
         break;
+      }
       case FrameType.NACK:
         items.push({ type: 'nack', nack: decodeNack(c) });
         break;
@@ -766,7 +820,7 @@ export class StreamReader {
         minVersion = answer.minVersion;
         maxVersion = answer.maxVersion;
       }
-      this.#devices.set(key, { device: d, minVersion, maxVersion, sectionId: null, fdsSeen: 0, closed: false });
+      this.#devices.set(key, { device: d, minVersion, maxVersion, sectionId: null, fdsSeen: 0, closed: false, stagedFds: null, dropped: false });
     }
     this.#phase = 'planned';
   }
@@ -781,6 +835,11 @@ export class StreamReader {
       const d = this.#devices.get(key);
       if (!d) {
         throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `section ${s.sectionId} is for device ${s.idstr}/${s.instanceId}, which was not negotiated`, {
+          details: { idstr: s.idstr, instanceId: s.instanceId },
+        });
+      }
+      if (d.dropped) {
+        throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `section ${s.sectionId} is for device ${s.idstr}/${s.instanceId}, which FREEZE dropped`, {
           details: { idstr: s.idstr, instanceId: s.instanceId },
         });
       }
@@ -823,6 +882,12 @@ export class StreamReader {
       else deviceAtts.push({ ...a, fd });
     });
     dev.fdsSeen += deviceAtts.length;
+    const staged = (this.#features & Features.STAGED) !== 0;
+    if (staged && deviceAtts.length > 0) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_EXTRA, `device ${dev.device.id}: with STAGED a section carries no device fds (they come in STAGE) (closed)`, {
+        details: { id: dev.device.id, seen: deviceAtts.length },
+      });
+    }
     if (dev.fdsSeen > dev.device.fdCount) {
       throw new BackendTransferError(
         ErrorCodes.ERR_STREAM_FD_EXTRA,
@@ -837,7 +902,7 @@ export class StreamReader {
     }
     if (h.type === FrameType.SECTION_END || h.type === FrameType.SECTION_FULL) {
       dev.closed = true;
-      if (dev.fdsSeen !== dev.device.fdCount) {
+      if (!staged && dev.fdsSeen !== dev.device.fdCount) {
         throw new BackendTransferError(
           ErrorCodes.ERR_STREAM_FD_MISSING,
           `device ${dev.device.id} was planned with ${dev.device.fdCount} fd(s) but its section carried ${dev.fdsSeen}`,
@@ -883,6 +948,71 @@ export class StreamReader {
     if (payloadFd !== undefined) item.payloadFd = payloadFd;
     if (mapped) item.payloadMapped = true;
     return item;
+  }
+
+  /** A STAGE frame: a planned device with fds, all its fds (of their kinds), a new sectionId. */
+  #stage(h: FrameHeader, c: Cursor, body: Buffer, fds: number[]): StageItem {
+    if (h.flags !== 0) throw protocolError('STAGE frames have no flags');
+    const s = decodeSectionPrefix(c, FrameType.STAGE, 0, h.fdCount);
+    const key = `${s.idstr}\0${s.instanceId}`;
+    const d = this.#devices.get(key);
+    if (!d || d.dropped) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `STAGE ${s.sectionId} is for device ${s.idstr}/${s.instanceId}, which was not negotiated${d ? ' (FREEZE dropped it)' : ''}`, {
+        details: { idstr: s.idstr, instanceId: s.instanceId },
+      });
+    }
+    if (!d.device.withFds) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_EXTRA, `STAGE for device ${d.device.id}, which was planned state-only (closed)`, { details: { id: d.device.id } });
+    }
+    if (this.#sectionIds.has(s.sectionId)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_DUPLICATE_SECTION, `section id ${s.sectionId} appears twice`);
+    const v = s.versionId!;
+    if (v > d.maxVersion || v < d.minVersion) {
+      throw new BackendTransferError(
+        v > d.maxVersion ? ErrorCodes.ERR_DEVICE_VERSION_TOO_NEW : ErrorCodes.ERR_DEVICE_VERSION_TOO_OLD,
+        `STAGE for ${s.idstr} has version ${v}, outside what this side supports (${d.minVersion}..${d.maxVersion})`,
+        { details: { idstr: s.idstr, version: v, minVersion: d.minVersion, maxVersion: d.maxVersion } },
+      );
+    }
+    if (s.attachments.some((a) => a.role !== AttachmentRole.DEVICE)) throw protocolError('a STAGE frame carries device fds only (role 0)');
+    if (h.fdCount !== d.device.fdCount) {
+      throw new BackendTransferError(
+        h.fdCount > d.device.fdCount ? ErrorCodes.ERR_STREAM_FD_EXTRA : ErrorCodes.ERR_STREAM_FD_MISSING,
+        `STAGE for device ${d.device.id} carries ${h.fdCount} fd(s), the plan says ${d.device.fdCount} (closed)`,
+        { details: { id: d.device.id, planned: d.device.fdCount, seen: h.fdCount } },
+      );
+    }
+    const atts: ReceivedAttachment[] = s.attachments.map((a, i) => ({ ...a, fd: fds[i]! }));
+    if (this.#verifyKinds && !this.#fdsAbsent) for (const a of atts) this.#checkKind(a);
+    if (this.#sectionIds.size >= this.limits.maxSections * 2) throw tooLarge('sections and stages', this.#sectionIds.size + 1, this.limits.maxSections * 2);
+    this.#sectionIds.add(s.sectionId);
+    const restage = d.stagedFds !== null;
+    d.stagedFds = h.fdCount;
+    return {
+      type: 'stage',
+      sectionId: s.sectionId,
+      device: d.device,
+      versionId: v,
+      attachments: atts,
+      payload: body.subarray(c.pos, c.pos + s.payloadLength),
+      restage,
+      afterFreeze: this.#frozen,
+      offset: this.#frameStart,
+      bodyLength: h.bodyLength,
+    };
+  }
+
+  #acceptFreeze(f: Freeze): void {
+    const seen = new Set<string>();
+    for (const x of f.dropped) {
+      const key = `${x.id}\0${x.instance}`;
+      const d = this.#devices.get(key);
+      if (!d) throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `FREEZE drops device ${x.id}/${x.instance}, which was not negotiated`, { details: { idstr: x.id, instanceId: x.instance } });
+      if (seen.has(key)) throw protocolError(`FREEZE drops device ${x.id}/${x.instance} twice`);
+      if (d.sectionId !== null) throw protocolError(`FREEZE drops device ${x.id}/${x.instance}, which already has a section`);
+      seen.add(key);
+      d.dropped = true;
+    }
+    this.#frozen = true;
   }
 
   /** Whether the probe fd is a memfd holding the probe bytes. Closes it. */
@@ -970,10 +1100,23 @@ export class StreamReader {
 
   #checkEndOfState(e: EndOfState): void {
     if (this.#open !== null) throw protocolError(`END_OF_STATE inside section ${this.#openSectionId}`);
-    const missing = [...this.#devices.values()].filter((d) => d.sectionId === null).map((d) => d.device.id);
+    const missing = [...this.#devices.values()].filter((d) => d.sectionId === null && !d.dropped).map((d) => d.device.id);
     if (missing.length > 0) throw protocolError(`END_OF_STATE before the sections of planned device(s) ${missing.join(', ')}`);
     if (e.sectionCount !== this.#sectionCount) throw protocolError(`END_OF_STATE counts ${e.sectionCount} sections, the reader saw ${this.#sectionCount}`);
-    if (e.totalFds !== this.#deviceFds) throw protocolError(`END_OF_STATE counts ${e.totalFds} fds, the reader saw ${this.#deviceFds}`);
+    let deviceFds = this.#deviceFds;
+    if ((this.#features & Features.STAGED) !== 0) {
+      deviceFds = 0;
+      const unstaged: string[] = [];
+      for (const d of this.#devices.values()) {
+        if (d.dropped || !d.device.withFds) continue;
+        if (d.stagedFds === null) unstaged.push(d.device.id);
+        else deviceFds += d.stagedFds;
+      }
+      if (unstaged.length > 0) {
+        throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_MISSING, `END_OF_STATE before the STAGE of planned device(s) ${unstaged.join(', ')}`, { details: { unstaged } });
+      }
+    }
+    if (e.totalFds !== deviceFds) throw protocolError(`END_OF_STATE counts ${e.totalFds} fds, the reader saw ${deviceFds}`);
     if (e.payloadBytes !== this.#payloadBytes) throw protocolError(`END_OF_STATE counts ${e.payloadBytes} payload bytes, the reader saw ${this.#payloadBytes}`);
   }
 }

@@ -16,6 +16,10 @@ export const FrameType = {
   SECTION_PART: 0x11,
   SECTION_END: 0x12,
   SECTION_FULL: 0x13,
+  /** With STAGED: one device's backend fds and static metadata, before the freeze. */
+  STAGE: 0x14,
+  /** With STAGED: the source froze; the switch-over follows (with the devices it dropped). */
+  FREEZE: 0x15,
   END_OF_STATE: 0x20,
   ACK: 0x30,
   NACK: 0x31,
@@ -37,8 +41,10 @@ export const Features = {
   FDS: 1 << 0,
   MEMFD_PAYLOAD: 1 << 1,
   BODY_CRC: 1 << 2,
+  /** Backends are staged (STAGE frames, per-device ACK(STAGED)) before the freeze; only mutable state follows FREEZE. */
+  STAGED: 1 << 3,
 } as const;
-export const ALL_FEATURES = Features.FDS | Features.MEMFD_PAYLOAD | Features.BODY_CRC;
+export const ALL_FEATURES = Features.FDS | Features.MEMFD_PAYLOAD | Features.BODY_CRC | Features.STAGED;
 
 export const OfferFlags = {
   WANTS_FDS: 1 << 0,
@@ -69,6 +75,8 @@ export const AckStage = {
   VERIFIED: 2,
   ADOPTED: 3,
   COMMITTED: 4,
+  /** With STAGED: one staged device verified (sectionId: its STAGE frame's). */
+  STAGED: 5,
 } as const;
 export type AckStageCode = (typeof AckStage)[keyof typeof AckStage];
 
@@ -191,6 +199,17 @@ export interface SectionHeader {
   payloadLength: number;
   /** With PAYLOAD_IN_MEMFD: CRC of the memfd's content. */
   payloadCrc?: number;
+}
+
+/** A device the source dropped at the freeze (FREEZE body): its staged fds are closed, no section follows. */
+export interface DroppedDevice {
+  id: string;
+  instance: number;
+  reason: string;
+}
+
+export interface Freeze {
+  dropped: DroppedDevice[];
 }
 
 export interface EndOfState {

@@ -13,6 +13,7 @@ import {
   encodeAbort,
   encodeAck,
   encodeEndOfState,
+  encodeFreeze,
   encodeHeader,
   encodeHello,
   encodeNack,
@@ -32,6 +33,7 @@ import {
   SEALS_REQUIRED,
   type AckStageCode,
   type AttachmentKind,
+  type DroppedDevice,
   type Hello,
   type Plan,
   type PlannedDevice,
@@ -105,6 +107,11 @@ export class StreamWriter {
   #writing: string | null = null;
   /** Why the state is broken (a section's payload failed midway): only ABORT (and PING, PONG) may follow, then EOF. */
   #broken: string | null = null;
+  /** With STAGED: device fds of each device's stage in effect (dropped devices removed). */
+  #staged = new Map<string, number>();
+  #dropped = new Set<string>();
+  #frozen = false;
+  #openPiecewise: { device: SectionDevice; sectionId: number } | null = null;
   #busy: Promise<void> = Promise.resolve();
   readonly totals: WriterTotals = { frames: 0, bytes: 0, sections: 0, deviceFds: 0, payloadBytes: 0n };
 
@@ -206,8 +213,13 @@ export class StreamWriter {
         `section ${device.id} carries ${attachments.length} fd(s) but this channel cannot carry fds (not an AF_UNIX socket); nothing was written`,
       );
     }
+    const staged = (this.#features & Features.STAGED) !== 0;
+    if (staged && this.#dropped.has(key)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `device ${device.id}/${device.instance} was dropped at the freeze; nothing was written`);
+    if (planned && staged && attachments.length > 0) {
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_EXTRA, `section ${device.id}: with STAGED a section carries no device fds (they go in STAGE); nothing was written`);
+    }
     if (planned) {
-      if (attachments.length !== planned.fdCount) {
+      if (!staged && attachments.length !== planned.fdCount) {
         throw new BackendTransferError(
           attachments.length > planned.fdCount ? ErrorCodes.ERR_STREAM_FD_EXTRA : ErrorCodes.ERR_STREAM_FD_MISSING,
           `section ${device.id} has ${attachments.length} fd(s) but the plan moves ${planned.fdCount}${planned.withFds ? '' : ' (state only)'}; nothing was written`,
@@ -320,15 +332,118 @@ export class StreamWriter {
     }
   }
 
+  // ---------------------------------------------------------------- staged backends (STAGED)
+
+  /**
+   * With STAGED: one device's backend fds and static metadata (a STAGE frame),
+   * before the freeze; again after FREEZE for a device whose backend changed (a
+   * re-stage replaces the earlier one). The fds stay the caller's.
+   */
+  stage(device: SectionDevice, attachments: readonly OutgoingAttachment[], payload: Uint8Array): Promise<void> {
+    return this.#serial(async () => {
+      if ((this.#features & Features.STAGED) === 0) throw BackendTransferError.invalidArgument('STAGE needs the negotiated STAGED feature');
+      const key = `${device.id}\0${device.instance}`;
+      const planned = this.#plannedDevice(device);
+      if (this.#dropped.has(key)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `device ${device.id}/${device.instance} was dropped at the freeze; nothing was written`);
+      if (attachments.length > 0 && !this.channel.canPassFds) throw new BackendTransferError(ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS, `STAGE ${device.id} needs a channel that can carry fds; nothing was written`);
+      if (planned && (!planned.withFds || attachments.length !== planned.fdCount)) {
+        throw new BackendTransferError(
+          attachments.length > planned.fdCount ? ErrorCodes.ERR_STREAM_FD_EXTRA : ErrorCodes.ERR_STREAM_FD_MISSING,
+          `STAGE ${device.id} has ${attachments.length} fd(s) but the plan moves ${planned.fdCount}${planned.withFds ? '' : ' (state only: nothing to stage)'}; nothing was written`,
+        );
+      }
+      if (planned && device.version !== planned.version) throw BackendTransferError.invalidArgument(`STAGE ${device.id} has version ${device.version}, the plan says ${planned.version}`);
+      const sectionId = this.#nextSectionId++;
+      const atts = attachments.map((a) => ({ kind: a.kind, role: AttachmentRole.DEVICE as 0 | 1, name: a.name, meta: a.meta ?? null }));
+      const prefix = encodeSectionPrefix(
+        FrameType.SECTION_FULL,
+        { sectionId, instanceId: device.instance, versionId: device.version, idstr: device.id, attachments: atts, payloadLength: payload.length },
+        false,
+      );
+      await this.#frame(FrameType.STAGE, 0, payload.length ? [prefix, payload] : [prefix], attachments.map((a) => a.fd));
+      this.#staged.set(key, attachments.length);
+    });
+  }
+
+  /** With STAGED: the source froze; `dropped` devices get no section (the target closes their staged fds). */
+  freeze(dropped: readonly DroppedDevice[] = []): Promise<void> {
+    return this.#serial(async () => {
+      if ((this.#features & Features.STAGED) === 0) throw BackendTransferError.invalidArgument('FREEZE needs the negotiated STAGED feature');
+      if (this.#frozen) throw BackendTransferError.invalidArgument('FREEZE was already written');
+      for (const d of dropped) this.#plannedDevice({ ...d, version: 0 });
+      await this.#frame(FrameType.FREEZE, 0, [encodeFreeze({ dropped: [...dropped] })], []);
+      this.#frozen = true;
+      for (const d of dropped) {
+        const key = `${d.id}\0${d.instance}`;
+        this.#dropped.add(key);
+        this.#staged.delete(key);
+      }
+    });
+  }
+
+  /**
+   * A section written piece by piece across calls (the precopied VMM state: its
+   * parts before FREEZE, its final part after): SECTION_START (empty) now, then
+   * sectionWrite() as SECTION_PARTs, then sectionClose() ending in SECTION_END. No
+   * fds; inline payloads only. Nothing but FREEZE and PING/PONG may come between.
+   */
+  sectionOpen(device: SectionDevice): Promise<void> {
+    return this.#serial(async () => {
+      const key = `${device.id}\0${device.instance}`;
+      const planned = this.#plannedDevice(device);
+      if (planned && device.version !== planned.version) throw BackendTransferError.invalidArgument(`section ${device.id} has version ${device.version}, the plan says ${planned.version}`);
+      if (planned && planned.fdCount > 0 && (this.#features & Features.STAGED) === 0) throw BackendTransferError.invalidArgument(`section ${device.id} needs its fds on its first frame`);
+      if (this.#written.has(key)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_DUPLICATE_SECTION, `device ${device.id}/${device.instance} already has a section`);
+      if (this.#openPiecewise) throw BackendTransferError.invalidArgument('a section is already open');
+      this.#written.add(key);
+      const sectionId = this.#nextSectionId++;
+      this.totals.sections++;
+      this.#openPiecewise = { device, sectionId };
+      await this.#sectionFrame(FrameType.SECTION_START, sectionId, device, [], [], 0, EMPTY, null);
+    });
+  }
+
+  sectionWrite(data: Uint8Array): Promise<void> {
+    return this.#serial(async () => {
+      const o = this.#openPiecewise;
+      if (!o) throw BackendTransferError.invalidArgument('no section is open');
+      for (let off = 0; off < data.length; off += this.#partSize) {
+        const piece = data.subarray(off, Math.min(data.length, off + this.#partSize));
+        await this.#sectionFrame(FrameType.SECTION_PART, o.sectionId, o.device, [], [], piece.length, piece, null);
+      }
+    });
+  }
+
+  sectionClose(data: Uint8Array = EMPTY): Promise<void> {
+    return this.#serial(async () => {
+      const o = this.#openPiecewise;
+      if (!o) throw BackendTransferError.invalidArgument('no section is open');
+      let off = 0;
+      for (; data.length - off > this.#partSize; off += this.#partSize) {
+        const piece = data.subarray(off, off + this.#partSize);
+        await this.#sectionFrame(FrameType.SECTION_PART, o.sectionId, o.device, [], [], piece.length, piece, null);
+      }
+      const last = data.subarray(off);
+      await this.#sectionFrame(FrameType.SECTION_END, o.sectionId, o.device, [], [], last.length, last, null);
+      this.#openPiecewise = null;
+    });
+  }
+
+  /** The next STAGE's sectionId (what the target's ACK(STAGED) will name). */
+  get nextSectionId(): number {
+    return this.#nextSectionId;
+  }
+
   endOfState(): Promise<void> {
-    return this.#serial(() =>
-      this.#frame(
-        FrameType.END_OF_STATE,
-        0,
-        [encodeEndOfState({ sectionCount: this.totals.sections, totalFds: this.totals.deviceFds, payloadBytes: this.totals.payloadBytes })],
-        [],
-      ),
-    );
+    return this.#serial(() => {
+      let totalFds = this.totals.deviceFds;
+      if ((this.#features & Features.STAGED) !== 0) {
+        // The device fds of the stages in effect (sections carry none).
+        totalFds = 0;
+        for (const n of this.#staged.values()) totalFds += n;
+      }
+      return this.#frame(FrameType.END_OF_STATE, 0, [encodeEndOfState({ sectionCount: this.totals.sections, totalFds, payloadBytes: this.totals.payloadBytes })], []);
+    });
   }
 
   // ---------------------------------------------------------------- return path and control

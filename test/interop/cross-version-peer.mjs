@@ -63,7 +63,10 @@ try {
       timeouts: { connect: 20000 },
     });
     const moved = res.devices.find((d) => d.id === 'gen0');
-    report(moved?.outcome === 'moved' && res.fds === 2, { outcome: moved?.outcome, fds: res.fds, stateSha256: sha(state) });
+    // The peer is always the other version here: a 0.1.0 target does not echo STAGED,
+    // so a HEAD source runs the old order (res.staged false; 0.1.0 has no such field).
+    const orderOk = res.staged === undefined || res.staged === false;
+    report(moved?.outcome === 'moved' && res.fds === 2 && orderOk, { outcome: moved?.outcome, fds: res.fds, staged: res.staged ?? null, stateSha256: sha(state) });
   } else if (role === 'target') {
     const res = await lib.receiveHandover({
       socket: socketPath,
@@ -73,6 +76,8 @@ try {
     const dev = res.devices.get('gen0');
     const problems = [];
     if (res.outcome !== 'committed') problems.push(`outcome ${res.outcome}`);
+    // A 0.1.0 source does not offer STAGED: the old order (0.1.0 targets have no such field).
+    if (res.staged === true) problems.push('staged with a 0.1.0 source');
     if (dev?.how !== 'received') problems.push(`gen0 was ${dev?.how}`);
     const b = dev?.backend;
     if (b) {

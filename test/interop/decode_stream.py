@@ -24,12 +24,13 @@ MAGIC = bytes([0x89, 0x42, 0x54, 0x4D, 0x0D, 0x0A, 0x1A, 0x0A])
 TYPES = {
     0x01: "HELLO", 0x02: "WELCOME", 0x03: "PLAN",
     0x10: "SECTION_START", 0x11: "SECTION_PART", 0x12: "SECTION_END", 0x13: "SECTION_FULL",
+    0x14: "STAGE", 0x15: "FREEZE",
     0x20: "END_OF_STATE", 0x30: "ACK", 0x31: "NACK", 0x32: "PING", 0x33: "PONG",
     0x40: "COMMIT", 0x41: "ABORT", 0x7F: "EOF",
 }
 SECTIONS = {"SECTION_START", "SECTION_PART", "SECTION_END", "SECTION_FULL"}
 HANDSHAKE = {"HELLO", "WELCOME", "PLAN"}
-FDS, MEMFD_PAYLOAD, BODY_CRC = 1, 2, 4
+FDS, MEMFD_PAYLOAD, BODY_CRC, STAGED = 1, 2, 4, 8
 ATT_KINDS = {1: "tap", 2: "vhost-net", 3: "vhost-user", 4: "eventfd", 5: "memfd", 6: "chardev-socket", 7: "listener", 8: "generic"}
 LIMITS = dict(body=64 << 20, fds_frame=4096, fds_stream=1 << 20, sections=65536, devices=65536, meta=64 << 10, string=4096, memfd=4 << 30)
 VERSION = 1  # the only stream version this decoder speaks
@@ -133,7 +134,7 @@ def decode(data, role, welcome=None, fds=None, batches=None):
     next_arrival = 0
     taken = 0           # fds taken from the queue so far (plus lost probes)
     st = dict(phase="hello", hello=None, welcome=None, plan=None, features=None, devices={}, section_ids=set(),
-              open=None, sections=0, device_fds=0, payload=0, refused=False, finished=False, received=0)
+              open=None, sections=0, device_fds=0, payload=0, refused=False, finished=False, received=0, frozen=False)
     frame_at = [0]
 
     def fail(code, msg):
@@ -182,7 +183,7 @@ def decode(data, role, welcome=None, fds=None, batches=None):
                 fail("ERR_STREAM_TOO_LARGE", "bodyLength or fdCount")
             if flags & ~1 or (flags and name not in SECTIONS):
                 fail("ERR_STREAM_PROTOCOL", f"flags {flags}")
-            if name not in SECTIONS and fdc > (1 if name == "HELLO" else 0):
+            if name not in SECTIONS and name != "STAGE" and fdc > (1 if name == "HELLO" else 0):
                 fail("ERR_STREAM_PROTOCOL", f"{name} with {fdc} fds")
             check_order(name, role, st, fail)
             end = pos + 20 + blen + 4
@@ -228,7 +229,8 @@ def decode(data, role, welcome=None, fds=None, batches=None):
 
 def check_order(name, role, st, fail):
     bad = lambda why: fail("ERR_STREAM_PROTOCOL", f"{name} {why}")
-    if st["open"] is not None and name not in ("SECTION_PART", "SECTION_END", "PING", "PONG", "ABORT"):
+    staged = bool((st["features"] or 0) & STAGED) and st["plan"] is not None
+    if st["open"] is not None and name not in ("SECTION_PART", "SECTION_END", "PING", "PONG", "ABORT") and not (staged and name == "FREEZE"):
         bad("inside an open section")
     if role != "source" and st.get("ended") and name not in ("PING", "PONG", "EOF"):
         bad("after " + st["ended"])
@@ -258,9 +260,16 @@ def check_order(name, role, st, fail):
             bad("before PLAN or after END_OF_STATE")
         if name in ("SECTION_PART", "SECTION_END") and st["open"] is None:
             bad("without SECTION_START")
+    elif name in ("STAGE", "FREEZE"):
+        if st["plan"] is None or not staged or st["phase"] == "done":
+            bad("before PLAN, without STAGED, or after END_OF_STATE")
+        if name == "FREEZE" and st["frozen"]:
+            bad("repeated")
     elif name == "END_OF_STATE":
         if st["plan"] is None or st["phase"] == "done":
             bad("before PLAN or repeated")
+        if staged and not st["frozen"]:
+            bad("before FREEZE")
     elif name == "COMMIT":
         if st["phase"] != "done":
             bad("before END_OF_STATE")
@@ -355,23 +364,47 @@ def decode_body(name, c, flags, fdc, fds, role, welcome, st, fail):
                 fail("ERR_STREAM_PROTOCOL", "device planned twice")
             a = answers.get(key)
             win = (a["minVersion"], a["maxVersion"]) if a else (dv["version"], dv["version"])
-            st["devices"][key] = dict(dev=dv, win=win, section=None, fds=0)
+            st["devices"][key] = dict(dev=dv, win=win, section=None, fds=0, staged=None, dropped=False)
         return d
     if name in SECTIONS:
         return decode_section(name, c, flags, fdc, fds, st, fail)
+    if name == "STAGE":
+        return decode_stage(c, fdc, fds, st, fail)
+    if name == "FREEZE":
+        dropped = []
+        for _ in range(c.count("dropped", 8)):
+            dropped.append(dict(id=c.str("id"), instance=c.u32(), reason=c.str("reason")))
+        c.finish()
+        seen = set()
+        for x in dropped:
+            dev = st["devices"].get((x["id"], x["instance"]))
+            if dev is None:
+                fail("ERR_STREAM_NOT_NEGOTIATED", x["id"])
+            if (x["id"], x["instance"]) in seen or dev["section"] is not None:
+                fail("ERR_STREAM_PROTOCOL", "dropped twice or after its section")
+            seen.add((x["id"], x["instance"]))
+            dev["dropped"] = True
+        st["frozen"] = True
+        return dict(dropped=dropped)
     if name == "END_OF_STATE":
         d = dict(sectionCount=c.u32(), totalFds=c.u32(), payloadBytes=str(c.u64()))
         c.finish()
-        if any(x["section"] is None for x in st["devices"].values()):
+        if any(x["section"] is None and not x["dropped"] for x in st["devices"].values()):
             fail("ERR_STREAM_PROTOCOL", "a planned device had no section")
-        if (d["sectionCount"], d["totalFds"], int(d["payloadBytes"])) != (st["sections"], st["device_fds"], st["payload"]):
+        device_fds = st["device_fds"]
+        if st["features"] & STAGED:
+            live = [x for x in st["devices"].values() if x["dev"]["withFds"] and not x["dropped"]]
+            if any(x["staged"] is None for x in live):
+                fail("ERR_STREAM_FD_MISSING", "a device planned with fds was never staged")
+            device_fds = sum(x["staged"] for x in live)
+        if (d["sectionCount"], d["totalFds"], int(d["payloadBytes"])) != (st["sections"], device_fds, st["payload"]):
             fail("ERR_STREAM_PROTOCOL", "END_OF_STATE totals")
         st["phase"] = "done"
         return d
     if name == "ACK":
         d = dict(stage=c.u8(), sectionId=c.u32(), detail=c.str("detail"))
         c.finish()
-        if not 1 <= d["stage"] <= 4:
+        if not 1 <= d["stage"] <= 5 or (d["stage"] == 5 and not (st["features"] or 0) & STAGED):
             fail("ERR_STREAM_PROTOCOL", "ACK stage")
         return d
     if name == "NACK":
@@ -432,7 +465,7 @@ def decode_section(name, c, flags, fdc, fds, st, fail):
         fail("ERR_STREAM_PROTOCOL", "PAYLOAD_IN_MEMFD without MEMFD_PAYLOAD")
     if opens:
         dev = st["devices"].get((d["idstr"], d["instanceId"]))
-        if dev is None:
+        if dev is None or dev["dropped"]:
             fail("ERR_STREAM_NOT_NEGOTIATED", d["idstr"])
         if d["sectionId"] in st["section_ids"] or dev["section"] is not None:
             fail("ERR_STREAM_DUPLICATE_SECTION", d["idstr"])
@@ -456,12 +489,15 @@ def decode_section(name, c, flags, fdc, fds, st, fail):
             st["open"] = None
     device_atts = [(a, f) for a, f in zip(atts, fds) if a["role"] == 0]
     dev["fds"] += len(device_atts)
+    staged = bool(st["features"] & STAGED)
+    if staged and device_atts:
+        fail("ERR_STREAM_FD_EXTRA", "a device fd on a section under STAGED")
     if dev["fds"] > dev["dev"]["fdCount"]:
         fail("ERR_STREAM_FD_EXTRA", "more device fds than planned")
     for a, f in device_atts:
         if f is not None and a["kind"] in ("eventfd", "memfd") and f["kind"] != a["kind"]:
             fail("ERR_STREAM_FD_KIND", f"{a['name']} is a {f['kind']}")
-    if name in ("SECTION_END", "SECTION_FULL") and dev["fds"] != dev["dev"]["fdCount"]:
+    if name in ("SECTION_END", "SECTION_FULL") and not staged and dev["fds"] != dev["dev"]["fdCount"]:
         fail("ERR_STREAM_FD_MISSING", "fewer device fds than planned")
     if in_memfd and fds[-1] is not None:
         f = fds[-1]
@@ -476,6 +512,51 @@ def decode_section(name, c, flags, fdc, fds, st, fail):
             fail("ERR_STREAM_CRC", "payload memfd CRC")
     st["payload"] += length
     st["device_fds"] += len(device_atts)
+    return d
+
+
+def decode_stage(c, fdc, fds, st, fail):
+    """A STAGE body: as a SECTION_FULL body, every attachment a device fd, the payload inline."""
+    d = dict(sectionId=c.u32(), instanceId=c.u32(), versionId=c.u32(), idstr=c.str("idstr"))
+    n = c.u16("attachmentCount")
+    if n != fdc:
+        fail("ERR_STREAM_PROTOCOL", "attachmentCount is not fdCount")
+    atts = []
+    for _ in range(n):
+        k = c.u8()
+        if k not in ATT_KINDS:
+            fail("ERR_STREAM_PROTOCOL", "attachment kind")
+        role = c.u8()
+        if role not in (0, 1):
+            fail("ERR_STREAM_PROTOCOL", "attachment role")
+        atts.append(dict(kind=ATT_KINDS[k], role=role, name=c.str("name"), meta=c.json("meta")))
+    d["attachments"] = atts
+    length = c.u32("payloadLength")
+    if any(a["role"] == 1 for a in atts):
+        fail("ERR_STREAM_PROTOCOL", "a payload attachment on STAGE")
+    if length != len(c.b) - c.pos:
+        fail("ERR_STREAM_PROTOCOL", "payloadLength")
+    payload = c.take(length, "payload")
+    d.update(payloadLength=length, payloadSha256=hashlib.sha256(payload).hexdigest())
+    dev = st["devices"].get((d["idstr"], d["instanceId"]))
+    if dev is None or dev["dropped"]:
+        fail("ERR_STREAM_NOT_NEGOTIATED", d["idstr"])
+    if not dev["dev"]["withFds"]:
+        fail("ERR_STREAM_FD_EXTRA", "STAGE for a device planned without fds")
+    if d["sectionId"] in st["section_ids"]:
+        fail("ERR_STREAM_DUPLICATE_SECTION", d["idstr"])
+    lo, hi = dev["win"]
+    if d["versionId"] > hi:
+        fail("ERR_DEVICE_VERSION_TOO_NEW", d["idstr"])
+    if d["versionId"] < lo:
+        fail("ERR_DEVICE_VERSION_TOO_OLD", d["idstr"])
+    if fdc != dev["dev"]["fdCount"]:
+        fail("ERR_STREAM_FD_EXTRA" if fdc > dev["dev"]["fdCount"] else "ERR_STREAM_FD_MISSING", "STAGE fd count")
+    for a, f in zip(atts, fds):
+        if f is not None and a["kind"] in ("eventfd", "memfd") and f["kind"] != a["kind"]:
+            fail("ERR_STREAM_FD_KIND", f"{a['name']} is a {f['kind']}")
+    st["section_ids"].add(d["sectionId"])
+    dev["staged"] = fdc
     return d
 
 

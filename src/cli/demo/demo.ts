@@ -27,6 +27,10 @@ export interface DemoOptions {
   timeouts?: PhaseTimeouts;
   /** The CLI to run the owners with (default: this process's own). */
   cli?: string[];
+  /** Stage the backends before the freeze (default true; false: the old order). */
+  staging?: boolean;
+  /** Hand the VMM state over before the freeze (precopy): only the devices' mutable state follows it. */
+  precopy?: boolean;
 }
 
 export interface DemoReport {
@@ -40,6 +44,10 @@ export interface DemoReport {
   stateBytes: number;
   fds: number;
   downtimeMs: number | null;
+  /** With staging: the downtime in parts (freeze, switch-over state, adopt and ACK). */
+  breakdown?: { freezeMs: number; switchOverMs: number; adoptMs: number; switchOverBytes: number };
+  /** The backends were staged before the freeze. */
+  staged?: boolean;
   totalMs: number | null;
   throughputMBps: number | null;
   reconnects: { peer: string; reconnects: number; detail: string }[];
@@ -103,6 +111,8 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       chardevs: o.chardevs ?? 1,
       stateBytes: o.stateBytes ?? 4 * 1024 * 1024,
       timeouts: o.timeouts,
+      ...(o.staging === false ? { staging: false } : {}),
+      ...(o.precopy ? { precopy: true } : {}),
       ...(qsds.length ? { vhostPaths: qsds.map((q) => q.socketPath), vhostQueues: 2 } : {}),
       ...(ns ? { tap: { ifname: ns.ifname, queues: o.tapQueues ?? 4 } } : {}),
     };
@@ -177,10 +187,13 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       if ((l.bad ?? 0) > 0 || (l.errors ?? 0) > 0) problems.push(`${name}: ${l.bad ?? l.errors} bad replies after the handover`);
     }
 
-    const result = done.result as { devices: { id: string; kind: string; outcome: string; fds: number }[]; fds: number; stateBytes: number; timings: { downtimeMs: number | null; totalMs: number } } | undefined;
+    const result = done.result as
+      | { devices: { id: string; kind: string; outcome: string; fds: number }[]; fds: number; stateBytes: number; staged?: boolean; timings: { downtimeMs: number | null; totalMs: number; breakdown?: DemoReport['breakdown'] } }
+      | undefined;
     const rec = received.devices as { id: string; kind: string; how: string }[] | undefined;
     const timings = result?.timings;
-    const transferMs = timings ? ((timings as unknown as { phases: Record<string, number> }).phases.transfer ?? null) : null;
+    const ph = (timings as unknown as { phases?: Record<string, number> } | undefined)?.phases ?? {};
+    const transferMs = ph.transfer ?? ph['switch-over'] ?? null;
     return {
       phases: (timings as unknown as { phases?: Record<string, number> } | undefined)?.phases ?? {},
       ok: problems.length === 0,
@@ -191,6 +204,8 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
       stateBytes: result?.stateBytes ?? 0,
       fds: result?.fds ?? 0,
       downtimeMs: timings?.downtimeMs ?? null,
+      ...(timings?.breakdown ? { breakdown: timings.breakdown } : {}),
+      ...(result?.staged !== undefined ? { staged: result.staged } : {}),
       totalMs: timings?.totalMs ?? null,
       throughputMBps: transferMs && result ? result.stateBytes / 1e6 / (transferMs / 1000) : null,
       reconnects,

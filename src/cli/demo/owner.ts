@@ -6,7 +6,7 @@
 // leave as JSON lines on stdout.
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { BackendTransferError } from '../../errors.js';
+import { BackendTransferError, ErrorCodes } from '../../errors.js';
 import { closeFds } from '../../fd/index.js';
 import { native } from '../../native.js';
 import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../../backends/chardev-socket.js';
@@ -43,6 +43,16 @@ export interface OwnerConfig {
   stopReadingAt?: string;
   timeouts?: PhaseTimeouts;
   partSize?: number;
+  /** Stage the backends before the freeze (default true; false: the old order). */
+  staging?: boolean;
+  /** Hand the VMM state over before the freeze (precopy); nothing of it follows the freeze. */
+  precopy?: boolean;
+  /** Fault injection (tests, old owner): abort the handover (its AbortSignal) when it enters this phase. */
+  abortAt?: string;
+  /** Fault injection (tests, new owner): refuse the first staged device (its verify fails: a NACK at staging). */
+  refuseStaged?: boolean;
+  /** Fault injection (tests, new owner): stop reading the handover socket once this many devices were staged (and acknowledged). */
+  silentAfterStages?: number;
 }
 
 export const TAP_IP = '10.9.0.1';
@@ -306,16 +316,22 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
   commands.set('stats', () => emit('stats', { traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) }));
   commands.set('handover', async (cmd) => {
     let frozenAt = 0;
+    const ac = new AbortController();
     try {
       const r = await sendHandover({
+        staging: c.staging,
+        signal: ac.signal,
         // A different path may be given (a relay in front of the new owner, say).
         socket: typeof cmd.path === 'string' ? cmd.path : c.handoverPath,
         devices,
         backendTransfer: true,
-        state,
+        ...(c.precopy ? { precopy: state, state: Buffer.alloc(0) } : { state }),
         timeouts: c.timeouts,
         partSize: c.partSize,
-        onEvent: (e: HandoverEvent) => onPhase(c, e),
+        onEvent: (e: HandoverEvent) => {
+          onPhase(c, e);
+          if (e.type === 'phase' && c.abortAt === e.phase) ac.abort('fault injection: abortAt');
+        },
         freeze: async () => {
           frozenAt = performance.now();
           // Stop using the backends: what is in flight stays in the kernel for the new owner.
@@ -330,7 +346,7 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
       // Committed: the new owner has them. Close this side's copies.
       for (const f of cleanups) f();
     } catch (err) {
-      emit('handover-failed', { ...errInfo(err), traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) });
+      emit('handover-failed', { ...errInfo(err), frozen: frozenAt > 0, traffic: Object.fromEntries(traffic.map((x) => [x.name, x.t.stats()])) });
     }
   });
 }
@@ -357,6 +373,14 @@ async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
   }
   const targets: TargetDevice[] = [];
   for (let i = 0; c.echoPath && i < (c.chardevs ?? 1); i++) targets.push(new ChardevSocketTarget({ id: `serial${i}` }));
+  if (c.refuseStaged && targets[0]) {
+    const t = targets[0];
+    t.verify = () => {
+      throw new BackendTransferError(ErrorCodes.ERR_BACKEND_VERIFY, `device ${t.id}: refused by fault injection (refuseStaged)`);
+    };
+  }
+  let stagedSeen = 0;
+  let inStage = false;
   for (let i = 0; i < (c.vhostPaths?.length ?? 0); i++) targets.push(new VhostUserTarget({ id: `blk${i}` }));
   if (c.tap) targets.push(new TapTarget({ id: 'net0' }));
   try {
@@ -367,6 +391,8 @@ async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
       timeouts: c.timeouts,
       onEvent: (e) => {
         if (e.type === 'phase' && c.stopReadingAt === e.phase) sock.pause();
+        if (e.type === 'phase') inStage = e.phase === 'stage';
+        if (e.type === 'progress' && inStage && c.silentAfterStages !== undefined && ++stagedSeen === c.silentAfterStages) sock.pause();
         onPhase(c, e);
       },
     });
