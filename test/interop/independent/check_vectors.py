@@ -120,6 +120,14 @@ def compare(label, exp, frames, err):
     return problems
 
 
+# This reader was written from the spec's text before the STAGED feature (bit 3:
+# STAGE and FREEZE frames, ACK(STAGED)) existed. Like a release-0.1.0 peer it does
+# not implement it (a peer without the feature never receives those frames: the
+# feature is negotiated), so the vectors of that feature are skipped and counted.
+def needs_staged(vec):
+    return vec["name"].startswith(("valid-staged", "bad-staged", "bad-stage-", "valid-return-staged"))
+
+
 def main(argv):
     vdir = DEFAULT_DIR
     use_socket = "--socketpair" in argv
@@ -128,9 +136,13 @@ def main(argv):
         if not a.startswith("-"):
             vdir = a
     index = json.load(open(os.path.join(vdir, "index.json")))
-    passed = failed = 0
+    passed = failed = skipped = 0
     for entry in index:
         vec = json.load(open(os.path.join(vdir, entry["name"] + ".json")))
+        if needs_staged(vec):
+            skipped += 1
+            print("skip %s (feature STAGED: not implemented by this reader)" % entry["name"])
+            continue
         data = open(os.path.join(vdir, vec["file"]), "rb").read()
         problems = []
         if len(data) != vec["bytes"]:
@@ -149,7 +161,7 @@ def main(argv):
             passed += 1
             if verbose:
                 print("ok   %s" % entry["name"])
-    print("%d passed, %d failed" % (passed, failed))
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
     return 1 if failed else 0
 
 
