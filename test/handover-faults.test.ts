@@ -316,6 +316,8 @@ describe.sequential('staged: faults while staging cost no downtime', () => {
     const t = newOwner(w, { silentAfterStages: 1 } as Partial<OwnerConfig>);
     await t.waitFor('listening');
     const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
+    // The target stopped itself (SIGSTOP) after its first staged device, before its ACK(STAGED).
+    t.proc.kill('SIGCONT');
     expect(r).toMatchObject({ event: 'handover-failed', code: 'ERR_TIMEOUT', frozen: false });
     expect((r.details as { phase: string }).phase).toBe('stage');
     const tr = await t.waitFor(['received', 'receive-failed'], 10_000);

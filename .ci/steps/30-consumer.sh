@@ -142,7 +142,8 @@ cat >"$APP/handover.mjs" <<'EOF'
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readSync, writeSync } from 'node:fs';
-import { GenericSource, GenericTarget, inspectFd, native, receiveHandover, sendHandover } from 'backend-transfer';
+import { GenericSource, GenericTarget, inspectFd, receiveHandover, sendHandover } from 'backend-transfer';
+import { native } from 'backend-transfer/native';
 
 const PATTERN = Buffer.from('guest page ');
 const state = Buffer.alloc(1 << 20);
@@ -206,7 +207,8 @@ b.close();
 console.log('esm ts ok:', typeof sendHandover, t.kind, opts.backendTransfer, outcome ?? 'no outcome');
 EOF
 cat >"$APP/check-cjs.cts" <<'EOF'
-import { FdSocket, closeFd, inspectFd, native } from 'backend-transfer';
+import { FdSocket, closeFd, inspectFd } from 'backend-transfer';
+import { native } from 'backend-transfer/native';
 const [a, b] = FdSocket.pair();
 const e: number = native.eventfd(0);
 console.log('cjs ts ok:', inspectFd(e).kind, a.type);
@@ -234,8 +236,10 @@ run "node out/check.mjs" node out/check.mjs
 run "node out/check-cjs.cjs (CommonJS, compiled by tsc to require())" node out/check-cjs.cjs
 run "node -e \"require('backend-transfer')\" (plain CommonJS)" node -e "
 const bt = require('backend-transfer');
+const { native } = require('backend-transfer/native');
 const [a, b] = bt.FdSocket.pair();
-console.log('require ok:', Object.keys(bt).length, 'exports; FdSocket.pair ->', a.type, b.type);
+const e = native.eventfd(0); bt.closeFd(e);
+console.log('require ok:', Object.keys(bt).length, 'exports; FdSocket.pair ->', a.type, b.type, '; backend-transfer/native eventfd', e);
 a.close(); b.close();"
 
 # --- the install script itself, approved: it takes the prebuild ----------------

@@ -392,7 +392,13 @@ async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
       onEvent: (e) => {
         if (e.type === 'phase' && c.stopReadingAt === e.phase) sock.pause();
         if (e.type === 'phase') inStage = e.phase === 'stage';
-        if (e.type === 'progress' && inStage && c.silentAfterStages !== undefined && ++stagedSeen === c.silentAfterStages) sock.pause();
+        if (e.type === 'progress' && inStage && c.silentAfterStages !== undefined && ++stagedSeen === c.silentAfterStages) {
+          // Silent for real: not reading, and not answering what the reader already
+          // took in (pausing the socket alone leaves queued STAGEs to be acknowledged).
+          // The test sends SIGCONT once the source gave up.
+          sock.pause();
+          process.kill(process.pid, 'SIGSTOP');
+        }
         onPhase(c, e);
       },
     });
