@@ -89,7 +89,7 @@ for (const row of rows) {
     console.log(group);
   }
   const ratio = row.ratio === null ? '' : `${row.ratio.toFixed(2)}x`;
-  const target = row.target !== null ? ` (target ${row.target}x: ${row.met ? 'met' : 'MISSED'})` : row.absoluteTarget !== null ? ` (target ${row.lowerIsBetter ? '<=' : '>='} ${row.absoluteTarget}: ${row.met ? 'met' : 'MISSED'})` : '';
+  const target = row.target !== null ? ` (target ${Number(row.target.toFixed(2))}x: ${row.met ? 'met' : 'MISSED'})` : row.absoluteTarget !== null ? ` (target ${row.lowerIsBetter ? '<=' : '>='} ${row.absoluteTarget}: ${row.met ? 'met' : 'MISSED'})` : '';
   const extra = row.extra ? `  ${JSON.stringify(row.extra)}` : '';
   console.log(`  ${row.name.padEnd(nameWidth)} ${fmt(row.median).padStart(10)} ${row.unit.padEnd(14)} ${`[${fmt(row.min)} – ${fmt(row.max)}]`.padEnd(rangeWidth)} ${ratio.padStart(6)}${target}${extra}`);
 }

@@ -64,7 +64,7 @@ export function renderMarkdown(r: Report): string {
     }
     const ratio = row.baseline ? 'baseline' : row.ratio === null ? '' : `${row.ratio.toFixed(2)}×`;
     let target = '';
-    if (row.target !== null) target = `≥ ${row.target}× — ${row.met ? 'met' : '**missed**'}`;
+    if (row.target !== null) target = `≥ ${Number(row.target.toFixed(2))}× — ${row.met ? 'met' : '**missed**'}`;
     else if (row.absoluteTarget !== null) target = `${row.lowerIsBetter ? '<' : '≥'} ${row.absoluteTarget} ${row.unit} — ${row.met ? 'met' : '**missed**'}`;
     // Scalars go next to the name; nested details (phase timings, say) stay in the JSON results.
     const scalars = row.extra ? Object.entries(row.extra).filter(([, v]) => v === null || typeof v !== 'object') : [];
