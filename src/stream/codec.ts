@@ -560,5 +560,3 @@ export function decodeAbort(c: Cursor): Abort {
 export function decodeEmpty(c: Cursor, what: string): void {
   c.finish(what);
 }
-
-export const KNOWN_FRAME_TYPES = new Set<number>(Object.values(FrameType));

@@ -14,24 +14,14 @@ import { closeFd, closeFds, inspectFd, type FdInfo } from '../fd/index.js';
 import { native } from '../native.js';
 import {
   Cursor,
-  KNOWN_FRAME_TYPES,
-  decodeAbort,
-  decodeAck,
-  decodeEmpty,
-  decodeEndOfState,
-  decodeFreeze,
   decodeHeader,
-  decodeHello,
-  decodeNack,
-  decodePing,
-  decodePlan,
   decodeSectionPrefix,
-  decodeWelcome,
   hex,
   protocolError,
   tooLarge,
   type FrameHeader,
 } from './codec.js';
+import { OrderPhase, bodyHasCrc, frameDef, type FrameDef, type FrameName } from './frames.js';
 import { chooseVersion, computePlan, samePlan } from './negotiate.js';
 import {
   AttachmentRole,
@@ -207,6 +197,37 @@ interface DeviceState {
   stagedFds: number | null;
   dropped: boolean;
 }
+
+/** What a handler gets besides the decoded body. */
+interface FrameInput {
+  h: FrameHeader;
+  c: Cursor;
+  body: Buffer;
+  fds: number[];
+  crcOk: boolean;
+}
+type FrameHandler<T> = (value: T, frame: FrameInput) => StreamItem;
+/** The decoded body of each frame type (undefined: decoded by its handler, or empty). */
+interface FrameBodies {
+  HELLO: Hello;
+  WELCOME: Welcome;
+  PLAN: Plan;
+  SECTION_START: undefined;
+  SECTION_PART: undefined;
+  SECTION_END: undefined;
+  SECTION_FULL: undefined;
+  STAGE: undefined;
+  FREEZE: Freeze;
+  END_OF_STATE: EndOfState;
+  ACK: Ack;
+  NACK: Nack;
+  PING: Ping;
+  PONG: Ping;
+  COMMIT: undefined;
+  ABORT: Abort;
+  EOF: undefined;
+}
+type FrameHandlers = { readonly [K in FrameName]: FrameHandler<FrameBodies[K]> };
 
 type Phase = 'magic' | 'handshake' | 'planned' | 'state-done' | 'finished';
 
@@ -501,48 +522,47 @@ export class StreamReader {
 
   /** A header arrived: check it against limits and the protocol state before allocating. */
   #startFrame(h: FrameHeader): void {
-    if (!KNOWN_FRAME_TYPES.has(h.type)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_UNKNOWN_FRAME, `unknown frame type 0x${h.type.toString(16)} at offset ${this.#frameStart}`);
-    if (h.bodyLength > this.limits.maxBody) throw tooLarge(`${FRAME_NAMES[h.type]} body length`, h.bodyLength, this.limits.maxBody);
-    if (h.fdCount > this.limits.maxFdsPerFrame) throw tooLarge(`fds of one ${FRAME_NAMES[h.type]} frame`, h.fdCount, this.limits.maxFdsPerFrame);
+    const def = frameDef(h.type);
+    if (!def) throw new BackendTransferError(ErrorCodes.ERR_STREAM_UNKNOWN_FRAME, `unknown frame type 0x${h.type.toString(16)} at offset ${this.#frameStart}`);
+    if (h.bodyLength > this.limits.maxBody) throw tooLarge(`${def.name} body length`, h.bodyLength, this.limits.maxBody);
+    if (h.fdCount > this.limits.maxFdsPerFrame) throw tooLarge(`fds of one ${def.name} frame`, h.fdCount, this.limits.maxFdsPerFrame);
     if ((h.flags & ~FrameFlags.PAYLOAD_IN_MEMFD) !== 0) throw protocolError(`unknown frame flags 0x${h.flags.toString(16)}`);
-    if (!isSectionFrame(h.type)) {
-      // HELLO may carry its probe fd; a STAGE its device's fds.
-      const allowed = h.type === FrameType.HELLO ? 1 : h.type === FrameType.STAGE ? Number.MAX_SAFE_INTEGER : 0;
-      if (h.fdCount > allowed) throw protocolError(`${FRAME_NAMES[h.type]} frames carry ${allowed ? 'at most one fd' : 'no fds'}, this one declares ${h.fdCount}`);
-      if (h.flags !== 0) throw protocolError(`${FRAME_NAMES[h.type]} frames have no flags`);
-    }
-    this.#checkOrder(h.type);
+    // The table's fd allowance (HELLO: its probe; STAGE and sections: their device's) and flags.
+    if (h.fdCount > def.maxFds) throw protocolError(`${def.name} frames carry ${def.maxFds ? 'at most one fd' : 'no fds'}, this one declares ${h.fdCount}`);
+    if ((h.flags & ~def.flags) !== 0) throw protocolError(`${def.name} frames have no flags`);
+    this.#checkOrder(def);
     this.#header = h;
   }
 
-  #checkOrder(type: number): void {
-    const name = FRAME_NAMES[type]!;
+  #checkOrder(def: FrameDef): void {
+    const { name, code: type } = def;
     const bad = (why: string): never => {
       throw protocolError(`${name} frame ${why} (offset ${this.#frameStart})`);
     };
     const staged = (this.#features & Features.STAGED) !== 0;
-    // ABORT may come inside an open section (a source whose state failed midway says
-    // why); it ends the section and the state: then only PING, PONG and EOF. With
-    // STAGED, FREEZE may come inside the open section of a precopied state.
-    const inSectionOk =
-      type === FrameType.SECTION_PART || type === FrameType.SECTION_END || type === FrameType.PING || type === FrameType.PONG || type === FrameType.ABORT || (staged && type === FrameType.FREEZE);
-    if (this.#open !== null && !inSectionOk) {
+    const featured = (this.#features & def.requires) === def.requires;
+    // Generic checks from the frame table, then each frame's own rules below.
+    if (this.#open !== null && !(def.inSection && featured)) {
       bad(`inside section ${this.#openSectionId} (expected SECTION_PART or SECTION_END)`);
     }
-    if (this.#ended !== null && type !== FrameType.PING && type !== FrameType.PONG && type !== FrameType.EOF) bad(`after ${this.#ended} (only PING, PONG and EOF may follow)`);
+    if (this.#ended !== null && !def.afterEnd) bad(`after ${this.#ended} (only PING, PONG and EOF may follow)`);
     const handshakeDone = this.role === 'source' ? this.#welcome !== null : this.#hello !== null;
-    if (this.#refusedEarly && type !== FrameType.EOF && type !== FrameType.NACK) bad('after a NACK in place of WELCOME (only EOF may follow)');
+    if (this.#refusedEarly && !def.afterRefusal) bad('after a NACK in place of WELCOME (only EOF may follow)');
+    if (def.receivedOn === 'main' && this.role === 'source') bad('on a return path');
+    if (def.receivedOn === 'return' && this.role !== 'source') bad('on a main stream');
+    if (def.phase === OrderPhase.STATE) {
+      if (!this.#plan) bad('before PLAN');
+      if (!featured) bad('without the STAGED feature');
+      if (this.#phase === 'state-done') bad(type === FrameType.END_OF_STATE ? 'repeated' : 'after END_OF_STATE');
+    }
     switch (type) {
       case FrameType.HELLO:
-        if (this.role === 'source') bad('on a return path');
         if (this.#hello) bad('repeated');
         break;
       case FrameType.WELCOME:
-        if (this.role !== 'source') bad('on a main stream');
         if (this.#welcome) bad('repeated');
         break;
       case FrameType.PLAN:
-        if (this.role === 'source') bad('on a return path');
         if (!this.#hello) bad('before HELLO');
         if (this.#plan) bad('repeated');
         if (this.role === 'target' && !this.#welcome) bad('before this side sent its WELCOME (setWelcome)');
@@ -551,40 +571,27 @@ export class StreamReader {
       case FrameType.SECTION_FULL:
       case FrameType.SECTION_PART:
       case FrameType.SECTION_END:
-        if (this.role === 'source') bad('on a return path');
-        if (!this.#plan) bad('before PLAN');
-        if (this.#phase === 'state-done') bad('after END_OF_STATE');
         if ((type === FrameType.SECTION_PART || type === FrameType.SECTION_END) && this.#open === null) bad('without SECTION_START');
         break;
       case FrameType.STAGE:
       case FrameType.FREEZE:
-        if (this.role === 'source') bad('on a return path');
-        if (!this.#plan) bad('before PLAN');
-        if (!staged) bad('without the STAGED feature');
-        if (this.#phase === 'state-done') bad('after END_OF_STATE');
         if (type === FrameType.FREEZE && this.#frozen) bad('repeated');
         break;
       case FrameType.END_OF_STATE:
-        if (this.role === 'source') bad('on a return path');
-        if (!this.#plan) bad('before PLAN');
-        if (this.#phase === 'state-done') bad('repeated');
         if (staged && !this.#frozen) bad('before FREEZE (STAGED)');
         break;
       case FrameType.ACK:
       case FrameType.NACK:
-        if (this.role !== 'source') bad('on a main stream');
         // A NACK instead of WELCOME is the target refusing the HELLO, with its reason.
         if (!handshakeDone && type === FrameType.ACK) bad('before WELCOME');
         if (this.#refusedEarly) bad('after a NACK in place of WELCOME');
         if (!handshakeDone) this.#refusedEarly = true;
         break;
       case FrameType.COMMIT:
-        if (this.role === 'source') bad('on a return path');
         if (this.#phase !== 'state-done') bad('before END_OF_STATE');
         this.#ended = 'COMMIT';
         break;
       case FrameType.ABORT:
-        if (this.role === 'source') bad('on a return path');
         if (!handshakeDone) bad('before HELLO');
         this.#ended = 'ABORT';
         this.#open = null;
@@ -607,9 +614,8 @@ export class StreamReader {
     const frameEnd = this.#offset;
     const body = bodyAndTrailer.subarray(0, h.bodyLength);
     const storedCrc = bodyAndTrailer.readUInt32LE(h.bodyLength);
-    const handshake = h.type === FrameType.HELLO || h.type === FrameType.WELCOME || h.type === FrameType.PLAN;
     let crcOk = true;
-    if (handshake || (this.#features & Features.BODY_CRC) !== 0) {
+    if (bodyHasCrc(h.type, this.#features)) {
       const got = crc32(body);
       if (got !== storedCrc) {
         crcOk = false;
@@ -635,85 +641,70 @@ export class StreamReader {
   }
 
   #decodeFrame(h: FrameHeader, body: Buffer, fds: number[], crcOk: boolean, items: StreamItem[]): void {
+    const def = frameDef(h.type)!; // #startFrame refused unknown types
     const c = new Cursor(body, this.limits);
-    switch (h.type) {
-      case FrameType.HELLO: {
-        const hello = decodeHello(c);
-        chooseVersion(hello.minVersion, hello.maxVersion); // ERR_STREAM_VERSION when none in common
-        if ((hello.probe ? 1 : 0) !== h.fdCount) throw protocolError(`HELLO with ${hello.probe ? 'a' : 'no'} probe declares ${h.fdCount} fd(s)`);
-        const probe = hello.probe ? this.#checkProbe(fds[0]!, hello.probe) : 'none';
-        this.#hello = hello;
-        items.push({ type: 'hello', hello, probe });
-        break;
-      }
-      case FrameType.WELCOME: {
-        const welcome = decodeWelcome(c);
-        chooseVersion(welcome.version, welcome.version);
-        this.#welcome = welcome;
-        this.#features = welcome.features;
-        items.push({ type: 'welcome', welcome });
-        break;
-      }
-      case FrameType.PLAN: {
-        const plan = decodePlan(c);
-        this.#acceptPlan(plan);
-        items.push({ type: 'plan', plan });
-        break;
-      }
-      case FrameType.SECTION_START:
-      case FrameType.SECTION_PART:
-      case FrameType.SECTION_END:
-      case FrameType.SECTION_FULL:
-        items.push(this.#section(h, c, body, fds, crcOk));
-        break;
-      case FrameType.STAGE:
-        items.push(this.#stage(h, c, body, fds));
-        break;
-      case FrameType.FREEZE: {
-        const freeze = decodeFreeze(c);
-        this.#acceptFreeze(freeze);
-        items.push({ type: 'freeze', freeze });
-        break;
-      }
-      case FrameType.END_OF_STATE: {
-        const summary = decodeEndOfState(c);
-        this.#checkEndOfState(summary);
-        this.#phase = 'state-done';
-        items.push({ type: 'end-of-state', summary });
-        break;
-      }
-      case FrameType.ACK: {
-        const ack = decodeAck(c);
-        if (ack.stage === 5 && (this.#features & Features.STAGED) === 0) throw protocolError('ACK(STAGED) without the STAGED feature');
-        items.push({ type: 'ack', ack });
-        break;
-      }
-      case FrameType.NACK:
-        items.push({ type: 'nack', nack: decodeNack(c) });
-        break;
-      case FrameType.PING:
-        items.push({ type: 'ping', ping: decodePing(c) });
-        break;
-      case FrameType.PONG:
-        items.push({ type: 'pong', ping: decodePing(c) });
-        break;
-      case FrameType.COMMIT:
-        decodeEmpty(c, 'COMMIT');
-        items.push({ type: 'commit' });
-        break;
-      case FrameType.ABORT:
-        items.push({ type: 'abort', abort: decodeAbort(c) });
-        break;
-      case FrameType.EOF:
-        decodeEmpty(c, 'EOF');
-        if (this.pendingFds > 0) {
-          throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_EXTRA, `${this.pendingFds} fd(s) arrived that no frame declared (closed)`, { details: { extra: this.pendingFds } });
-        }
-        this.#phase = 'finished';
-        items.push({ type: 'eof' });
-        break;
-    }
+    const handle = this.#handlers[def.name] as FrameHandler<unknown>;
+    // The table's codec decodes the body; a frame without one (empty, or decoded with its header) gets undefined.
+    let value: unknown;
+    if (def.decode) value = def.decode(c);
+    else if (def.phase !== OrderPhase.STATE) c.finish(def.name);
+    items.push(handle(value, { h, c, body, fds, crcOk }));
   }
+
+  /**
+   * One handler per frame type, after its body was decoded by the table's codec:
+   * the checks that need the reader's state, and the item it yields. Typed by
+   * FrameName, so a frame type added to the table needs its handler here.
+   */
+  readonly #handlers: FrameHandlers = {
+    HELLO: (hello, { h, fds }) => {
+      chooseVersion(hello.minVersion, hello.maxVersion); // ERR_STREAM_VERSION when none in common
+      if ((hello.probe ? 1 : 0) !== h.fdCount) throw protocolError(`HELLO with ${hello.probe ? 'a' : 'no'} probe declares ${h.fdCount} fd(s)`);
+      const probe = hello.probe ? this.#checkProbe(fds[0]!, hello.probe) : 'none';
+      this.#hello = hello;
+      return { type: 'hello', hello, probe };
+    },
+    WELCOME: (welcome) => {
+      chooseVersion(welcome.version, welcome.version);
+      this.#welcome = welcome;
+      this.#features = welcome.features;
+      return { type: 'welcome', welcome };
+    },
+    PLAN: (plan) => {
+      this.#acceptPlan(plan);
+      return { type: 'plan', plan };
+    },
+    SECTION_START: (_, f) => this.#section(f.h, f.c, f.body, f.fds, f.crcOk),
+    SECTION_PART: (_, f) => this.#section(f.h, f.c, f.body, f.fds, f.crcOk),
+    SECTION_END: (_, f) => this.#section(f.h, f.c, f.body, f.fds, f.crcOk),
+    SECTION_FULL: (_, f) => this.#section(f.h, f.c, f.body, f.fds, f.crcOk),
+    STAGE: (_, f) => this.#stage(f.h, f.c, f.body, f.fds),
+    FREEZE: (freeze) => {
+      this.#acceptFreeze(freeze);
+      return { type: 'freeze', freeze };
+    },
+    END_OF_STATE: (summary) => {
+      this.#checkEndOfState(summary);
+      this.#phase = 'state-done';
+      return { type: 'end-of-state', summary };
+    },
+    ACK: (ack) => {
+      if (ack.stage === 5 && (this.#features & Features.STAGED) === 0) throw protocolError('ACK(STAGED) without the STAGED feature');
+      return { type: 'ack', ack };
+    },
+    NACK: (nack) => ({ type: 'nack', nack }),
+    PING: (ping) => ({ type: 'ping', ping }),
+    PONG: (ping) => ({ type: 'pong', ping }),
+    COMMIT: () => ({ type: 'commit' }),
+    ABORT: (abort) => ({ type: 'abort', abort }),
+    EOF: () => {
+      if (this.pendingFds > 0) {
+        throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_EXTRA, `${this.pendingFds} fd(s) arrived that no frame declared (closed)`, { details: { extra: this.pendingFds } });
+      }
+      this.#phase = 'finished';
+      return { type: 'eof' };
+    },
+  };
 
   /** HELLO's probe fd did not arrive: the sender counted it, so the numbering moves on. */
   #skipProbe(h: FrameHeader): number[] {

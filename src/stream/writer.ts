@@ -9,6 +9,7 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd } from '../fd/index.js';
 import { native } from '../native.js';
 import type { StreamChannel } from './channel.js';
+import { bodyHasCrc } from './frames.js';
 import {
   encodeAbort,
   encodeAck,
@@ -495,7 +496,7 @@ export class StreamWriter {
     let bodyLength = 0;
     for (const b of body) bodyLength += b.length;
     let bodyCrc = 0;
-    if ((this.#features & Features.BODY_CRC) !== 0 || type === FrameType.HELLO || type === FrameType.WELCOME || type === FrameType.PLAN) {
+    if (bodyHasCrc(type, this.#features)) {
       for (const b of body) bodyCrc = crc32(b, bodyCrc);
     }
     const header = encodeHeader({ type, flags, bodyLength, fdCount: fds.length, firstFdSeq: fds.length ? this.#fdSeq : 0 });

@@ -1,0 +1,115 @@
+// The frame table: one entry per frame type, read by both the reader and the
+// writer (docs/architecture.md, "Adding a frame type"). An entry says what the
+// generic checks need: who may receive the frame, where it may come in the order,
+// how many fds and which flags it may carry, whether its body is always CRC'd or
+// only with BODY_CRC, the feature it needs, and its body codec. What no table can
+// say simply (HELLO's probe, a section's device bookkeeping) stays in the reader's
+// handler for that frame; the reader's handler map is typed by FrameName, so a new
+// entry here does not compile until the reader handles it.
+import {
+  decodeAbort,
+  decodeAck,
+  decodeEndOfState,
+  decodeFreeze,
+  decodeHello,
+  decodeNack,
+  decodePing,
+  decodePlan,
+  decodeWelcome,
+  type Cursor,
+} from './codec.js';
+import { Features, FrameFlags, FrameType } from './wire.js';
+
+export type FrameName = keyof typeof FrameType;
+
+/** Where a frame comes in the order of a stream (docs/stream-format.md, "Order"). */
+export const OrderPhase = {
+  /** HELLO, WELCOME, PLAN: each once, in this order. */
+  HANDSHAKE: 0,
+  /** Sections, STAGE, FREEZE, END_OF_STATE: after PLAN, before END_OF_STATE is done. */
+  STATE: 1,
+  /** COMMIT, ABORT: end the state; only PING, PONG and EOF follow. */
+  END: 2,
+  /** ACK, NACK, PING, PONG: any time after the handshake. */
+  CONTROL: 3,
+  /** EOF: last. */
+  FINAL: 4,
+} as const;
+export type OrderPhaseCode = (typeof OrderPhase)[keyof typeof OrderPhase];
+
+export interface FrameDef {
+  readonly code: number;
+  readonly name: FrameName;
+  /** 'main': source → target only; 'return': target → source only; 'both'. */
+  readonly receivedOn: 'main' | 'return' | 'both';
+  readonly phase: OrderPhaseCode;
+  /** 'always': the body CRC is checked whatever was negotiated; 'feature': only with BODY_CRC. */
+  readonly crc: 'always' | 'feature';
+  /** The most fds one frame may declare (the reader's maxFdsPerFrame applies on top). */
+  readonly maxFds: number;
+  /** Header flags the frame may carry. */
+  readonly flags: number;
+  /** Feature bits that must be in use for this frame to come at all (0: none). */
+  readonly requires: number;
+  /** May come inside an open section (between SECTION_START and SECTION_END). */
+  readonly inSection: boolean;
+  /** May come after COMMIT or ABORT. */
+  readonly afterEnd: boolean;
+  /** May come after a NACK in place of WELCOME (return path). */
+  readonly afterRefusal: boolean;
+  /** The body codec's decoder; null where the reader decodes with the header (section frames, STAGE) or the body is empty. */
+  readonly decode: ((c: Cursor) => unknown) | null;
+}
+
+const ANY = Number.MAX_SAFE_INTEGER;
+
+type Entry = Omit<FrameDef, 'name' | 'code' | 'inSection' | 'afterEnd' | 'afterRefusal'> & Partial<Pick<FrameDef, 'inSection' | 'afterEnd' | 'afterRefusal'>>;
+
+const section: Entry = { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: ANY, flags: FrameFlags.PAYLOAD_IN_MEMFD, requires: 0, decode: null };
+
+/** One entry per frame type (by FrameType name); the code comes from FrameType. */
+const ENTRIES: { readonly [K in FrameName]: Entry } = {
+  HELLO: { receivedOn: 'main', phase: OrderPhase.HANDSHAKE, crc: 'always', maxFds: 1, flags: 0, requires: 0, decode: decodeHello },
+  WELCOME: { receivedOn: 'return', phase: OrderPhase.HANDSHAKE, crc: 'always', maxFds: 0, flags: 0, requires: 0, decode: decodeWelcome },
+  PLAN: { receivedOn: 'main', phase: OrderPhase.HANDSHAKE, crc: 'always', maxFds: 0, flags: 0, requires: 0, decode: decodePlan },
+  SECTION_START: section,
+  SECTION_PART: { ...section, inSection: true },
+  SECTION_END: { ...section, inSection: true },
+  SECTION_FULL: section,
+  STAGE: { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: ANY, flags: 0, requires: Features.STAGED, decode: null },
+  // With STAGED, FREEZE may come inside the open section of a precopied state.
+  FREEZE: { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: 0, flags: 0, requires: Features.STAGED, inSection: true, decode: decodeFreeze },
+  END_OF_STATE: { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: 0, flags: 0, requires: 0, decode: decodeEndOfState },
+  ACK: { receivedOn: 'return', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, decode: decodeAck },
+  NACK: { receivedOn: 'return', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, afterRefusal: true, decode: decodeNack },
+  PING: { receivedOn: 'both', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, inSection: true, afterEnd: true, decode: decodePing },
+  PONG: { receivedOn: 'both', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, inSection: true, afterEnd: true, decode: decodePing },
+  COMMIT: { receivedOn: 'main', phase: OrderPhase.END, crc: 'feature', maxFds: 0, flags: 0, requires: 0, decode: null },
+  // ABORT may come inside an open section (a source whose state failed midway says why).
+  ABORT: { receivedOn: 'main', phase: OrderPhase.END, crc: 'feature', maxFds: 0, flags: 0, requires: 0, inSection: true, decode: decodeAbort },
+  EOF: { receivedOn: 'both', phase: OrderPhase.FINAL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, afterEnd: true, afterRefusal: true, decode: null },
+};
+
+/** The table, by frame type code. */
+export const FRAMES: ReadonlyMap<number, FrameDef> = new Map(
+  (Object.keys(ENTRIES) as FrameName[]).map((name) => {
+    const e = ENTRIES[name];
+    const def: FrameDef = { inSection: false, afterEnd: false, afterRefusal: false, ...e, name, code: FrameType[name] };
+    return [def.code, Object.freeze(def)];
+  }),
+);
+
+/** The entry of a frame type, or undefined for an unknown code. */
+export function frameDef(type: number): FrameDef | undefined {
+  return FRAMES.get(type);
+}
+
+/** Whether a frame's body carries a CRC the reader checks: always for the handshake, else with BODY_CRC. */
+export function bodyHasCrc(type: number, features: number): boolean {
+  return FRAMES.get(type)?.crc === 'always' || (features & Features.BODY_CRC) !== 0;
+}
+
+/** The place of a frame type in the order (undefined for an unknown code). */
+export function phaseOf(type: number): OrderPhaseCode | undefined {
+  return FRAMES.get(type)?.phase;
+}
