@@ -6,19 +6,8 @@
 // say simply (HELLO's probe, a section's device bookkeeping) stays in the reader's
 // handler for that frame; the reader's handler map is typed by FrameName, so a new
 // entry here does not compile until the reader handles it.
-import {
-  decodeAbort,
-  decodeAck,
-  decodeEndOfState,
-  decodeFreeze,
-  decodeHello,
-  decodeNack,
-  decodePing,
-  decodePlan,
-  decodeWelcome,
-  type Cursor,
-} from './codec.js';
-import { Features, FrameFlags, FrameType } from './wire.js';
+import { abortCodec, ackCodec, endOfStateCodec, freezeCodec, helloCodec, nackCodec, pingCodec, planCodec, welcomeCodec, type Codec } from './codec.js';
+import { Features, FrameFlags, FrameType, type Abort, type Ack, type EndOfState, type Freeze, type Hello, type Nack, type Ping, type Plan, type Welcome } from './wire.js';
 
 export type FrameName = keyof typeof FrameType;
 
@@ -57,44 +46,66 @@ export interface FrameDef {
   readonly afterEnd: boolean;
   /** May come after a NACK in place of WELCOME (return path). */
   readonly afterRefusal: boolean;
-  /** The body codec's decoder; null where the reader decodes with the header (section frames, STAGE) or the body is empty. */
-  readonly decode: ((c: Cursor) => unknown) | null;
+  /** The body codec (size, encode, decode); null where the body is laid out with the header (section frames, STAGE: encodeSectionPrefix) or empty. */
+  readonly codec: Codec<unknown> | null;
 }
 
 const ANY = Number.MAX_SAFE_INTEGER;
 
-type Entry = Omit<FrameDef, 'name' | 'code' | 'inSection' | 'afterEnd' | 'afterRefusal'> & Partial<Pick<FrameDef, 'inSection' | 'afterEnd' | 'afterRefusal'>>;
+/** The decoded body of each frame type (undefined: laid out with the header, or empty): its codec's type. */
+export interface FrameBodies {
+  HELLO: Hello;
+  WELCOME: Welcome;
+  PLAN: Plan;
+  SECTION_START: undefined;
+  SECTION_PART: undefined;
+  SECTION_END: undefined;
+  SECTION_FULL: undefined;
+  STAGE: undefined;
+  FREEZE: Freeze;
+  END_OF_STATE: EndOfState;
+  ACK: Ack;
+  NACK: Nack;
+  PING: Ping;
+  PONG: Ping;
+  COMMIT: undefined;
+  ABORT: Abort;
+  EOF: undefined;
+}
 
-const section: Entry = { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: ANY, flags: FrameFlags.PAYLOAD_IN_MEMFD, requires: 0, decode: null };
+type Entry<T> = Omit<FrameDef, 'name' | 'code' | 'inSection' | 'afterEnd' | 'afterRefusal' | 'codec'> &
+  Partial<Pick<FrameDef, 'inSection' | 'afterEnd' | 'afterRefusal'>> & { codec: T extends undefined ? null : Codec<T> };
+
+const section: Entry<undefined> = { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: ANY, flags: FrameFlags.PAYLOAD_IN_MEMFD, requires: 0, codec: null };
 
 /** One entry per frame type (by FrameType name); the code comes from FrameType. */
-const ENTRIES: { readonly [K in FrameName]: Entry } = {
-  HELLO: { receivedOn: 'main', phase: OrderPhase.HANDSHAKE, crc: 'always', maxFds: 1, flags: 0, requires: 0, decode: decodeHello },
-  WELCOME: { receivedOn: 'return', phase: OrderPhase.HANDSHAKE, crc: 'always', maxFds: 0, flags: 0, requires: 0, decode: decodeWelcome },
-  PLAN: { receivedOn: 'main', phase: OrderPhase.HANDSHAKE, crc: 'always', maxFds: 0, flags: 0, requires: 0, decode: decodePlan },
+const ENTRIES: { readonly [K in FrameName]: Entry<FrameBodies[K]> } = {
+  HELLO: { receivedOn: 'main', phase: OrderPhase.HANDSHAKE, crc: 'always', maxFds: 1, flags: 0, requires: 0, codec: helloCodec },
+  WELCOME: { receivedOn: 'return', phase: OrderPhase.HANDSHAKE, crc: 'always', maxFds: 0, flags: 0, requires: 0, codec: welcomeCodec },
+  PLAN: { receivedOn: 'main', phase: OrderPhase.HANDSHAKE, crc: 'always', maxFds: 0, flags: 0, requires: 0, codec: planCodec },
   SECTION_START: section,
   SECTION_PART: { ...section, inSection: true },
   SECTION_END: { ...section, inSection: true },
   SECTION_FULL: section,
-  STAGE: { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: ANY, flags: 0, requires: Features.STAGED, decode: null },
+  STAGE: { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: ANY, flags: 0, requires: Features.STAGED, codec: null },
   // With STAGED, FREEZE may come inside the open section of a precopied state.
-  FREEZE: { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: 0, flags: 0, requires: Features.STAGED, inSection: true, decode: decodeFreeze },
-  END_OF_STATE: { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: 0, flags: 0, requires: 0, decode: decodeEndOfState },
-  ACK: { receivedOn: 'return', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, decode: decodeAck },
-  NACK: { receivedOn: 'return', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, afterRefusal: true, decode: decodeNack },
-  PING: { receivedOn: 'both', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, inSection: true, afterEnd: true, decode: decodePing },
-  PONG: { receivedOn: 'both', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, inSection: true, afterEnd: true, decode: decodePing },
-  COMMIT: { receivedOn: 'main', phase: OrderPhase.END, crc: 'feature', maxFds: 0, flags: 0, requires: 0, decode: null },
+  FREEZE: { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: 0, flags: 0, requires: Features.STAGED, inSection: true, codec: freezeCodec },
+  END_OF_STATE: { receivedOn: 'main', phase: OrderPhase.STATE, crc: 'feature', maxFds: 0, flags: 0, requires: 0, codec: endOfStateCodec },
+  ACK: { receivedOn: 'return', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, codec: ackCodec },
+  NACK: { receivedOn: 'return', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, afterRefusal: true, codec: nackCodec },
+  PING: { receivedOn: 'both', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, inSection: true, afterEnd: true, codec: pingCodec },
+  PONG: { receivedOn: 'both', phase: OrderPhase.CONTROL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, inSection: true, afterEnd: true, codec: pingCodec },
+  COMMIT: { receivedOn: 'main', phase: OrderPhase.END, crc: 'feature', maxFds: 0, flags: 0, requires: 0, codec: null },
   // ABORT may come inside an open section (a source whose state failed midway says why).
-  ABORT: { receivedOn: 'main', phase: OrderPhase.END, crc: 'feature', maxFds: 0, flags: 0, requires: 0, inSection: true, decode: decodeAbort },
-  EOF: { receivedOn: 'both', phase: OrderPhase.FINAL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, afterEnd: true, afterRefusal: true, decode: null },
+  ABORT: { receivedOn: 'main', phase: OrderPhase.END, crc: 'feature', maxFds: 0, flags: 0, requires: 0, inSection: true, codec: abortCodec },
+  EOF: { receivedOn: 'both', phase: OrderPhase.FINAL, crc: 'feature', maxFds: 0, flags: 0, requires: 0, afterEnd: true, afterRefusal: true, codec: null },
 };
 
 /** The table, by frame type code. */
 export const FRAMES: ReadonlyMap<number, FrameDef> = new Map(
   (Object.keys(ENTRIES) as FrameName[]).map((name) => {
-    const e = ENTRIES[name];
-    const def: FrameDef = { inSection: false, afterEnd: false, afterRefusal: false, ...e, name, code: FrameType[name] };
+    const e = ENTRIES[name] as Entry<unknown>;
+    const def: FrameDef = { inSection: false, afterEnd: false, afterRefusal: false, ...e, codec: e.codec as Codec<unknown> | null, name, code: FrameType[name] };
     return [def.code, Object.freeze(def)];
   }),
 );

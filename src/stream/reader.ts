@@ -21,7 +21,7 @@ import {
   tooLarge,
   type FrameHeader,
 } from './codec.js';
-import { OrderPhase, bodyHasCrc, frameDef, type FrameDef, type FrameName } from './frames.js';
+import { OrderPhase, bodyHasCrc, frameDef, type FrameBodies, type FrameDef, type FrameName } from './frames.js';
 import { chooseVersion, computePlan, samePlan } from './negotiate.js';
 import {
   AttachmentRole,
@@ -207,26 +207,6 @@ interface FrameInput {
   crcOk: boolean;
 }
 type FrameHandler<T> = (value: T, frame: FrameInput) => StreamItem;
-/** The decoded body of each frame type (undefined: decoded by its handler, or empty). */
-interface FrameBodies {
-  HELLO: Hello;
-  WELCOME: Welcome;
-  PLAN: Plan;
-  SECTION_START: undefined;
-  SECTION_PART: undefined;
-  SECTION_END: undefined;
-  SECTION_FULL: undefined;
-  STAGE: undefined;
-  FREEZE: Freeze;
-  END_OF_STATE: EndOfState;
-  ACK: Ack;
-  NACK: Nack;
-  PING: Ping;
-  PONG: Ping;
-  COMMIT: undefined;
-  ABORT: Abort;
-  EOF: undefined;
-}
 type FrameHandlers = { readonly [K in FrameName]: FrameHandler<FrameBodies[K]> };
 
 type Phase = 'magic' | 'handshake' | 'planned' | 'state-done' | 'finished';
@@ -646,7 +626,7 @@ export class StreamReader {
     const handle = this.#handlers[def.name] as FrameHandler<unknown>;
     // The table's codec decodes the body; a frame without one (empty, or decoded with its header) gets undefined.
     let value: unknown;
-    if (def.decode) value = def.decode(c);
+    if (def.codec) value = def.codec.decode(c);
     else if (def.phase !== OrderPhase.STATE) c.finish(def.name);
     items.push(handle(value, { h, c, body, fds, crcOk }));
   }
