@@ -178,7 +178,6 @@ export class Cursor {
   }
 }
 
-
 // ---------------------------------------------------------------- codecs
 
 /**
@@ -199,4 +198,3 @@ export function encodeBody<T>(codec: Codec<T>, v: T): Buffer {
   codec.encode(w, v);
   return w.done();
 }
-

@@ -105,7 +105,7 @@ const ENTRIES: { readonly [K in FrameName]: Entry<FrameBodies[K]> } = {
 export const FRAMES: ReadonlyMap<number, FrameDef> = new Map(
   (Object.keys(ENTRIES) as FrameName[]).map((name) => {
     const e = ENTRIES[name] as Entry<unknown>;
-    const def: FrameDef = { inSection: false, afterEnd: false, afterRefusal: false, ...e, codec: e.codec as Codec<unknown> | null, name, code: FrameType[name] };
+    const def: FrameDef = { inSection: false, afterEnd: false, afterRefusal: false, ...e, codec: e.codec, name, code: FrameType[name] };
     return [def.code, Object.freeze(def)];
   }),
 );

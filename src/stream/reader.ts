@@ -12,15 +12,7 @@ import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd, closeFds, inspectFd, type FdInfo } from '../fd/index.js';
 import { native } from '../native.js';
-import {
-  Cursor,
-  decodeHeader,
-  decodeSectionPrefix,
-  hex,
-  protocolError,
-  tooLarge,
-  type FrameHeader,
-} from './codec.js';
+import { Cursor, decodeHeader, decodeSectionPrefix, hex, protocolError, tooLarge, type FrameHeader } from './codec.js';
 import { OrderPhase, bodyHasCrc, frameDef, type FrameBodies, type FrameDef, type FrameName } from './frames.js';
 import { chooseVersion, computePlan, samePlan } from './negotiate.js';
 import {
@@ -600,11 +592,9 @@ export class StreamReader {
       if (got !== storedCrc) {
         crcOk = false;
         if (this.#crcMode === 'throw' || !isSectionFrame(h.type)) {
-          throw new BackendTransferError(
-            ErrorCodes.ERR_STREAM_CRC,
-            `${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart}: body CRC mismatch (stored ${hex(storedCrc)}, computed ${hex(got)})`,
-            { details: { where: 'body', offset: this.#frameStart, stored: storedCrc, computed: got } },
-          );
+          throw new BackendTransferError(ErrorCodes.ERR_STREAM_CRC, `${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart}: body CRC mismatch (stored ${hex(storedCrc)}, computed ${hex(got)})`, {
+            details: { where: 'body', offset: this.#frameStart, stored: storedCrc, computed: got },
+          });
         }
       }
     }
@@ -761,9 +751,13 @@ export class StreamReader {
     // The version the frames use: one this reader speaks, within HELLO's window.
     const hello = this.#hello!;
     if (plan.version !== STREAM_VERSION || plan.version < hello.minVersion || plan.version > hello.maxVersion) {
-      throw new BackendTransferError(ErrorCodes.ERR_STREAM_VERSION, `PLAN uses stream version ${plan.version}; this reader speaks ${STREAM_VERSION}, HELLO offered ${hello.minVersion}..${hello.maxVersion}`, {
-        details: { version: plan.version, minVersion: hello.minVersion, maxVersion: hello.maxVersion },
-      });
+      throw new BackendTransferError(
+        ErrorCodes.ERR_STREAM_VERSION,
+        `PLAN uses stream version ${plan.version}; this reader speaks ${STREAM_VERSION}, HELLO offered ${hello.minVersion}..${hello.maxVersion}`,
+        {
+          details: { version: plan.version, minVersion: hello.minVersion, maxVersion: hello.maxVersion },
+        },
+      );
     }
     if ((plan.features & ~hello.features) !== 0) throw protocolError(`PLAN features 0x${plan.features.toString(16)} are not a subset of HELLO's 0x${hello.features.toString(16)}`);
     if (this.role === 'target') {
@@ -874,11 +868,9 @@ export class StreamReader {
     if (h.type === FrameType.SECTION_END || h.type === FrameType.SECTION_FULL) {
       dev.closed = true;
       if (!staged && dev.fdsSeen !== dev.device.fdCount) {
-        throw new BackendTransferError(
-          ErrorCodes.ERR_STREAM_FD_MISSING,
-          `device ${dev.device.id} was planned with ${dev.device.fdCount} fd(s) but its section carried ${dev.fdsSeen}`,
-          { details: { id: dev.device.id, planned: dev.device.fdCount, seen: dev.fdsSeen } },
-        );
+        throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_MISSING, `device ${dev.device.id} was planned with ${dev.device.fdCount} fd(s) but its section carried ${dev.fdsSeen}`, {
+          details: { id: dev.device.id, planned: dev.device.fdCount, seen: dev.fdsSeen },
+        });
       }
     }
     const into = this.#onPayload?.(dev.device, s.payloadLength, inMemfd) ?? undefined;
@@ -899,8 +891,7 @@ export class StreamReader {
     }
     this.#payloadBytes += BigInt(s.payloadLength);
     this.#deviceFds += deviceAtts.length;
-    const frame: SectionFrameName =
-      h.type === FrameType.SECTION_START ? 'start' : h.type === FrameType.SECTION_PART ? 'part' : h.type === FrameType.SECTION_END ? 'end' : 'full';
+    const frame: SectionFrameName = h.type === FrameType.SECTION_START ? 'start' : h.type === FrameType.SECTION_PART ? 'part' : h.type === FrameType.SECTION_END ? 'end' : 'full';
     const item: SectionItem = {
       type: 'section',
       frame,
@@ -928,9 +919,13 @@ export class StreamReader {
     const key = `${s.idstr}\0${s.instanceId}`;
     const d = this.#devices.get(key);
     if (!d || d.dropped) {
-      throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `STAGE ${s.sectionId} is for device ${s.idstr}/${s.instanceId}, which was not negotiated${d ? ' (FREEZE dropped it)' : ''}`, {
-        details: { idstr: s.idstr, instanceId: s.instanceId },
-      });
+      throw new BackendTransferError(
+        ErrorCodes.ERR_STREAM_NOT_NEGOTIATED,
+        `STAGE ${s.sectionId} is for device ${s.idstr}/${s.instanceId}, which was not negotiated${d ? ' (FREEZE dropped it)' : ''}`,
+        {
+          details: { idstr: s.idstr, instanceId: s.instanceId },
+        },
+      );
     }
     if (!d.device.withFds) {
       throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_EXTRA, `STAGE for device ${d.device.id}, which was planned state-only (closed)`, { details: { id: d.device.id } });
@@ -977,7 +972,10 @@ export class StreamReader {
     for (const x of f.dropped) {
       const key = `${x.id}\0${x.instance}`;
       const d = this.#devices.get(key);
-      if (!d) throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `FREEZE drops device ${x.id}/${x.instance}, which was not negotiated`, { details: { idstr: x.id, instanceId: x.instance } });
+      if (!d)
+        throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `FREEZE drops device ${x.id}/${x.instance}, which was not negotiated`, {
+          details: { idstr: x.id, instanceId: x.instance },
+        });
       if (seen.has(key)) throw protocolError(`FREEZE drops device ${x.id}/${x.instance} twice`);
       if (d.sectionId !== null) throw protocolError(`FREEZE drops device ${x.id}/${x.instance}, which already has a section`);
       seen.add(key);
@@ -1009,11 +1007,9 @@ export class StreamReader {
       throw BackendTransferError.fromSystem(err, `inspecting attachment ${a.name}`);
     }
     if (!kindMatches(a.kind, info)) {
-      throw new BackendTransferError(
-        ErrorCodes.ERR_STREAM_FD_KIND,
-        `attachment ${a.name} is declared ${a.kind} but the fd is ${info.kind}${info.link ? ` (${info.link})` : ''} (closed)`,
-        { details: { name: a.name, declared: a.kind, actual: info.kind } },
-      );
+      throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_KIND, `attachment ${a.name} is declared ${a.kind} but the fd is ${info.kind}${info.link ? ` (${info.link})` : ''} (closed)`, {
+        details: { name: a.name, declared: a.kind, actual: info.kind },
+      });
     }
   }
 
