@@ -15,6 +15,7 @@ import { closeFd, closeFds, inspectFd, type FdInfo } from '../fd/index.js';
 import { native } from '../native.js';
 import { Cursor, decodeHeader, decodeSectionPrefix, hex, protocolError, tooLarge, type FrameHeader } from './codec.js';
 import { OrderPhase, bodyHasCrc, frameDef, type FrameBodies, type FrameDef, type FrameName } from './frames.js';
+import { FdQueue } from './fd-queue.js';
 import { chooseVersion, computePlan, samePlan } from './negotiate.js';
 import {
   AttachmentRole,
@@ -171,13 +172,6 @@ export interface StreamReaderOptions {
   onPayload?: (device: PlannedDevice, length: number, inMemfd: boolean) => Buffer | undefined | void;
 }
 
-interface QueuedFd {
-  fd: number;
-  seq: number;
-  /** Stream offset just past the chunk it arrived with. */
-  chunkEnd: number;
-}
-
 interface DeviceState {
   device: PlannedDevice;
   /** Window the target accepts, when known. */
@@ -241,10 +235,7 @@ export class StreamReader {
   #bodyFill = 0;
 
   // fds
-  #fdQueue: QueuedFd[] = [];
-  #fdHead = 0;
-  #rxFdSeq = 0; // seq of the next fd fed
-  #claimedSeq = 0; // fds handed out (or consumed) so far
+  #fds = new FdQueue();
 
   // protocol state
   #hello: Hello | null = null;
@@ -297,7 +288,7 @@ export class StreamReader {
 
   /** fds received and not yet handed out. */
   get pendingFds(): number {
-    return this.#fdQueue.length - this.#fdHead;
+    return this.#fds.pending;
   }
 
   /** True after the EOF frame. */
@@ -334,7 +325,7 @@ export class StreamReader {
     }
     this.#spareLent = false; // the items of the last feed() have expired
     const chunkEnd = this.#offset + bytes.length;
-    for (const fd of fds) this.#fdQueue.push({ fd, seq: this.#rxFdSeq++, chunkEnd });
+    this.#fds.push(fds, chunkEnd);
     this.#totalFdsSeen += fds.length;
     const items: StreamItem[] = [];
     try {
@@ -387,9 +378,7 @@ export class StreamReader {
   }
 
   #dropQueuedFds(): void {
-    for (let i = this.#fdHead; i < this.#fdQueue.length; i++) closeFd(this.#fdQueue[i]!.fd);
-    this.#fdQueue = [];
-    this.#fdHead = 0;
+    this.#fds.drop();
   }
 
   // ---------------------------------------------------------------- bytes → frames
@@ -601,7 +590,12 @@ export class StreamReader {
     }
     // The frame's fds: exactly fdCount, starting at firstFdSeq, none left behind.
     // (HELLO's probe fd may be missing: that is what the probe finds out.)
-    const fds = h.type === FrameType.HELLO && h.fdCount === 1 && this.pendingFds === 0 && !this.#fdsAbsent ? this.#skipProbe(h) : this.#claimFds(h, frameEnd);
+    const fds =
+      h.type === FrameType.HELLO && h.fdCount === 1 && this.pendingFds === 0 && !this.#fdsAbsent
+        ? this.#fds.skipProbe(h)
+        : this.#fdsAbsent
+          ? new Array<number>(h.fdCount).fill(-1)
+          : this.#fds.claim(h, this.#frameStart, frameEnd);
     try {
       this.#decodeFrame(h, body, fds, crcOk, items);
     } catch (err) {
@@ -676,77 +670,6 @@ export class StreamReader {
       return { type: 'eof' };
     },
   };
-
-  /** HELLO's probe fd did not arrive: the sender counted it, so the numbering moves on. */
-  #skipProbe(h: FrameHeader): number[] {
-    if (h.firstFdSeq !== this.#claimedSeq) {
-      throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_SEQUENCE, `HELLO says its probe fd is #${h.firstFdSeq}, the reader is at #${this.#claimedSeq}`);
-    }
-    this.#claimedSeq += 1;
-    return [-1];
-  }
-
-  #claimFds(h: FrameHeader, frameEnd: number): number[] {
-    if (this.#fdsAbsent) return new Array<number>(h.fdCount).fill(-1);
-    const available = this.#fdQueue.length - this.#fdHead;
-    if (h.fdCount > 0 || available > 0) {
-      if (h.fdCount > 0 && h.firstFdSeq !== this.#claimedSeq) {
-        throw new BackendTransferError(
-          ErrorCodes.ERR_STREAM_FD_SEQUENCE,
-          `${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart} says its first fd is #${h.firstFdSeq}, but the reader's fd queue is at #${this.#claimedSeq}` +
-            (h.firstFdSeq > this.#claimedSeq ? ` (${h.firstFdSeq - this.#claimedSeq} fd(s) lost before it)` : ` (${this.#claimedSeq - h.firstFdSeq} fd(s) too many before it)`),
-          { details: { declared: h.firstFdSeq, reader: this.#claimedSeq } },
-        );
-      }
-      if (available < h.fdCount) {
-        throw new BackendTransferError(
-          ErrorCodes.ERR_STREAM_FD_MISSING,
-          `${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart} carries ${h.fdCount} fd(s) but only ${available} arrived with its bytes`,
-          { details: { declared: h.fdCount, arrived: available } },
-        );
-      }
-    }
-    // Every fd of a frame arrives no later than the frame's last byte. The kernel
-    // ends a recvmsg right after the bytes an fd batch was sent on, and may start
-    // it with earlier bytes sent without fds: so a batch whose chunk ends past this
-    // frame was sent on a later frame's bytes (the kernel merged the two writes),
-    // and this frame's own fds are missing.
-    if (h.fdCount > 0) {
-      const last = this.#fdQueue[this.#fdHead + h.fdCount - 1]!;
-      if (last.chunkEnd > frameEnd) {
-        let late = 0;
-        for (let i = this.#fdHead; i < this.#fdHead + h.fdCount; i++) if (this.#fdQueue[i]!.chunkEnd > frameEnd) late++;
-        throw new BackendTransferError(
-          ErrorCodes.ERR_STREAM_FD_MISSING,
-          `${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart} carries ${h.fdCount} fd(s) but ${late} of them arrived with bytes past its end (offset ${frameEnd}), on a later frame`,
-          { details: { declared: h.fdCount, arrived: h.fdCount - late, late, frameEnd, chunkEnd: last.chunkEnd } },
-        );
-      }
-    }
-    const out: number[] = new Array<number>(h.fdCount);
-    for (let i = 0; i < h.fdCount; i++) out[i] = this.#fdQueue[this.#fdHead++]!.fd;
-    this.#claimedSeq += h.fdCount;
-    // A queued fd whose chunk ended at or before this frame's end belongs to no later frame.
-    const next = this.#fdQueue[this.#fdHead];
-    if (next !== undefined && next.chunkEnd <= frameEnd) {
-      closeFds(out);
-      let extra = 0;
-      for (let i = this.#fdHead; i < this.#fdQueue.length && this.#fdQueue[i]!.chunkEnd <= frameEnd; i++) extra++;
-      throw new BackendTransferError(
-        ErrorCodes.ERR_STREAM_FD_EXTRA,
-        `${extra} fd(s) arrived with the bytes of the ${FRAME_NAMES[h.type]} frame at offset ${this.#frameStart}, which declares ${h.fdCount} (closed)`,
-        { details: { declared: h.fdCount, extra } },
-      );
-    }
-    if (this.#fdHead === this.#fdQueue.length) {
-      this.#fdQueue = [];
-      this.#fdHead = 0;
-    } else if (this.#fdHead > 1024) {
-      this.#fdQueue = this.#fdQueue.slice(this.#fdHead);
-      this.#fdHead = 0;
-    }
-    return out;
-  }
 
   #acceptPlan(plan: Plan): void {
     // The version the frames use: one this reader speaks, within HELLO's window.
