@@ -19,7 +19,7 @@ export const OrderPhase = {
   STATE: 1,
   /** COMMIT, ABORT: end the state; only PING, PONG and EOF follow. */
   END: 2,
-  /** ACK, NACK, PING, PONG: any time after the handshake. */
+  /** ACK, NACK, PING, PONG: any time after the handshake (a NACK also in place of WELCOME). */
   CONTROL: 3,
   /** EOF: last. */
   FINAL: 4,
@@ -118,6 +118,11 @@ export function frameDef(type: number): FrameDef | undefined {
 /** Whether a frame's body carries a CRC the reader checks: always for the handshake, else with BODY_CRC. */
 export function bodyHasCrc(type: number, features: number): boolean {
   return FRAMES.get(type)?.crc === 'always' || (features & Features.BODY_CRC) !== 0;
+}
+
+/** The names of feature bits, for messages ("STAGED", "BODY_CRC | STAGED"). */
+export function featureNames(bits: number): string {
+  return (Object.keys(Features) as (keyof typeof Features)[]).filter((k) => (bits & Features[k]) !== 0).join(' | ');
 }
 
 /** The place of a frame type in the order (undefined for an unknown code). */

@@ -14,7 +14,7 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd, closeFds, inspectFd, type FdInfo } from '../fd/index.js';
 import { native } from '../native.js';
 import { Cursor, decodeHeader, decodeSectionPrefix, hex, protocolError, tooLarge, type FrameHeader } from './codec.js';
-import { OrderPhase, bodyHasCrc, frameDef, type FrameBodies, type FrameDef, type FrameName } from './frames.js';
+import { OrderPhase, bodyHasCrc, featureNames, frameDef, type FrameBodies, type FrameDef, type FrameName } from './frames.js';
 import { FdQueue } from './fd-queue.js';
 import { chooseVersion, computePlan, samePlan } from './negotiate.js';
 import {
@@ -512,9 +512,11 @@ export class StreamReader {
     if (this.#refusedEarly && !def.afterRefusal) bad('after a NACK in place of WELCOME (only EOF may follow)');
     if (def.receivedOn === 'main' && this.role === 'source') bad('on a return path');
     if (def.receivedOn === 'return' && this.role !== 'source') bad('on a main stream');
+    // A frame of the state needs PLAN first (which fixes the features); any other says so at once.
+    if (def.phase !== OrderPhase.STATE && !featured) bad(`without the ${featureNames(def.requires)} feature`);
     if (def.phase === OrderPhase.STATE) {
       if (!this.#plan) bad('before PLAN');
-      if (!featured) bad('without the STAGED feature');
+      if (!featured) bad(`without the ${featureNames(def.requires)} feature`);
       if (this.#phase === 'state-done') bad(type === FrameType.END_OF_STATE ? 'repeated' : 'after END_OF_STATE');
     }
     switch (type) {
