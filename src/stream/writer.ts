@@ -1,3 +1,7 @@
+// (Over 450 lines: one class whose methods each write one kind of frame under the
+// same sticky-error and plan checks; the frame rules it shares with the reader are
+// in frames.ts. Its memfd payload path could move out next.)
+//
 // The stream writer: frames to a channel, large payloads streamed in parts (memory
 // stays bounded whatever the state size), optionally by sealed memfd. The first
 // channel error is sticky: every later call reports it (QEMU's qemu-file does the
