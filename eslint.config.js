@@ -77,7 +77,8 @@ export default tseslint.config(
   {
     // TODO(after the staging and data-path branches land): these type-checked rules
     // fire in files those branches rewrite; fixed there or in the whole-tree pass.
-    files: ['src/stream/**/*.ts', 'src/handover/**/*.ts'],
+    // (src/stream is clean of them since the frame table.)
+    files: ['src/handover/**/*.ts'],
     rules: {
       '@typescript-eslint/no-unnecessary-type-assertion': 'off',
       '@typescript-eslint/no-base-to-string': 'off',

@@ -110,33 +110,36 @@ export function pumpFdSocket(sock: FdSocket, reader: StreamReader, onItems: (ite
       } else resolve();
     };
     sock
-      .consume((chunk) => {
-        if (done) {
-          closeFds(chunk.fds);
-          return;
-        }
-        let items: StreamItem[];
-        try {
-          items = reader.feed(chunk.data, chunk.fds);
-        } catch (err) {
-          finish(err);
-          sock.pause();
-          return;
-        }
-        let verdict: void | 'stop';
-        try {
-          verdict = onItems(items);
-        } catch (err) {
-          finish(err);
-          sock.pause();
-          return;
-        }
-        // The EOF frame ends this direction; the socket may still carry the other one.
-        if (verdict === 'stop' || reader.finished) {
-          sock.pause();
-          finish(null);
-        }
-      }, { target: () => reader.readTarget() })
+      .consume(
+        (chunk) => {
+          if (done) {
+            closeFds(chunk.fds);
+            return;
+          }
+          let items: StreamItem[];
+          try {
+            items = reader.feed(chunk.data, chunk.fds);
+          } catch (err) {
+            finish(err);
+            sock.pause();
+            return;
+          }
+          let verdict: void | 'stop';
+          try {
+            verdict = onItems(items);
+          } catch (err) {
+            finish(err);
+            sock.pause();
+            return;
+          }
+          // The EOF frame ends this direction; the socket may still carry the other one.
+          if (verdict === 'stop' || reader.finished) {
+            sock.pause();
+            finish(null);
+          }
+        },
+        { target: () => reader.readTarget() },
+      )
       .then(
         () => {
           if (done) return;

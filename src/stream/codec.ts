@@ -1,12 +1,12 @@
-// Encoding and decoding of frame headers and bodies (docs/stream-format.md).
-// After compact-encoding: every encoder sizes first, then writes into one buffer;
-// every decoder reads through a bounds-checked cursor and checks limits before it
-// allocates.
+// The codecs of the stream (docs/stream-format.md): the frame header, and one
+// codec per struct with its size, encoder and decoder side by side (see Codec in
+// cursor.ts): every value range-checked on encode, every limit checked on decode
+// before anything is allocated. The frame table (frames.ts) names each frame's.
 import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BodyWriter, Cursor, U32_MAX, U8_MAX, checkUint, encodeBody, hex, jsonBytes, protocolError, tooLarge, utf8, type Codec } from './cursor.js';
 import {
   AttachmentRole,
-  DEFAULT_LIMITS,
   FrameType,
   PROBE_SIZE,
   HEADER_SIZE,
@@ -25,21 +25,16 @@ import {
   type Freeze,
   type Hello,
   type Nack,
+  type Offer,
   type Ping,
   type Plan,
+  type PlannedDevice,
   type ReasonCode,
   type SectionHeader,
-  type StreamLimits,
   type Welcome,
 } from './wire.js';
 
-export function protocolError(message: string, details?: Record<string, unknown>): BackendTransferError {
-  return new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, message, details ? { details } : {});
-}
-
-export function tooLarge(what: string, value: number | bigint, limit: number): BackendTransferError {
-  return new BackendTransferError(ErrorCodes.ERR_STREAM_TOO_LARGE, `${what} is ${value}, over the limit of ${limit}`, { details: { what, value: Number(value), limit } });
-}
+export { BodyWriter, Cursor, checkUint, encodeBody, hex, protocolError, tooLarge, type Codec } from './cursor.js';
 
 // ---------------------------------------------------------------- frame header
 
@@ -50,23 +45,6 @@ export interface FrameHeader {
   fdCount: number;
   firstFdSeq: number;
 }
-
-/**
- * Checks that `v` is an integer in [0, max] before it is encoded: a value the field
- * cannot hold is ERR_INVALID_ARGUMENT, never masked or wrapped (an instance of
- * 2^32 + 7 must not go out as 7).
- */
-export function checkUint(v: unknown, max: number, what: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
-    throw BackendTransferError.invalidArgument(`${what} must be an integer in [0, ${max}], got ${String(v)}`);
-  }
-  return v;
-}
-
-const U8_MAX = 0xff;
-const U16_MAX = 0xffff;
-const U32_MAX = 0xffffffff;
-const U64_MAX = (1n << 64n) - 1n;
 
 export function encodeHeader(h: FrameHeader): Buffer {
   const b = Buffer.allocUnsafe(HEADER_SIZE);
@@ -95,348 +73,42 @@ export function decodeHeader(b: Uint8Array, at: number): FrameHeader {
   return h;
 }
 
-export function hex(n: number): string {
-  return `0x${n.toString(16).padStart(8, '0')}`;
-}
+// ---------------------------------------------------------------- structs inside bodies
 
-// ---------------------------------------------------------------- body writer
-
-class BodyWriter {
-  buf: Buffer;
-  pos = 0;
-  constructor(size: number) {
-    this.buf = Buffer.allocUnsafe(size);
-  }
-  // Every field is range-checked: a value it cannot hold is ERR_INVALID_ARGUMENT.
-  u8(v: number, what = 'u8 field'): void {
-    this.buf[this.pos++] = checkUint(v, U8_MAX, what);
-  }
-  u16(v: number, what = 'u16 field'): void {
-    this.buf.writeUInt16LE(checkUint(v, U16_MAX, what), this.pos);
-    this.pos += 2;
-  }
-  u32(v: number, what = 'u32 field'): void {
-    this.buf.writeUInt32LE(checkUint(v, U32_MAX, what), this.pos);
-    this.pos += 4;
-  }
-  u64(v: bigint, what = 'u64 field'): void {
-    if (typeof v !== 'bigint' || v < 0n || v > U64_MAX) throw BackendTransferError.invalidArgument(`${what} must be in [0, 2^64 - 1], got ${String(v)}`);
-    this.buf.writeBigUInt64LE(v, this.pos);
-    this.pos += 8;
-  }
-  bytes(b: Uint8Array): void {
-    this.buf.set(b, this.pos);
-    this.pos += b.length;
-  }
-  str(s: Buffer): void {
-    this.u16(s.length);
-    this.bytes(s);
-  }
-  blob(b: Buffer): void {
-    this.u32(b.length);
-    this.bytes(b);
-  }
-  done(): Buffer {
-    if (this.pos !== this.buf.length) throw new Error(`internal: body size ${this.pos} != ${this.buf.length}`);
-    return this.buf;
-  }
-}
-
-function utf8(s: string, what: string, limit = 65535): Buffer {
-  const b = Buffer.from(s, 'utf8');
-  if (b.length > Math.min(limit, 65535)) throw BackendTransferError.invalidArgument(`${what} is ${b.length} bytes, over ${Math.min(limit, 65535)}`);
-  return b;
-}
-
-function jsonBytes(v: Record<string, unknown> | null | undefined, what: string): Buffer {
-  if (v === null || v === undefined) return Buffer.alloc(0);
-  const b = Buffer.from(JSON.stringify(v), 'utf8');
-  if (b.length > DEFAULT_LIMITS.maxMeta) throw BackendTransferError.invalidArgument(`${what} is ${b.length} bytes of JSON, over ${DEFAULT_LIMITS.maxMeta}`);
-  return b;
-}
-
-export function encodeHello(h: Hello): Buffer {
-  const offers = h.offers.map((o) => ({ o, kind: utf8(o.kind, 'offer kind'), id: utf8(o.id, 'device id') }));
-  const info = jsonBytes(h.info, 'info');
-  const probe = h.probe ? Buffer.from(h.probe) : Buffer.alloc(0);
-  if (probe.length !== 0 && probe.length !== PROBE_SIZE) throw BackendTransferError.invalidArgument(`the HELLO probe is ${PROBE_SIZE} bytes`);
-  let size = 2 + 2 + 4 + 1 + 1 + 4 + 4 + probe.length + 4 + 4 + info.length;
-  for (const x of offers) size += 2 + x.kind.length + 2 + x.id.length + 4 + 4 + 4 + 1;
-  const w = new BodyWriter(size);
-  w.u16(h.minVersion, 'minVersion');
-  w.u16(h.maxVersion, 'maxVersion');
-  w.u32(h.features);
-  w.u8(h.canPassFds ? 1 : 0);
-  w.u8(0);
-  w.u32(h.fdBudget, 'fdBudget');
-  w.blob(probe);
-  w.u32(offers.length);
-  for (const { o, kind, id } of offers) {
-    w.str(kind);
-    w.str(id);
+/** One device a HELLO offers. */
+export const offerCodec: Codec<Offer> = {
+  size: (o) => 2 + utf8(o.kind, 'offer kind').length + 2 + utf8(o.id, 'device id').length + 4 + 4 + 4 + 1,
+  encode(w, o) {
+    w.str(utf8(o.kind, 'offer kind'));
+    w.str(utf8(o.id, 'device id'));
     w.u32(o.instance, 'instance');
     w.u32(o.version, 'version');
     w.u32(o.fdCount, 'fdCount');
     w.u8((o.wantsFds ? 1 : 0) | (o.required ? 2 : 0));
-  }
-  w.blob(info);
-  return w.done();
-}
-
-export function encodeWelcome(wl: Welcome): Buffer {
-  const answers = wl.answers.map((a) => ({ a, id: utf8(a.id, 'device id') }));
-  const info = jsonBytes(wl.info, 'info');
-  let size = 2 + 4 + 1 + 1 + 4 + 4 + 4 + info.length;
-  for (const x of answers) size += 2 + x.id.length + 4 + 1 + 1 + 4 + 4;
-  const w = new BodyWriter(size);
-  w.u16(wl.version);
-  w.u32(wl.features);
-  w.u8(wl.canPassFds ? 1 : 0);
-  w.u8(0);
-  w.u32(wl.fdBudget, 'fdBudget');
-  w.u32(answers.length);
-  for (const { a, id } of answers) {
-    w.str(id);
-    w.u32(a.instance, 'instance');
-    w.u8(a.decision);
-    w.u8(a.reason);
-    w.u32(a.minVersion);
-    w.u32(a.maxVersion);
-  }
-  w.blob(info);
-  return w.done();
-}
-
-export function encodePlan(p: Plan): Buffer {
-  const devs = p.devices.map((d) => ({ d, kind: utf8(d.kind, 'device kind'), id: utf8(d.id, 'device id') }));
-  let size = 2 + 4 + 4 + 4;
-  for (const x of devs) size += 2 + x.kind.length + 2 + x.id.length + 4 + 4 + 1 + 4;
-  const w = new BodyWriter(size);
-  w.u16(p.version);
-  w.u32(p.features);
-  w.u32(p.totalFds);
-  w.u32(devs.length);
-  for (const { d, kind, id } of devs) {
-    w.str(kind);
-    w.str(id);
-    w.u32(d.instance, 'instance');
-    w.u32(d.version, 'version');
-    w.u8(d.withFds ? 1 : 0);
-    w.u32(d.fdCount);
-  }
-  return w.done();
-}
-
-/** The body of a section frame up to (not including) its inline payload bytes. */
-export function encodeSectionPrefix(type: number, s: SectionHeader, inMemfd: boolean): Buffer {
-  const opens = opensSection(type);
-  const idstr = opens ? utf8(s.idstr ?? '', 'idstr') : null;
-  const atts = s.attachments.map((a) => ({ a, name: utf8(a.name, 'attachment name'), meta: jsonBytes(a.meta, 'attachment meta') }));
-  let size = 4 + 2 + 4 + (inMemfd ? 4 : 0);
-  if (opens) size += 4 + 4 + 2 + idstr!.length;
-  for (const x of atts) size += 1 + 1 + 2 + x.name.length + 4 + x.meta.length;
-  const w = new BodyWriter(size);
-  w.u32(s.sectionId);
-  if (opens) {
-    w.u32(s.instanceId ?? 0, 'instance');
-    w.u32(s.versionId ?? 0, 'version');
-    w.str(idstr!);
-  }
-  w.u16(atts.length);
-  for (const { a, name, meta } of atts) {
-    w.u8(attachmentKindCode(a.kind));
-    w.u8(a.role);
-    w.str(name);
-    w.blob(meta);
-  }
-  w.u32(s.payloadLength, 'payloadLength');
-  if (inMemfd) w.u32(s.payloadCrc ?? 0);
-  return w.done();
-}
-
-export function encodeFreeze(f: Freeze): Buffer {
-  const items = f.dropped.map((d) => ({ id: utf8(d.id, 'dropped id'), instance: d.instance, reason: utf8(d.reason.slice(0, 1000), 'dropped reason') }));
-  let size = 4;
-  for (const x of items) size += 2 + x.id.length + 4 + 2 + x.reason.length;
-  const w = new BodyWriter(size);
-  w.u32(items.length);
-  for (const x of items) {
-    w.str(x.id);
-    w.u32(x.instance, 'instance');
-    w.str(x.reason);
-  }
-  return w.done();
-}
-
-export function encodeEndOfState(e: EndOfState): Buffer {
-  const w = new BodyWriter(16);
-  w.u32(e.sectionCount);
-  w.u32(e.totalFds);
-  w.u64(e.payloadBytes, 'payloadBytes');
-  return w.done();
-}
-
-export function encodeAck(a: Ack): Buffer {
-  const detail = utf8(a.detail, 'ack detail');
-  const w = new BodyWriter(1 + 4 + 2 + detail.length);
-  w.u8(a.stage);
-  w.u32(a.sectionId);
-  w.str(detail);
-  return w.done();
-}
-
-export function encodeNack(n: Nack): Buffer {
-  const code = utf8(n.code, 'nack code');
-  const reason = utf8(n.reason.slice(0, 2000), 'nack reason');
-  const w = new BodyWriter(2 + code.length + 2 + reason.length + 4);
-  w.str(code);
-  w.str(reason);
-  w.u32(n.sectionId);
-  return w.done();
-}
-
-export function encodePing(p: Ping): Buffer {
-  const w = new BodyWriter(16);
-  w.u64(p.token);
-  w.u64(p.timeNs);
-  return w.done();
-}
-
-export function encodeAbort(a: Abort): Buffer {
-  const code = utf8(a.code, 'abort code');
-  const reason = utf8(a.reason.slice(0, 2000), 'abort reason');
-  const w = new BodyWriter(2 + code.length + 2 + reason.length);
-  w.str(code);
-  w.str(reason);
-  return w.done();
-}
-
-// ---------------------------------------------------------------- body reader
-
-const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-
-export class Cursor {
-  pos: number;
-  constructor(
-    readonly buf: Buffer,
-    readonly limits: StreamLimits,
-    start = 0,
-    readonly end = buf.length,
-  ) {
-    this.pos = start;
-  }
-  need(n: number, what: string): void {
-    if (this.pos + n > this.end) throw protocolError(`body too short: ${what} needs ${n} bytes at offset ${this.pos}, ${this.end - this.pos} left`);
-  }
-  u8(what = 'u8'): number {
-    this.need(1, what);
-    return this.buf[this.pos++]!;
-  }
-  u16(what = 'u16'): number {
-    this.need(2, what);
-    const v = this.buf.readUInt16LE(this.pos);
-    this.pos += 2;
-    return v;
-  }
-  u32(what = 'u32'): number {
-    this.need(4, what);
-    const v = this.buf.readUInt32LE(this.pos);
-    this.pos += 4;
-    return v;
-  }
-  u64(what = 'u64'): bigint {
-    this.need(8, what);
-    const v = this.buf.readBigUInt64LE(this.pos);
-    this.pos += 8;
-    return v;
-  }
-  str(what: string): string {
-    const n = this.u16(`${what} length`);
-    if (n > this.limits.maxString) throw tooLarge(what, n, this.limits.maxString);
-    this.need(n, what);
-    const s = this.utf8(n, what);
-    this.pos += n;
-    return s;
-  }
-  json(what: string, limit: number): Record<string, unknown> | null {
-    const n = this.u32(`${what} length`);
-    if (n > limit) throw tooLarge(what, n, limit);
-    if (n === 0) return null;
-    this.need(n, what);
-    const text = this.utf8(n, what);
-    this.pos += n;
-    let v: unknown;
-    try {
-      v = JSON.parse(text);
-    } catch {
-      throw protocolError(`${what} is not valid JSON`);
-    }
-    if (v === null || typeof v !== 'object' || Array.isArray(v)) throw protocolError(`${what} is not a JSON object`);
-    return v as Record<string, unknown>;
-  }
-  /** n bytes at pos as UTF-8: invalid UTF-8 is malformed (a BOM is kept, not skipped). */
-  utf8(n: number, what: string): string {
-    try {
-      return UTF8.decode(this.buf.subarray(this.pos, this.pos + n));
-    } catch {
-      throw protocolError(`${what} is not valid UTF-8`);
-    }
-  }
-  /** A boolean byte: 0 or 1; anything else is malformed. */
-  bool(what: string): boolean {
-    const v = this.u8(what);
-    if (v > 1) throw protocolError(`${what} is ${v} (a boolean is 0 or 1)`);
-    return v === 1;
-  }
-  count(what: string, limit: number, minBytesEach: number): number {
-    const n = this.u32(`${what} count`);
-    if (n > limit) throw tooLarge(`${what} count`, n, limit);
-    // A count the remaining bytes cannot hold is malformed: say so before looping.
-    if (n * minBytesEach > this.end - this.pos) throw protocolError(`${what} count ${n} does not fit the ${this.end - this.pos} bytes left`);
-    return n;
-  }
-  finish(what: string): void {
-    if (this.pos !== this.end) throw protocolError(`${what}: ${this.end - this.pos} unexpected trailing bytes`);
-  }
-}
-
-export function decodeHello(c: Cursor): Hello {
-  const minVersion = c.u16('minVersion');
-  const maxVersion = c.u16('maxVersion');
-  const features = c.u32('features');
-  const canPassFds = c.bool('canPassFds');
-  c.u8('reserved');
-  const fdBudget = c.u32('fdBudget');
-  const probeLen = c.u32('probe length');
-  if (probeLen !== 0 && probeLen !== PROBE_SIZE) throw protocolError(`HELLO probe of ${probeLen} bytes (must be 0 or ${PROBE_SIZE})`);
-  c.need(probeLen, 'probe');
-  const probe = probeLen ? Buffer.from(c.buf.subarray(c.pos, c.pos + probeLen)) : null;
-  c.pos += probeLen;
-  const n = c.count('offer', c.limits.maxDevices, 17);
-  const offers = [];
-  for (let i = 0; i < n; i++) {
+  },
+  decode(c) {
     const kind = c.str('offer kind');
     const id = c.str('offer id');
     const instance = c.u32('instance');
     const version = c.u32('version');
     const fdCount = c.u32('fdCount');
     const flags = c.u8('offer flags');
-    offers.push({ kind, id, instance, version, fdCount, wantsFds: (flags & 1) !== 0, required: (flags & 2) !== 0 });
-  }
-  const info = c.json('info', c.limits.maxMeta);
-  c.finish('HELLO');
-  return { minVersion, maxVersion, features, canPassFds, fdBudget, probe, offers, info };
-}
+    return { kind, id, instance, version, fdCount, wantsFds: (flags & 1) !== 0, required: (flags & 2) !== 0 };
+  },
+};
 
-export function decodeWelcome(c: Cursor): Welcome {
-  const version = c.u16('version');
-  const features = c.u32('features');
-  const canPassFds = c.bool('canPassFds');
-  c.u8('reserved');
-  const fdBudget = c.u32('fdBudget');
-  const n = c.count('answer', c.limits.maxDevices, 16);
-  const answers: Answer[] = [];
-  for (let i = 0; i < n; i++) {
+/** The WELCOME's answer to one offer. */
+export const answerCodec: Codec<Answer> = {
+  size: (a) => 2 + utf8(a.id, 'device id').length + 4 + 1 + 1 + 4 + 4,
+  encode(w, a) {
+    w.str(utf8(a.id, 'device id'));
+    w.u32(a.instance, 'instance');
+    w.u8(a.decision);
+    w.u8(a.reason);
+    w.u32(a.minVersion);
+    w.u32(a.maxVersion);
+  },
+  decode(c) {
     const id = c.str('answer id');
     const instance = c.u32('instance');
     const decision = c.u8('decision');
@@ -445,22 +117,22 @@ export function decodeWelcome(c: Cursor): Welcome {
     const maxVersion = c.u32('maxVersion');
     if (decision > 2) throw protocolError(`unknown decision ${decision}`);
     if (reason > 6) throw protocolError(`unknown reason ${reason}`);
-    answers.push({ id, instance, decision: decision as DecisionCode, reason: reason as ReasonCode, minVersion, maxVersion });
-  }
-  const info = c.json('info', c.limits.maxMeta);
-  c.finish('WELCOME');
-  return { version, features, canPassFds, fdBudget, answers, info };
-}
+    return { id, instance, decision: decision as DecisionCode, reason: reason as ReasonCode, minVersion, maxVersion };
+  },
+};
 
-export function decodePlan(c: Cursor): Plan {
-  const version = c.u16('version');
-  const features = c.u32('features');
-  const totalFds = c.u32('totalFds');
-  if (totalFds > c.limits.maxFdsPerStream) throw tooLarge('planned fds', totalFds, c.limits.maxFdsPerStream);
-  const n = c.count('planned device', c.limits.maxDevices, 17);
-  const devices = [];
-  let sum = 0;
-  for (let i = 0; i < n; i++) {
+/** One device of a PLAN. */
+export const plannedDeviceCodec: Codec<PlannedDevice> = {
+  size: (d) => 2 + utf8(d.kind, 'device kind').length + 2 + utf8(d.id, 'device id').length + 4 + 4 + 1 + 4,
+  encode(w, d) {
+    w.str(utf8(d.kind, 'device kind'));
+    w.str(utf8(d.id, 'device id'));
+    w.u32(d.instance, 'instance');
+    w.u32(d.version, 'version');
+    w.u8(d.withFds ? 1 : 0);
+    w.u32(d.fdCount);
+  },
+  decode(c) {
     const kind = c.str('device kind');
     const id = c.str('device id');
     const instance = c.u32('instance');
@@ -468,12 +140,256 @@ export function decodePlan(c: Cursor): Plan {
     const withFds = c.bool('withFds');
     const fdCount = c.u32('fdCount');
     if (!withFds && fdCount !== 0) throw protocolError(`planned device ${id} has ${fdCount} fds but does not move with them`);
-    sum += fdCount;
-    devices.push({ kind, id, instance, version, withFds, fdCount });
+    return { kind, id, instance, version, withFds, fdCount };
+  },
+};
+
+/** One attachment (fd) of a section or STAGE frame. */
+export const attachmentCodec: Codec<AttachmentHeader> = {
+  size: (a) => 1 + 1 + 2 + utf8(a.name, 'attachment name').length + 4 + jsonBytes(a.meta, 'attachment meta').length,
+  encode(w, a) {
+    w.u8(attachmentKindCode(a.kind));
+    w.u8(a.role);
+    w.str(utf8(a.name, 'attachment name'));
+    w.blob(jsonBytes(a.meta, 'attachment meta'));
+  },
+  decode(c) {
+    const kindCode = c.u8('attachment kind');
+    const kind = attachmentKindName(kindCode);
+    if (!kind) throw protocolError(`unknown attachment kind ${kindCode}`);
+    const role = c.u8('attachment role');
+    if (role !== AttachmentRole.DEVICE && role !== AttachmentRole.PAYLOAD) throw protocolError(`unknown attachment role ${role}`);
+    const name = c.str('attachment name');
+    const meta = c.json('attachment meta', c.limits.maxMeta);
+    return { kind, role, name, meta };
+  },
+};
+
+/** A device FREEZE drops (at least 8 bytes: two empty strings and the instance). */
+export const droppedDeviceCodec: Codec<DroppedDevice> = {
+  size: (d) => 2 + utf8(d.id, 'dropped id').length + 4 + 2 + utf8(d.reason.slice(0, 1000), 'dropped reason').length,
+  encode(w, d) {
+    w.str(utf8(d.id, 'dropped id'));
+    w.u32(d.instance, 'instance');
+    w.str(utf8(d.reason.slice(0, 1000), 'dropped reason'));
+  },
+  decode: (c) => ({ id: c.str('dropped id'), instance: c.u32('dropped instance'), reason: c.str('dropped reason') }),
+};
+
+function sizeOfAll<T>(codec: Codec<T>, items: readonly T[]): number {
+  let n = 0;
+  for (const x of items) n += codec.size(x);
+  return n;
+}
+
+// ---------------------------------------------------------------- frame bodies
+
+export const helloCodec: Codec<Hello> = {
+  size(h) {
+    const size = 2 + 2 + 4 + 1 + 1 + 4 + 4 + 4 + 4 + sizeOfAll(offerCodec, h.offers) + jsonBytes(h.info, 'info').length;
+    const probe = h.probe ? h.probe.length : 0;
+    if (probe !== 0 && probe !== PROBE_SIZE) throw BackendTransferError.invalidArgument(`the HELLO probe is ${PROBE_SIZE} bytes`);
+    return size + probe;
+  },
+  encode(w, h) {
+    w.u16(h.minVersion, 'minVersion');
+    w.u16(h.maxVersion, 'maxVersion');
+    w.u32(h.features);
+    w.u8(h.canPassFds ? 1 : 0);
+    w.u8(0);
+    w.u32(h.fdBudget, 'fdBudget');
+    w.blob(h.probe ? Buffer.from(h.probe) : Buffer.alloc(0));
+    w.u32(h.offers.length);
+    for (const o of h.offers) offerCodec.encode(w, o);
+    w.blob(jsonBytes(h.info, 'info'));
+  },
+  decode(c) {
+    const minVersion = c.u16('minVersion');
+    const maxVersion = c.u16('maxVersion');
+    const features = c.u32('features');
+    const canPassFds = c.bool('canPassFds');
+    c.u8('reserved');
+    const fdBudget = c.u32('fdBudget');
+    const probeLen = c.u32('probe length');
+    if (probeLen !== 0 && probeLen !== PROBE_SIZE) throw protocolError(`HELLO probe of ${probeLen} bytes (must be 0 or ${PROBE_SIZE})`);
+    c.need(probeLen, 'probe');
+    const probe = probeLen ? Buffer.from(c.buf.subarray(c.pos, c.pos + probeLen)) : null;
+    c.pos += probeLen;
+    const n = c.count('offer', c.limits.maxDevices, 17);
+    const offers: Offer[] = [];
+    for (let i = 0; i < n; i++) offers.push(offerCodec.decode(c));
+    const info = c.json('info', c.limits.maxMeta);
+    c.finish('HELLO');
+    return { minVersion, maxVersion, features, canPassFds, fdBudget, probe, offers, info };
+  },
+};
+
+export const welcomeCodec: Codec<Welcome> = {
+  size: (wl) => 2 + 4 + 1 + 1 + 4 + 4 + sizeOfAll(answerCodec, wl.answers) + 4 + jsonBytes(wl.info, 'info').length,
+  encode(w, wl) {
+    w.u16(wl.version);
+    w.u32(wl.features);
+    w.u8(wl.canPassFds ? 1 : 0);
+    w.u8(0);
+    w.u32(wl.fdBudget, 'fdBudget');
+    w.u32(wl.answers.length);
+    for (const a of wl.answers) answerCodec.encode(w, a);
+    w.blob(jsonBytes(wl.info, 'info'));
+  },
+  decode(c) {
+    const version = c.u16('version');
+    const features = c.u32('features');
+    const canPassFds = c.bool('canPassFds');
+    c.u8('reserved');
+    const fdBudget = c.u32('fdBudget');
+    const n = c.count('answer', c.limits.maxDevices, 16);
+    const answers: Answer[] = [];
+    for (let i = 0; i < n; i++) answers.push(answerCodec.decode(c));
+    const info = c.json('info', c.limits.maxMeta);
+    c.finish('WELCOME');
+    return { version, features, canPassFds, fdBudget, answers, info };
+  },
+};
+
+export const planCodec: Codec<Plan> = {
+  size: (p) => 2 + 4 + 4 + 4 + sizeOfAll(plannedDeviceCodec, p.devices),
+  encode(w, p) {
+    w.u16(p.version);
+    w.u32(p.features);
+    w.u32(p.totalFds);
+    w.u32(p.devices.length);
+    for (const d of p.devices) plannedDeviceCodec.encode(w, d);
+  },
+  decode(c) {
+    const version = c.u16('version');
+    const features = c.u32('features');
+    const totalFds = c.u32('totalFds');
+    if (totalFds > c.limits.maxFdsPerStream) throw tooLarge('planned fds', totalFds, c.limits.maxFdsPerStream);
+    const n = c.count('planned device', c.limits.maxDevices, 17);
+    const devices: PlannedDevice[] = [];
+    let sum = 0;
+    for (let i = 0; i < n; i++) {
+      const d = plannedDeviceCodec.decode(c);
+      sum += d.fdCount;
+      devices.push(d);
+    }
+    c.finish('PLAN');
+    if (sum !== totalFds) throw protocolError(`PLAN says ${totalFds} fds but its devices add up to ${sum}`);
+    return { version, features, totalFds, devices };
+  },
+};
+
+export const freezeCodec: Codec<Freeze> = {
+  size: (f) => 4 + sizeOfAll(droppedDeviceCodec, f.dropped),
+  encode(w, f) {
+    w.u32(f.dropped.length);
+    for (const d of f.dropped) droppedDeviceCodec.encode(w, d);
+  },
+  decode(c) {
+    const n = c.count('dropped device', c.limits.maxDevices, 8);
+    const dropped: DroppedDevice[] = [];
+    for (let i = 0; i < n; i++) dropped.push(droppedDeviceCodec.decode(c));
+    c.finish('FREEZE');
+    return { dropped };
+  },
+};
+
+export const endOfStateCodec: Codec<EndOfState> = {
+  size: () => 16,
+  encode(w, e) {
+    w.u32(e.sectionCount);
+    w.u32(e.totalFds);
+    w.u64(e.payloadBytes, 'payloadBytes');
+  },
+  decode(c) {
+    const e = { sectionCount: c.u32('sectionCount'), totalFds: c.u32('totalFds'), payloadBytes: c.u64('payloadBytes') };
+    c.finish('END_OF_STATE');
+    return e;
+  },
+};
+
+export const ackCodec: Codec<Ack> = {
+  size: (a) => 1 + 4 + 2 + utf8(a.detail, 'ack detail').length,
+  encode(w, a) {
+    w.u8(a.stage);
+    w.u32(a.sectionId);
+    w.str(utf8(a.detail, 'ack detail'));
+  },
+  decode(c) {
+    const stage = c.u8('stage');
+    if (stage < 1 || stage > 5) throw protocolError(`unknown ACK stage ${stage}`);
+    const a = { stage: stage as AckStageCode, sectionId: c.u32('sectionId'), detail: c.str('detail') };
+    c.finish('ACK');
+    return a;
+  },
+};
+
+export const nackCodec: Codec<Nack> = {
+  size: (n) => 2 + utf8(n.code, 'nack code').length + 2 + utf8(n.reason.slice(0, 2000), 'nack reason').length + 4,
+  encode(w, n) {
+    w.str(utf8(n.code, 'nack code'));
+    w.str(utf8(n.reason.slice(0, 2000), 'nack reason'));
+    w.u32(n.sectionId);
+  },
+  decode(c) {
+    const n = { code: c.str('code'), reason: c.str('reason'), sectionId: c.u32('sectionId') };
+    c.finish('NACK');
+    return n;
+  },
+};
+
+/** PING and PONG. */
+export const pingCodec: Codec<Ping> = {
+  size: () => 16,
+  encode(w, p) {
+    w.u64(p.token);
+    w.u64(p.timeNs);
+  },
+  decode(c) {
+    const p = { token: c.u64('token'), timeNs: c.u64('timeNs') };
+    c.finish('PING');
+    return p;
+  },
+};
+
+export const abortCodec: Codec<Abort> = {
+  size: (a) => 2 + utf8(a.code, 'abort code').length + 2 + utf8(a.reason.slice(0, 2000), 'abort reason').length,
+  encode(w, a) {
+    w.str(utf8(a.code, 'abort code'));
+    w.str(utf8(a.reason.slice(0, 2000), 'abort reason'));
+  },
+  decode(c) {
+    const a = { code: c.str('code'), reason: c.str('reason') };
+    c.finish('ABORT');
+    return a;
+  },
+};
+
+// ---------------------------------------------------------------- section frames
+
+/**
+ * The body of a section (or STAGE) frame up to, not including, its inline payload
+ * bytes. Its layout depends on the frame (START and FULL open the section) and on
+ * PAYLOAD_IN_MEMFD, so it is a codec per (type, inMemfd); the decoder also checks
+ * the attachments against the header's fd count.
+ */
+export function encodeSectionPrefix(type: number, s: SectionHeader, inMemfd: boolean): Buffer {
+  const opens = opensSection(type);
+  const idstr = opens ? utf8(s.idstr ?? '', 'idstr') : null;
+  let size = 4 + 2 + 4 + (inMemfd ? 4 : 0) + sizeOfAll(attachmentCodec, s.attachments);
+  if (opens) size += 4 + 4 + 2 + idstr!.length;
+  const w = new BodyWriter(size);
+  w.u32(s.sectionId);
+  if (opens) {
+    w.u32(s.instanceId ?? 0, 'instance');
+    w.u32(s.versionId ?? 0, 'version');
+    w.str(idstr!);
   }
-  c.finish('PLAN');
-  if (sum !== totalFds) throw protocolError(`PLAN says ${totalFds} fds but its devices add up to ${sum}`);
-  return { version, features, totalFds, devices };
+  w.u16(s.attachments.length);
+  for (const a of s.attachments) attachmentCodec.encode(w, a);
+  w.u32(s.payloadLength, 'payloadLength');
+  if (inMemfd) w.u32(s.payloadCrc ?? 0);
+  return w.done();
 }
 
 export function decodeSectionPrefix(c: Cursor, type: number, flags: number, fdCount: number): SectionHeader {
@@ -490,16 +406,7 @@ export function decodeSectionPrefix(c: Cursor, type: number, flags: number, fdCo
   const n = c.u16('attachment count');
   if (n !== fdCount) throw protocolError(`section frame declares ${n} attachments but its header carries ${fdCount} fds`);
   const atts: AttachmentHeader[] = [];
-  for (let i = 0; i < n; i++) {
-    const kindCode = c.u8('attachment kind');
-    const kind = attachmentKindName(kindCode);
-    if (!kind) throw protocolError(`unknown attachment kind ${kindCode}`);
-    const role = c.u8('attachment role');
-    if (role !== AttachmentRole.DEVICE && role !== AttachmentRole.PAYLOAD) throw protocolError(`unknown attachment role ${role}`);
-    const name = c.str('attachment name');
-    const meta = c.json('attachment meta', c.limits.maxMeta);
-    atts.push({ kind, role, name, meta });
-  }
+  for (let i = 0; i < n; i++) atts.push(attachmentCodec.decode(c));
   s.attachments = atts;
   s.payloadLength = c.u32('payloadLength');
   const inMemfd = (flags & 1) !== 0;
@@ -516,49 +423,14 @@ export function decodeSectionPrefix(c: Cursor, type: number, flags: number, fdCo
   return s;
 }
 
-export function decodeFreeze(c: Cursor): Freeze {
-  // At least 8 bytes per dropped device (two empty strings and the instance).
-  const n = c.count('dropped device', c.limits.maxDevices, 8);
-  const dropped: DroppedDevice[] = [];
-  for (let i = 0; i < n; i++) dropped.push({ id: c.str('dropped id'), instance: c.u32('dropped instance'), reason: c.str('dropped reason') });
-  c.finish('FREEZE');
-  return { dropped };
-}
+// ---------------------------------------------------------------- by name (tests, fixtures, the writer)
 
-export function decodeEndOfState(c: Cursor): EndOfState {
-  const e = { sectionCount: c.u32('sectionCount'), totalFds: c.u32('totalFds'), payloadBytes: c.u64('payloadBytes') };
-  c.finish('END_OF_STATE');
-  return e;
-}
-
-export function decodeAck(c: Cursor): Ack {
-  const stage = c.u8('stage');
-  if (stage < 1 || stage > 5) throw protocolError(`unknown ACK stage ${stage}`);
-  const a = { stage: stage as AckStageCode, sectionId: c.u32('sectionId'), detail: c.str('detail') };
-  c.finish('ACK');
-  return a;
-}
-
-export function decodeNack(c: Cursor): Nack {
-  const n = { code: c.str('code'), reason: c.str('reason'), sectionId: c.u32('sectionId') };
-  c.finish('NACK');
-  return n;
-}
-
-export function decodePing(c: Cursor): Ping {
-  const p = { token: c.u64('token'), timeNs: c.u64('timeNs') };
-  c.finish('PING');
-  return p;
-}
-
-export function decodeAbort(c: Cursor): Abort {
-  const a = { code: c.str('code'), reason: c.str('reason') };
-  c.finish('ABORT');
-  return a;
-}
-
-export function decodeEmpty(c: Cursor, what: string): void {
-  c.finish(what);
-}
-
-export const KNOWN_FRAME_TYPES = new Set<number>(Object.values(FrameType));
+export const encodeHello = (v: Hello): Buffer => encodeBody(helloCodec, v);
+export const encodeWelcome = (v: Welcome): Buffer => encodeBody(welcomeCodec, v);
+export const encodePlan = (v: Plan): Buffer => encodeBody(planCodec, v);
+export const encodeFreeze = (v: Freeze): Buffer => encodeBody(freezeCodec, v);
+export const encodeEndOfState = (v: EndOfState): Buffer => encodeBody(endOfStateCodec, v);
+export const encodeAck = (v: Ack): Buffer => encodeBody(ackCodec, v);
+export const encodeNack = (v: Nack): Buffer => encodeBody(nackCodec, v);
+export const encodePing = (v: Ping): Buffer => encodeBody(pingCodec, v);
+export const encodeAbort = (v: Abort): Buffer => encodeBody(abortCodec, v);

@@ -1,20 +1,7 @@
 // The handshake's logic: the target answers each offer, and both sides derive the
 // same PLAN from HELLO and WELCOME alone (docs/stream-format.md, "PLAN").
 import { BackendTransferError, ErrorCodes } from '../errors.js';
-import {
-  Decision,
-  Features,
-  Reason,
-  REASON_NAMES,
-  STREAM_VERSION,
-  UNKNOWN_BUDGET,
-  type Answer,
-  type Hello,
-  type Offer,
-  type Plan,
-  type PlannedDevice,
-  type Welcome,
-} from './wire.js';
+import { Decision, Features, Reason, REASON_NAMES, STREAM_VERSION, UNKNOWN_BUDGET, type Answer, type Hello, type Offer, type Plan, type PlannedDevice, type Welcome } from './wire.js';
 
 /** fd slots a target keeps free beyond the planned fds (payload memfds, a new socket). */
 export const FD_BUDGET_RESERVE = 16;
@@ -36,11 +23,9 @@ export type AcceptFn = (offer: Offer) => DeviceSupport | null | 'not-wanted';
 export function chooseVersion(minVersion: number, maxVersion: number, ours: [number, number] = [STREAM_VERSION, STREAM_VERSION]): number {
   const v = Math.min(maxVersion, ours[1]);
   if (v < Math.max(minVersion, ours[0])) {
-    throw new BackendTransferError(
-      ErrorCodes.ERR_STREAM_VERSION,
-      `no stream version in common: the peer speaks ${minVersion}..${maxVersion}, this side ${ours[0]}..${ours[1]}`,
-      { details: { peer: [minVersion, maxVersion], ours } },
-    );
+    throw new BackendTransferError(ErrorCodes.ERR_STREAM_VERSION, `no stream version in common: the peer speaks ${minVersion}..${maxVersion}, this side ${ours[0]}..${ours[1]}`, {
+      details: { peer: [minVersion, maxVersion], ours },
+    });
   }
   return v;
 }

@@ -1,3 +1,7 @@
+// (Over 450 lines: one class whose methods each write one kind of frame under the
+// same sticky-error and plan checks; the frame rules it shares with the reader are
+// in frames.ts. Its memfd payload path could move out next.)
+//
 // The stream writer: frames to a channel, large payloads streamed in parts (memory
 // stays bounded whatever the state size), optionally by sealed memfd. The first
 // channel error is sticky: every later call reports it (QEMU's qemu-file does the
@@ -9,19 +13,8 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd } from '../fd/index.js';
 import { native } from '../native.js';
 import type { StreamChannel } from './channel.js';
-import {
-  encodeAbort,
-  encodeAck,
-  encodeEndOfState,
-  encodeFreeze,
-  encodeHeader,
-  encodeHello,
-  encodeNack,
-  encodePing,
-  encodePlan,
-  encodeSectionPrefix,
-  encodeWelcome,
-} from './codec.js';
+import { bodyHasCrc } from './frames.js';
+import { encodeAbort, encodeAck, encodeEndOfState, encodeFreeze, encodeHeader, encodeHello, encodeNack, encodePing, encodePlan, encodeSectionPrefix, encodeWelcome } from './codec.js';
 import {
   AttachmentRole,
   FRAME_NAMES,
@@ -86,7 +79,7 @@ export interface WriterTotals {
 const EMPTY = new Uint8Array(0);
 
 function isMemfdPayload(p: SectionPayload): p is MemfdPayload {
-  return typeof p === 'object' && p !== null && 'memfd' in p && typeof (p as MemfdPayload).memfd === 'number';
+  return typeof p === 'object' && p !== null && 'memfd' in p && typeof p.memfd === 'number';
 }
 
 export class StreamWriter {
@@ -232,7 +225,7 @@ export class StreamWriter {
     this.#written.add(key);
     this.#writing = device.id;
     const sectionId = this.#nextSectionId++;
-    const atts = attachments.map((a) => ({ kind: a.kind, role: AttachmentRole.DEVICE as 0 | 1, name: a.name, meta: a.meta ?? null }));
+    const atts = attachments.map((a) => ({ kind: a.kind, role: AttachmentRole.DEVICE, name: a.name, meta: a.meta ?? null }));
     const fds = attachments.map((a) => a.fd);
     this.totals.sections++;
     this.totals.deviceFds += fds.length;
@@ -308,8 +301,7 @@ export class StreamWriter {
   ): Promise<void> {
     let memfd = givenMemfd;
     let ownMemfd = false;
-    const useMemfd =
-      givenMemfd !== null || (inline !== null && inline.length >= this.#memfdThreshold && (this.#features & Features.MEMFD_PAYLOAD) !== 0 && this.channel.canPassFds);
+    const useMemfd = givenMemfd !== null || (inline !== null && inline.length >= this.#memfdThreshold && (this.#features & Features.MEMFD_PAYLOAD) !== 0 && this.channel.canPassFds);
     let payloadCrc = 0;
     if (useMemfd && memfd === null) {
       memfd = fillMemfd(inline!);
@@ -345,7 +337,8 @@ export class StreamWriter {
       const key = `${device.id}\0${device.instance}`;
       const planned = this.#plannedDevice(device);
       if (this.#dropped.has(key)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `device ${device.id}/${device.instance} was dropped at the freeze; nothing was written`);
-      if (attachments.length > 0 && !this.channel.canPassFds) throw new BackendTransferError(ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS, `STAGE ${device.id} needs a channel that can carry fds; nothing was written`);
+      if (attachments.length > 0 && !this.channel.canPassFds)
+        throw new BackendTransferError(ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS, `STAGE ${device.id} needs a channel that can carry fds; nothing was written`);
       if (planned && (!planned.withFds || attachments.length !== planned.fdCount)) {
         throw new BackendTransferError(
           attachments.length > planned.fdCount ? ErrorCodes.ERR_STREAM_FD_EXTRA : ErrorCodes.ERR_STREAM_FD_MISSING,
@@ -354,13 +347,18 @@ export class StreamWriter {
       }
       if (planned && device.version !== planned.version) throw BackendTransferError.invalidArgument(`STAGE ${device.id} has version ${device.version}, the plan says ${planned.version}`);
       const sectionId = this.#nextSectionId++;
-      const atts = attachments.map((a) => ({ kind: a.kind, role: AttachmentRole.DEVICE as 0 | 1, name: a.name, meta: a.meta ?? null }));
+      const atts = attachments.map((a) => ({ kind: a.kind, role: AttachmentRole.DEVICE, name: a.name, meta: a.meta ?? null }));
       const prefix = encodeSectionPrefix(
         FrameType.SECTION_FULL,
         { sectionId, instanceId: device.instance, versionId: device.version, idstr: device.id, attachments: atts, payloadLength: payload.length },
         false,
       );
-      await this.#frame(FrameType.STAGE, 0, payload.length ? [prefix, payload] : [prefix], attachments.map((a) => a.fd));
+      await this.#frame(
+        FrameType.STAGE,
+        0,
+        payload.length ? [prefix, payload] : [prefix],
+        attachments.map((a) => a.fd),
+      );
       this.#staged.set(key, attachments.length);
     });
   }
@@ -495,7 +493,7 @@ export class StreamWriter {
     let bodyLength = 0;
     for (const b of body) bodyLength += b.length;
     let bodyCrc = 0;
-    if ((this.#features & Features.BODY_CRC) !== 0 || type === FrameType.HELLO || type === FrameType.WELCOME || type === FrameType.PLAN) {
+    if (bodyHasCrc(type, this.#features)) {
       for (const b of body) bodyCrc = crc32(b, bodyCrc);
     }
     const header = encodeHeader({ type, flags, bodyLength, fdCount: fds.length, firstFdSeq: fds.length ? this.#fdSeq : 0 });
