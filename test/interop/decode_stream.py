@@ -444,6 +444,14 @@ def decode_attachments(c, fdc, fail):
     return atts
 
 
+def decode_inline_payload(c, length, d, fail):
+    """An inline payload: the rest of the body, exactly payloadLength bytes; recorded in d by its length and SHA-256."""
+    if length != len(c.b) - c.pos:
+        fail("ERR_STREAM_PROTOCOL", "payloadLength")
+    payload = c.take(length, "payload")
+    d.update(payloadLength=length, payloadSha256=hashlib.sha256(payload).hexdigest())
+
+
 def decode_section(name, c, flags, fdc, fds, st, fail):
     opens = name in ("SECTION_START", "SECTION_FULL")
     d = dict(sectionId=c.u32())
@@ -463,10 +471,7 @@ def decode_section(name, c, flags, fdc, fds, st, fail):
     else:
         if any(a["role"] == 1 for a in atts):
             fail("ERR_STREAM_PROTOCOL", "payload attachment without the flag")
-        if length != len(c.b) - c.pos:
-            fail("ERR_STREAM_PROTOCOL", "payloadLength")
-        payload = c.take(length, "payload")
-        d.update(payloadLength=length, payloadSha256=hashlib.sha256(payload).hexdigest())
+        decode_inline_payload(c, length, d, fail)
     if in_memfd and not (st["features"] & MEMFD_PAYLOAD):
         fail("ERR_STREAM_PROTOCOL", "PAYLOAD_IN_MEMFD without MEMFD_PAYLOAD")
     if opens:
@@ -529,10 +534,7 @@ def decode_stage(c, fdc, fds, st, fail):
     length = c.u32("payloadLength")
     if any(a["role"] == 1 for a in atts):
         fail("ERR_STREAM_PROTOCOL", "a payload attachment on STAGE")
-    if length != len(c.b) - c.pos:
-        fail("ERR_STREAM_PROTOCOL", "payloadLength")
-    payload = c.take(length, "payload")
-    d.update(payloadLength=length, payloadSha256=hashlib.sha256(payload).hexdigest())
+    decode_inline_payload(c, length, d, fail)
     dev = st["devices"].get((d["idstr"], d["instanceId"]))
     if dev is None or dev["dropped"]:
         fail("ERR_STREAM_NOT_NEGOTIATED", d["idstr"])
