@@ -6,18 +6,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { closeFds, native } from '../src/index.js';
-import { trackFdLeaks } from './helpers/fds.js';
+import { isOpen, trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
-
-const isOpen = (fd: number): boolean => {
-  try {
-    native.fcntl_getfd(fd);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe('closeFds over a batch of mixed kinds', () => {
   it('closes eventfds, pipes, unix sockets, a memfd at once and a file on disk on the closer thread; repeats and closed numbers are ignored', async () => {

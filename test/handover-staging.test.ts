@@ -3,58 +3,19 @@
 // backends are staged and verified before freeze(); only mutable state follows.
 // The old order (staging: false), precopy of the VMM state, staged-then-changed
 // (unplugged, fd replaced, fd closed), and the check before connecting.
-import { createHash } from 'node:crypto';
-import { mkdtempSync, readSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { GenericTarget, inspectFd, receiveHandover, type GenericBackend, type HandoverEvent, type ReceiveHandoverOptions } from '../src/index.js';
+import { describe, expect, it } from 'vitest';
+import { GenericTarget, inspectFd, receiveHandover, type GenericBackend, type HandoverEvent } from '../src/index.js';
 import { countOpenFds, trackFdLeaks } from './helpers/fds.js';
+import { MiB, phasesOf, readMemfd, sessionHarness, sha256 } from './helpers/session.js';
 
 /** The open fd count once closes still in flight (closed off the loop) are done. */
 async function fdsSettleAt(n: number): Promise<number> {
   for (let i = 0; i < 100 && countOpenFds() !== n; i++) await new Promise((r) => setTimeout(r, 20));
   return countOpenFds();
 }
-import { Peers, type Peer } from './helpers/child.js';
 
 trackFdLeaks();
-const peers = new Peers();
-const dir = mkdtempSync(join(tmpdir(), 'bt-staging-'));
-let n = 0;
-const sockPath = () => join(dir, `s-${n++}.sock`);
-afterEach(() => peers.disposeAll());
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-const MiB = 1 << 20;
-const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-const phasesOf = (events: HandoverEvent[]) => events.filter((e) => e.type === 'phase').map((e) => (e as { phase: string }).phase);
-
-async function source(spec: Record<string, unknown>): Promise<{ peer: Peer; sha: string; path: string }> {
-  const path = String(spec.path ?? sockPath());
-  const peer = peers.spawn('source', [JSON.stringify({ ...spec, path })], { fixture: 'session-peer.ts' });
-  const ready = await peer.waitFor('ready');
-  return { peer, sha: String(ready.sha), path };
-}
-
-function receive(path: string, more: Partial<ReceiveHandoverOptions> = {}): { events: HandoverEvent[]; done: ReturnType<typeof receiveHandover> } {
-  const events: HandoverEvent[] = [];
-  const done = receiveHandover({
-    socket: path,
-    accept: [new GenericTarget({ id: 'vm0', expect: { ram: 'memfd', irq: 'eventfd' } })],
-    backendTransfer: true,
-    ...more,
-    onEvent: (e) => events.push(e),
-  });
-  done.catch(() => undefined);
-  return { events, done };
-}
-
-function readMemfd(fd: number, length: number): Buffer {
-  const b = Buffer.alloc(length);
-  readSync(fd, b, 0, length, 0);
-  return b;
-}
+const { source, receive } = sessionHarness('bt-staging-', 's-');
 
 type SourceResult = { result: { devices: Record<string, unknown>[]; staged: boolean; fds: number; timings: { downtimeMs: number; breakdown?: Record<string, number> } }; events: HandoverEvent[]; frozen: number; thawed: number; leaked: number; works: boolean | null };
 

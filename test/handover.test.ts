@@ -3,59 +3,16 @@
 // order, progress, timings, the state's ways across (one buffer, parts of unknown
 // total size, sealed memfds, streamed to onState), the caller's abort on either
 // side, a phase timeout, the warm-up, and the send buffer.
-import { createHash } from 'node:crypto';
 import { PerformanceObserver, constants as perfConstants, type PerformanceEntry } from 'node:perf_hooks';
-import { mkdtempSync, readSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { AckStage, FdServer, FdSocket, GenericTarget, StreamReader, StreamWriter, fdSocketChannel, inspectFd, isReleased, mappingStats, receiveHandover, warmUpHandover, type GenericBackend, type HandoverEvent, type ReceiveHandoverOptions } from '../src/index.js';
+import { describe, expect, it } from 'vitest';
+import { AckStage, FdServer, FdSocket, StreamReader, StreamWriter, fdSocketChannel, inspectFd, isReleased, mappingStats, warmUpHandover, type GenericBackend, type HandoverEvent } from '../src/index.js';
 import { ItemQueue } from '../src/handover/items.js';
 import { buildStream } from './helpers/stream.js';
 import { countOpenFds, trackFdLeaks } from './helpers/fds.js';
-import { Peers, type Peer } from './helpers/child.js';
+import { MiB, phasesOf, readMemfd, sessionHarness, sha256 } from './helpers/session.js';
 
 trackFdLeaks();
-const peers = new Peers();
-const dir = mkdtempSync(join(tmpdir(), 'bt-session-'));
-let n = 0;
-const sockPath = () => join(dir, `h-${n++}.sock`);
-afterEach(() => peers.disposeAll());
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-const MiB = 1 << 20;
-
-async function source(spec: Record<string, unknown>): Promise<{ peer: Peer; sha: string; path: string }> {
-  const path = String(spec.path ?? sockPath());
-  const peer = peers.spawn('source', [JSON.stringify({ ...spec, path })], { fixture: 'session-peer.ts' });
-  const ready = await peer.waitFor('ready');
-  return { peer, sha: String(ready.sha), path };
-}
-
-function receive(path: string, more: Partial<ReceiveHandoverOptions> = {}): { events: HandoverEvent[]; done: ReturnType<typeof receiveHandover> } {
-  const events: HandoverEvent[] = [];
-  const done = receiveHandover({
-    socket: path,
-    accept: [new GenericTarget({ id: 'vm0', expect: { ram: 'memfd', irq: 'eventfd' } })],
-    backendTransfer: true,
-    ...more,
-    onEvent: (e) => {
-      events.push(e);
-      more.onEvent?.(e);
-    },
-  });
-  done.catch(() => undefined); // handled where the test awaits it; not an unhandled rejection meanwhile
-  return { events, done };
-}
-
-const phasesOf = (events: HandoverEvent[]) => events.filter((e) => e.type === 'phase').map((e) => (e as { phase: string }).phase);
-const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-
-function readMemfd(fd: number, length: number): Buffer {
-  const b = Buffer.alloc(length);
-  readSync(fd, b, 0, length, 0);
-  return b;
-}
+const { sockPath, source, receive } = sessionHarness('bt-session-', 'h-');
 
 describe('a handover between two processes', () => {
   it('goes through every phase in order on both sides, with progress and timings, and the state arrives intact', async () => {

@@ -4,18 +4,9 @@
 import { describe, expect, it } from 'vitest';
 import { FdSocket, StreamWriter, closeFds, fdSocketChannel, native } from '../src/index.js';
 import { encodeHeader, encodeHello } from '../src/stream/codec.js';
-import { trackFdLeaks } from './helpers/fds.js';
+import { isOpen, trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
-
-const isOpen = (fd: number): boolean => {
-  try {
-    native.fcntl_getfd(fd);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /** Values that must never pass as an fd, each built from a real open fd (so a wrap would hit it). */
 const badFds = (fd: number): number[] => [fd + 0.5, -1, -fd, 2 ** 32 + fd, 2 ** 31 + fd, NaN, Infinity, -Infinity, 2 ** 53 + fd, 1e300];

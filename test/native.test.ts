@@ -3,7 +3,7 @@ import { readSync, writeSync, openSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { closeFd, closeFds, inspectFd, native } from '../src/index.js';
 import { skipUnless } from './helpers/env.js';
-import { trackFdLeaks } from './helpers/fds.js';
+import { isOpen, trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
 
@@ -48,15 +48,6 @@ describe('errno mapping', () => {
 });
 
 describe('closing fds', () => {
-  const isOpen = (fd: number): boolean => {
-    try {
-      native.fcntl_getfd(fd);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-
   it('close_range closes a whole range in one call; its errors carry the syscall', () => {
     const fds = Array.from({ length: 6 }, () => native.eventfd(0)).sort((a, b) => a - b);
     const lo = fds[0]!;

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { AckStage, Features, MemoryChannel, StreamReader, StreamWriter, closeFds, inspectFd, native, type SectionItem } from '../src/index.js';
+import { AckStage, Features, MemoryChannel, StreamReader, StreamWriter, closeFds, inspectFd, native, type SectionItem, type StreamItem } from '../src/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
 import { decodeHeader } from '../src/stream/codec.js';
 
@@ -22,6 +22,21 @@ function example(name: string): Buffer {
     for (const tok of hex.split(' ')) bytes.push(parseInt(tok, 16));
   }
   return Buffer.from(bytes);
+}
+
+/**
+ * Feeds an example's bytes to `r` in two reads, as a socket delivers them: `fd`
+ * arrives with the bytes of the frame that declares fds, and the first read ends
+ * with that frame.
+ */
+function feedWithFd(r: StreamReader, bytes: Buffer, fd: number): StreamItem[] {
+  let end = 8;
+  for (let off = 8; off < bytes.length; ) {
+    const h = decodeHeader(bytes, off);
+    off += 20 + h.bodyLength + 4;
+    if (h.fdCount > 0) end = off;
+  }
+  return [...r.feed(bytes.subarray(0, end), [fd]), ...r.feed(bytes.subarray(end))];
 }
 
 describe('docs/stream-format.md examples', () => {
@@ -59,14 +74,7 @@ describe('docs/stream-format.md examples', () => {
     const bytes = example('section-with-fd');
     const efd = native.eventfd(7);
     const r = new StreamReader({ role: 'inspect' });
-    // The fd arrives with the section frame's bytes; a read that takes it ends with that frame.
-    let end = 8;
-    for (let off = 8; off < bytes.length; ) {
-      const h = decodeHeader(bytes, off);
-      off += 20 + h.bodyLength + 4;
-      if (h.fdCount > 0) end = off;
-    }
-    const items = [...r.feed(bytes.subarray(0, end), [native.dup(efd)]), ...r.feed(bytes.subarray(end))];
+    const items = feedWithFd(r, bytes, native.dup(efd));
     const s = items.find((i): i is SectionItem => i.type === 'section')!;
     expect(s.attachments.map((a) => ({ kind: a.kind, name: a.name, meta: a.meta }))).toEqual([{ kind: 'eventfd', name: 'kick0', meta: { queue: 0 } }]);
     expect(inspectFd(s.attachments[0]!.fd).kind).toBe('eventfd');
@@ -106,13 +114,7 @@ describe('docs/stream-format.md examples', () => {
     const bytes = example('staged');
     const efd = native.eventfd(3);
     const r = new StreamReader({ role: 'inspect' });
-    let end = 8;
-    for (let off = 8; off < bytes.length; ) {
-      const h = decodeHeader(bytes, off);
-      off += 20 + h.bodyLength + 4;
-      if (h.fdCount > 0) end = off;
-    }
-    const items = [...r.feed(bytes.subarray(0, end), [native.dup(efd)]), ...r.feed(bytes.subarray(end))];
+    const items = feedWithFd(r, bytes, native.dup(efd));
     expect(items.map((i) => i.type)).toEqual(['hello', 'plan', 'stage', 'freeze', 'section', 'end-of-state', 'eof']);
     const st = items[2] as Extract<(typeof items)[0], { type: 'stage' }>;
     expect(st).toMatchObject({ sectionId: 1, restage: false, afterFreeze: false });

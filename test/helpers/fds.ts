@@ -2,6 +2,7 @@
 // what it was before.
 import { readSync } from 'node:fs';
 import { afterEach, beforeEach } from 'vitest';
+import { native } from '../../src/index.js';
 import { leakedSince, openFds } from './fd-list.js';
 
 export { leakedSince, openFds };
@@ -40,4 +41,14 @@ export function counter(fd: number): number {
   const b = Buffer.alloc(8);
   readSync(fd, b, 0, 8, null);
   return Number(b.readBigUInt64LE(0));
+}
+
+/** Whether `fd` is an open fd of this process (fcntl(F_GETFD) succeeds). */
+export function isOpen(fd: number): boolean {
+  try {
+    native.fcntl_getfd(fd);
+    return true;
+  } catch {
+    return false;
+  }
 }

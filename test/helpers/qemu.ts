@@ -11,6 +11,7 @@ import { BackendTransferError, ErrorCodes, FdSocket } from '../../src/index.js';
 import { QmpClient, type QmpConnectOptions } from '../../src/qmp/index.js';
 import { hasCommand } from './env.js';
 import { Peers, type Peer } from './child.js';
+import { Tracked } from './tracked.js';
 
 export const QEMU_BINARY = process.env.BT_QEMU ?? 'qemu-system-x86_64';
 
@@ -207,15 +208,9 @@ export class QemuProcess {
 }
 
 /** Tracks QEMUs so that afterEach can dispose of them even when a test fails. */
-export class QemuInstances {
-  #all: QemuProcess[] = [];
-  async start(options: QemuStartOptions = {}): Promise<QemuProcess> {
-    const q = await QemuProcess.start(options);
-    this.#all.push(q);
-    return q;
-  }
-  async disposeAll(): Promise<void> {
-    await Promise.all(this.#all.splice(0).map((q) => q.dispose()));
+export class QemuInstances extends Tracked<QemuStartOptions, QemuProcess> {
+  constructor() {
+    super((options) => QemuProcess.start(options));
   }
 }
 

@@ -2,6 +2,7 @@
 // what only the tests use is here.
 import { StorageDaemon, socketFds, type StorageDaemonOptions } from '../../src/cli/demo/storage-daemon.js';
 import { hasCommand } from '../../src/cli/demo/process.js';
+import { Tracked } from './tracked.js';
 
 export * from '../../src/cli/demo/storage-daemon.js';
 
@@ -24,14 +25,8 @@ export function ownSocketInodes(): Set<number> {
 }
 
 /** Tracks daemons so that afterEach disposes of them even when a test fails. */
-export class StorageDaemons {
-  #all: StorageDaemon[] = [];
-  async start(options: StorageDaemonOptions = {}): Promise<StorageDaemon> {
-    const d = await StorageDaemon.start(options);
-    this.#all.push(d);
-    return d;
-  }
-  async disposeAll(): Promise<void> {
-    await Promise.all(this.#all.splice(0).map((d) => d.dispose()));
+export class StorageDaemons extends Tracked<StorageDaemonOptions, StorageDaemon> {
+  constructor() {
+    super((options) => StorageDaemon.start(options));
   }
 }

@@ -427,11 +427,8 @@ def decode_body(name, c, flags, fdc, fds, role, welcome, st, fail):
     return {}
 
 
-def decode_section(name, c, flags, fdc, fds, st, fail):
-    opens = name in ("SECTION_START", "SECTION_FULL")
-    d = dict(sectionId=c.u32())
-    if opens:
-        d.update(instanceId=c.u32(), versionId=c.u32(), idstr=c.str("idstr"))
+def decode_attachments(c, fdc, fail):
+    """A section's or STAGE's attachment list: as many as the header's fdCount, each kind and role known."""
     n = c.u16("attachmentCount")
     if n != fdc:
         fail("ERR_STREAM_PROTOCOL", "attachmentCount is not fdCount")
@@ -444,6 +441,23 @@ def decode_section(name, c, flags, fdc, fds, st, fail):
         if role not in (0, 1):
             fail("ERR_STREAM_PROTOCOL", "attachment role")
         atts.append(dict(kind=ATT_KINDS[k], role=role, name=c.str("name"), meta=c.json("meta")))
+    return atts
+
+
+def decode_inline_payload(c, length, d, fail):
+    """An inline payload: the rest of the body, exactly payloadLength bytes; recorded in d by its length and SHA-256."""
+    if length != len(c.b) - c.pos:
+        fail("ERR_STREAM_PROTOCOL", "payloadLength")
+    payload = c.take(length, "payload")
+    d.update(payloadLength=length, payloadSha256=hashlib.sha256(payload).hexdigest())
+
+
+def decode_section(name, c, flags, fdc, fds, st, fail):
+    opens = name in ("SECTION_START", "SECTION_FULL")
+    d = dict(sectionId=c.u32())
+    if opens:
+        d.update(instanceId=c.u32(), versionId=c.u32(), idstr=c.str("idstr"))
+    atts = decode_attachments(c, fdc, fail)
     d["attachments"] = atts
     length = c.u32("payloadLength")
     in_memfd = flags & 1
@@ -457,10 +471,7 @@ def decode_section(name, c, flags, fdc, fds, st, fail):
     else:
         if any(a["role"] == 1 for a in atts):
             fail("ERR_STREAM_PROTOCOL", "payload attachment without the flag")
-        if length != len(c.b) - c.pos:
-            fail("ERR_STREAM_PROTOCOL", "payloadLength")
-        payload = c.take(length, "payload")
-        d.update(payloadLength=length, payloadSha256=hashlib.sha256(payload).hexdigest())
+        decode_inline_payload(c, length, d, fail)
     if in_memfd and not (st["features"] & MEMFD_PAYLOAD):
         fail("ERR_STREAM_PROTOCOL", "PAYLOAD_IN_MEMFD without MEMFD_PAYLOAD")
     if opens:
@@ -518,26 +529,12 @@ def decode_section(name, c, flags, fdc, fds, st, fail):
 def decode_stage(c, fdc, fds, st, fail):
     """A STAGE body: as a SECTION_FULL body, every attachment a device fd, the payload inline."""
     d = dict(sectionId=c.u32(), instanceId=c.u32(), versionId=c.u32(), idstr=c.str("idstr"))
-    n = c.u16("attachmentCount")
-    if n != fdc:
-        fail("ERR_STREAM_PROTOCOL", "attachmentCount is not fdCount")
-    atts = []
-    for _ in range(n):
-        k = c.u8()
-        if k not in ATT_KINDS:
-            fail("ERR_STREAM_PROTOCOL", "attachment kind")
-        role = c.u8()
-        if role not in (0, 1):
-            fail("ERR_STREAM_PROTOCOL", "attachment role")
-        atts.append(dict(kind=ATT_KINDS[k], role=role, name=c.str("name"), meta=c.json("meta")))
+    atts = decode_attachments(c, fdc, fail)
     d["attachments"] = atts
     length = c.u32("payloadLength")
     if any(a["role"] == 1 for a in atts):
         fail("ERR_STREAM_PROTOCOL", "a payload attachment on STAGE")
-    if length != len(c.b) - c.pos:
-        fail("ERR_STREAM_PROTOCOL", "payloadLength")
-    payload = c.take(length, "payload")
-    d.update(payloadLength=length, payloadSha256=hashlib.sha256(payload).hexdigest())
+    decode_inline_payload(c, length, d, fail)
     dev = st["devices"].get((d["idstr"], d["instanceId"]))
     if dev is None or dev["dropped"]:
         fail("ERR_STREAM_NOT_NEGOTIATED", d["idstr"])
