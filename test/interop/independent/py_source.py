@@ -307,10 +307,6 @@ def spawn_node(args, log):
         cmd += ["--exec", "--", sys.executable, "-c", CHILD]
     log("spawn " + " ".join(cmd[:8]))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    for _ in range(200):
-        if os.path.exists(sock_path) or proc.poll() is not None:
-            break
-        time.sleep(0.05)
     ram = b"guest ram written by py_source.py for the node target\n" * 32
     ram_fd = os.memfd_create("guest-ram", os.MFD_ALLOW_SEALING)
     os.write(ram_fd, ram)
@@ -318,8 +314,19 @@ def spawn_node(args, log):
     os.eventfd_write(irq_fd, 3)
     spy_irq = os.dup(irq_fd)  # a second reference to the same eventfd, to see the child's write
     state = os.urandom(args.state_bytes)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sock_path)
+    # The path exists from bind() on, before listen(): connect until it is accepted
+    # (refused or missing: not listening yet), for at most 30 s or until the target exits.
+    deadline = time.monotonic() + 30
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(sock_path)
+            break
+        except (ConnectionRefusedError, FileNotFoundError):
+            s.close()
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     src = Source(s, (ram_fd, irq_fd), state, args.memfd_payload, args.parts, log, crc=not args.no_crc,
                  ping=args.ping, drop_probe=args.drop_probe, versions=tuple(int(x) for x in args.versions.split(":")),
                  commit_early=args.commit_early)
