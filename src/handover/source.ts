@@ -19,7 +19,7 @@ import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type DeviceOutcome, type SendHandoverOptions, type SendHandoverResult, type SourcePhase } from './types.js';
-import { PeerWatch, PhaseClock, SessionGuard, abortedError, collectGarbage, limited, now, randomProbe } from './util.js';
+import { PeerWatch, PhaseClock, SessionGuard, abortedError, byDevice, deviceKey, collectGarbage, limited, now, randomProbe } from './util.js';
 import { native } from '../native.js';
 import { warmUpHandover } from './warmup.js';
 
@@ -332,9 +332,10 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     guard.stop();
     await timed(queue.next(0, 'EOF'), 2000, 'the target EOF').catch(() => undefined);
     enter('done');
-    const droppedBy = new Map(droppedOut.map((x) => [`${x.id}\0${x.instance}`, x.reason] as const));
+    const droppedBy = new Map(droppedOut.map((x) => [deviceKey(x), x.reason] as const));
+    const planned = byDevice(plan.devices);
     const outcomes: DeviceOutcome[] = o.devices.map((d) => {
-      const p = plan.devices.find((x) => x.id === d.id && x.instance === d.instance);
+      const p = planned.get(deviceKey(d));
       const why = droppedBy.get(`${d.id}\0${d.instance}`);
       if (why !== undefined) return { id: d.id, kind: d.kind, outcome: 'dropped', fds: 0, reason: why };
       const out: DeviceOutcome = { id: d.id, kind: d.kind, outcome: !p ? 'refused' : p.withFds ? 'moved' : 'state-only', fds: p?.fdCount ?? 0 };
@@ -353,7 +354,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       devices: outcomes,
       stateBytes: (payloadSize(o.state) ?? 0) + (o.precopy instanceof Uint8Array ? o.precopy.length : 0),
       bytes,
-      fds: moved.reduce((n, d) => n + (plan.devices.find((x) => x.id === d.id && x.instance === d.instance)?.fdCount ?? 0), 0),
+      fds: moved.reduce((n, d) => n + (planned.get(deviceKey(d))?.fdCount ?? 0), 0),
       staged,
       timings,
     };
@@ -417,10 +418,12 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
 /** A `warning` event for each device whose fds will not move, with why (else nothing says so). */
 function warnUnmoved(o: SendHandoverOptions, plan: Plan, welcome: Welcome): void {
   if (!o.onEvent) return;
+  const planned = byDevice(plan.devices);
+  const answers = byDevice(welcome.answers);
   for (const d of o.devices) {
-    const p = plan.devices.find((x) => x.id === d.id && x.instance === d.instance);
+    const p = planned.get(deviceKey(d));
     const n = d.fdCount();
-    const answer = welcome.answers.find((a) => a.id === d.id && a.instance === d.instance);
+    const answer = answers.get(deviceKey(d));
     let why: string | null = null;
     if (!p) why = `the target did not take it (${answer ? (REASON_NAMES[answer.reason] ?? `reason ${answer.reason}`) : 'no answer'}; does it accept this id and kind?): nothing of it moves`;
     else if (!p.withFds && n > 0) {

@@ -23,7 +23,7 @@ import { checkPeer } from '../transport/peer.js';
 import { FdServer } from '../transport/server.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_HANDOVER_LIMITS, DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { PeerWatch, PhaseClock, SessionGuard, abortedError, closeSectionItem, collectGarbage, limited, now } from './util.js';
+import { PeerWatch, PhaseClock, SessionGuard, abortedError, byDevice, deviceKey, closeSectionItem, collectGarbage, limited, now } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
 /** VMM state up to this size is given room before the freeze (announced in HELLO). */
@@ -361,25 +361,24 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     if (planItem.type !== 'plan') throw new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, `expected PLAN, the source sent ${planItem.type}`);
     planned = true;
     const jsonLimits = { maxJsonBytes: lim.maxJsonBytes, maxJsonDepth: lim.maxJsonDepth };
-    const byKey = new Map<string, TargetDevice>();
-    for (const t of o.accept) if (!byKey.has(`${t.id}\0${t.instance}`)) byKey.set(`${t.id}\0${t.instance}`, t);
+    const byKey = byDevice(o.accept);
     if (o.onEvent) {
       // Say what will not arrive: nothing else would (the handover itself succeeds).
       // Maps, not searches: the offers and the plan are bounded by limits.maxDevices, not small.
-      const plannedByKey = new Map(planItem.plan.devices.map((x) => [`${x.id}\0${x.instance}` as string, x] as const));
-      const offeredKeys = new Set(hello.offers.map((x) => `${x.id}\0${x.instance}`));
+      const plannedByKey = byDevice(planItem.plan.devices);
+      const offeredKeys = byDevice(hello.offers);
       for (const t of o.accept) {
-        const key = `${t.id}\0${t.instance}`;
+        const key = deviceKey(t);
         const p = plannedByKey.get(key);
         if (!p) o.onEvent({ type: 'warning', message: `device ${t.id}: ${offeredKeys.has(key) ? 'offered by the source but not planned (kind or version does not match)' : 'the source did not offer it (under another id?)'}: nothing of it arrives` });
         else if (!p.withFds && t.acceptFds) o.onEvent({ type: 'warning', message: `device ${t.id}: only its state arrives, not its backend's fds` });
       }
       for (const x of hello.offers) {
-        if (!isVmmState(x) && !byKey.has(`${x.id}\0${x.instance}`)) o.onEvent({ type: 'warning', message: `the source offered device ${x.id} (${x.kind}), which this side does not accept` });
+        if (!isVmmState(x) && !byKey.has(deviceKey(x))) o.onEvent({ type: 'warning', message: `the source offered device ${x.id} (${x.kind}), which this side does not accept` });
       }
     }
     for (const p of planItem.plan.devices) {
-      const target = byKey.get(`${p.id}\0${p.instance}`) ?? null;
+      const target = byKey.get(deviceKey(p)) ?? null;
       pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0), jsonLimits }, parts: new Parts(), complete: false, staged: false, dropped: false });
     }
 

@@ -23,6 +23,16 @@ export function randomProbe(): Buffer {
 
 export const now = (): number => performance.now();
 
+/** A device's key in maps: its id and instance (an id never holds a NUL). */
+export const deviceKey = (d: { id: string; instance: number }): string => `${d.id}\0${d.instance}`;
+
+/** `list` by deviceKey, the first of each key kept: lookups by device without a search per device. */
+export function byDevice<T extends { id: string; instance: number }>(list: readonly T[]): Map<string, T> {
+  const m = new Map<string, T>();
+  for (const x of list) if (!m.has(deviceKey(x))) m.set(deviceKey(x), x);
+  return m;
+}
+
 let gcFn: (() => void) | null | undefined;
 
 /**
