@@ -212,6 +212,18 @@ describe.sequential('kill -9 of the source in the middle of the transfer', () =>
   });
 });
 
+/** A handover whose target kills itself on entering `phase`; the source's failure is checked. */
+async function killTargetAt(phase: string, opts: Parameters<typeof world>[0] = {}): Promise<{ w: World; r: Record<string, unknown> }> {
+  const w = await world(opts);
+  const t = newOwner(w, { killAt: phase });
+  await t.waitFor('listening');
+  const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
+  expect((await exitOf(t)).signal).toBe('SIGKILL');
+  expect(r.event).toBe('handover-failed');
+  expectTargetDied(r, phase);
+  return { w, r };
+}
+
 /** The source's failure when the target was killed in `phase`. */
 function expectTargetDied(r: Record<string, unknown>, phase: string): void {
   if (phase === 'commit' && r.code === 'ERR_COMMIT_NOT_SENT') {
@@ -228,13 +240,7 @@ function expectTargetDied(r: Record<string, unknown>, phase: string): void {
 describe.sequential('kill -9 of the target at each phase', () => {
   for (const phase of ['authenticate', 'handshake', 'transfer', 'verify', 'adopt', 'commit']) {
     it(`at ${phase}: the source keeps every backend, thaws, and the peers saw nothing`, async () => {
-      const w = await world({ staging: false });
-      const t = newOwner(w, { killAt: phase });
-      await t.waitFor('listening');
-      const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
-      expect((await exitOf(t)).signal).toBe('SIGKILL');
-      expect(r.event).toBe('handover-failed');
-      expectTargetDied(r, phase);
+      const { w, r } = await killTargetAt(phase, { staging: false });
       await expectAliveWith(w, w.old);
     });
   }
@@ -276,13 +282,7 @@ describe.sequential('staged: kill -9 of the source at each phase', () => {
 describe.sequential('staged: kill -9 of the target at each phase', () => {
   for (const phase of ['stage', 'switch-over', 'adopt', 'commit']) {
     it(`at ${phase}: the source keeps every backend${phase === 'stage' ? ' and never froze' : ', thaws'}, and the peers saw nothing`, async () => {
-      const w = await world();
-      const t = newOwner(w, { killAt: phase });
-      await t.waitFor('listening');
-      const r = await w.old.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'], 20_000);
-      expect((await exitOf(t)).signal).toBe('SIGKILL');
-      expect(r.event).toBe('handover-failed');
-      expectTargetDied(r, phase);
+      const { w, r } = await killTargetAt(phase);
       if (phase === 'stage') expect(r.frozen).toBe(false);
       await expectAliveWith(w, w.old);
     });
