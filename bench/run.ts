@@ -34,7 +34,18 @@ const runs = Number(values.runs ?? (quick ? 3 : 5));
 const MiB = 1 << 20;
 const scale: Scale = quick
   ? { quick, bulkBytes: 256 * MiB, fdMessages1: 50_000, fdMessages253: 2_000, pingpongs: 5_000, ipcHandles: 1_000, usocketFds: 10_000, daemonFds: 3_000, daemonState: 64 * MiB, rssBytes: 512 * MiB }
-  : { quick, bulkBytes: 1024 * MiB, fdMessages1: 200_000, fdMessages253: 10_000, pingpongs: 20_000, ipcHandles: 10_000, usocketFds: 50_000, daemonFds: 30_000, daemonState: 1024 * MiB, rssBytes: 4096 * MiB };
+  : {
+      quick,
+      bulkBytes: 1024 * MiB,
+      fdMessages1: 200_000,
+      fdMessages253: 10_000,
+      pingpongs: 20_000,
+      ipcHandles: 10_000,
+      usocketFds: 50_000,
+      daemonFds: 30_000,
+      daemonState: 1024 * MiB,
+      rssBytes: 4096 * MiB,
+    };
 
 buildC();
 let cases: Case[] = [...transportCases(scale), ...streamCases(scale), ...handoverCases(scale)];
@@ -79,7 +90,9 @@ for (const c of cases) {
 const report: Report = { date: new Date().toISOString(), quick, runs, seconds: Math.round((Date.now() - started) / 1000), machine: machine(), rows };
 
 // Terminal table
-console.log(`\nbackend-transfer benchmarks (${quick ? 'quick' : 'full'}, ${runs} runs, medians; ratio = this / baseline of the group; CRC-32 by ${String(report.machine.crc32)}; load average at the end ${String(report.machine.load)})\n`);
+console.log(
+  `\nbackend-transfer benchmarks (${quick ? 'quick' : 'full'}, ${runs} runs, medians; ratio = this / baseline of the group; CRC-32 by ${String(report.machine.crc32)}; load average at the end ${String(report.machine.load)})\n`,
+);
 let group = '';
 const nameWidth = Math.max(...rows.map((r) => r.name.length));
 const rangeWidth = Math.max(...rows.map((r) => `[${fmt(r.min)} – ${fmt(r.max)}]`.length));
@@ -89,9 +102,16 @@ for (const row of rows) {
     console.log(group);
   }
   const ratio = row.ratio === null ? '' : `${row.ratio.toFixed(2)}x`;
-  const target = row.target !== null ? ` (target ${Number(row.target.toFixed(2))}x: ${row.met ? 'met' : 'MISSED'})` : row.absoluteTarget !== null ? ` (target ${row.lowerIsBetter ? '<=' : '>='} ${row.absoluteTarget}: ${row.met ? 'met' : 'MISSED'})` : '';
+  const target =
+    row.target !== null
+      ? ` (target ${Number(row.target.toFixed(2))}x: ${row.met ? 'met' : 'MISSED'})`
+      : row.absoluteTarget !== null
+        ? ` (target ${row.lowerIsBetter ? '<=' : '>='} ${row.absoluteTarget}: ${row.met ? 'met' : 'MISSED'})`
+        : '';
   const extra = row.extra ? `  ${JSON.stringify(row.extra)}` : '';
-  console.log(`  ${row.name.padEnd(nameWidth)} ${fmt(row.median).padStart(10)} ${row.unit.padEnd(14)} ${`[${fmt(row.min)} – ${fmt(row.max)}]`.padEnd(rangeWidth)} ${ratio.padStart(6)}${target}${extra}`);
+  console.log(
+    `  ${row.name.padEnd(nameWidth)} ${fmt(row.median).padStart(10)} ${row.unit.padEnd(14)} ${`[${fmt(row.min)} – ${fmt(row.max)}]`.padEnd(rangeWidth)} ${ratio.padStart(6)}${target}${extra}`,
+  );
 }
 
 mkdirSync(join(BENCH, 'results'), { recursive: true });

@@ -23,8 +23,23 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
-  ChardevSocketSource, ChardevSocketTarget, FdServer, FdSocket, QmpClient, TapSource, TapTarget, attachChardevSocketToQemu,
-  attachTapToQemu, closeFds, openTap, queryChardevs, readNetworkInfo, receiveHandover, sendHandover, type ChardevBackend, type TapBackend,
+  ChardevSocketSource,
+  ChardevSocketTarget,
+  FdServer,
+  FdSocket,
+  QmpClient,
+  TapSource,
+  TapTarget,
+  attachChardevSocketToQemu,
+  attachTapToQemu,
+  closeFds,
+  openTap,
+  queryChardevs,
+  readNetworkInfo,
+  receiveHandover,
+  sendHandover,
+  type ChardevBackend,
+  type TapBackend,
 } from '../src/index.js';
 
 const QUEUES = 4;
@@ -32,7 +47,12 @@ const IFNAME = 'bt-tap0';
 const HELLO = 'hello from the old owner\n';
 const QEMU = process.env.BT_QEMU ?? 'qemu-system-x86_64';
 
-interface OldOwnerConfig { ifname: string; queues: number; backendPath: string; handoverPath: string }
+interface OldOwnerConfig {
+  ifname: string;
+  queues: number;
+  backendPath: string;
+  handoverPath: string;
+}
 
 /** What --json prints. */
 export interface Report {
@@ -144,7 +164,9 @@ function startQemu(dir: string) {
   try {
     accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
     if (process.env.BT_QEMU_ACCEL !== 'tcg') accel = 'kvm';
-  } catch { /* TCG it is */ }
+  } catch {
+    /* TCG it is */
+  }
   const qmpPath = join(dir, 'qmp.sock');
   const accelArgs = accel === 'kvm' ? ['-accel', 'kvm', '-accel', 'tcg'] : ['-accel', 'tcg'];
   const args = ['-nodefaults', '-no-user-config', '-nographic', '-S', '-machine', 'pc', '-m', '64', ...accelArgs, '-qmp', `unix:${qmpPath},server=on,wait=off`];
@@ -171,10 +193,12 @@ function startBackendService(path: string) {
     for await (const sock of server) {
       const c = { sock, received: Buffer.alloc(0) };
       conns.push(c);
-      sock.consume((chunk) => {
-        closeFds(chunk.fds);
-        c.received = Buffer.concat([c.received, chunk.data]);
-      }).catch(() => undefined);
+      sock
+        .consume((chunk) => {
+          closeFds(chunk.fds);
+          c.received = Buffer.concat([c.received, chunk.data]);
+        })
+        .catch(() => undefined);
     }
   })().catch(() => undefined);
   return {
@@ -212,13 +236,15 @@ function watchLink(ns: string, ifname: string) {
 
 /** QEMU's fds that are queues of TAP `ifname` (fdinfo says "iff:", whatever namespace the TAP is in). */
 function qemuTapFds(pid: number, ifname: string): number[] {
-  return readdirSync(`/proc/${pid}/fd`).map(Number).filter((fd) => {
-    try {
-      return new RegExp(`^iff:\\s*${ifname}$`, 'm').test(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
-    } catch {
-      return false;
-    }
-  });
+  return readdirSync(`/proc/${pid}/fd`)
+    .map(Number)
+    .filter((fd) => {
+      try {
+        return new RegExp(`^iff:\\s*${ifname}$`, 'm').test(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+      } catch {
+        return false;
+      }
+    });
 }
 
 function openFds(pid: number | 'self' = 'self'): Map<number, string> {
@@ -226,7 +252,9 @@ function openFds(pid: number | 'self' = 'self'): Map<number, string> {
   for (const fd of readdirSync(`/proc/${pid}/fd`)) {
     try {
       m.set(Number(fd), fdLink(pid, fd));
-    } catch { /* closed meanwhile (readdir's own) */ }
+    } catch {
+      /* closed meanwhile (readdir's own) */
+    }
   }
   return m;
 }
@@ -315,8 +343,11 @@ async function run(report: Report, defer: (undo: () => unknown) => void): Promis
   // 3. What QEMU holds, what the namespace and the backend service saw.
   const net = (await readNetworkInfo(qmp)).filter((e) => e.name === 'net0' && e.type === 'tap');
   const inProc = qemuTapFds(qemuPid, IFNAME);
-  check('QEMU holds every TAP queue', net.length === QUEUES && inProc.length === QUEUES && net.every((e) => e.peerOf === 'nic0'),
-    `info network: ${net.length} tap queues of net0, under ${[...new Set(net.map((e) => e.peerOf))].join(',')}; /proc/${qemuPid}/fd: ${inProc.length} queues of ${IFNAME}`);
+  check(
+    'QEMU holds every TAP queue',
+    net.length === QUEUES && inProc.length === QUEUES && net.every((e) => e.peerOf === 'nic0'),
+    `info network: ${net.length} tap queues of net0, under ${[...new Set(net.map((e) => e.peerOf))].join(',')}; /proc/${qemuPid}/fd: ${inProc.length} queues of ${IFNAME}`,
+  );
   const after = link(ns, IFNAME);
   await sleep(50); // late netlink messages
   const downs = watch.downs();
@@ -324,8 +355,15 @@ async function run(report: Report, defer: (undo: () => unknown) => void): Promis
   check('the TAP stayed up', before.up && after.up && downs.length === 0, downs.join(' | ') || `UP,LOWER_UP before and after, no carrier drop in ${watch.events()} link events`);
   check('the old owner exited cleanly', oldExit.code === 0, `exit code ${String(oldExit.code)}`);
   report.tap = {
-    ifname: IFNAME, queues: tap.queues.length, qemuFds: attachedTap.qemuFds, qemuFdsInProc: inProc.length,
-    ifindexBefore: before.ifindex, ifindexAfter: after.ifindex, up: after.up, linkEvents: watch.events(), linkDownEvents: downs,
+    ifname: IFNAME,
+    queues: tap.queues.length,
+    qemuFds: attachedTap.qemuFds,
+    qemuFdsInProc: inProc.length,
+    ifindexBefore: before.ifindex,
+    ifindexAfter: after.ifindex,
+    up: after.up,
+    linkEvents: watch.events(),
+    linkDownEvents: downs,
   };
 
   // A frontend that writes into the chardev: QEMU's gdbstub answers gdb packets (no guest needed).
@@ -342,8 +380,14 @@ async function run(report: Report, defer: (undo: () => unknown) => void): Promis
   check("QEMU's bytes reach the backend on its first connection", reply.startsWith('$T05') && reply === gdbPacket(reply.slice(1, -3)), `sent ${gdbPacket('?')}, got ${fromQemu}`);
   check('the backend saw exactly one connection', backend.conns.length === 1, `${backend.conns.length} connection(s)`);
   report.chardev = {
-    id: 'ch0', filename: info?.filename ?? null, connected, frontendOpen: info?.frontendOpen ?? false, sameSocket,
-    peerConnections: backend.conns.length, bytesFromQemu: Buffer.byteLength(fromQemu, 'latin1'), gdbReply: reply,
+    id: 'ch0',
+    filename: info?.filename ?? null,
+    connected,
+    frontendOpen: info?.frontendOpen ?? false,
+    sameSocket,
+    peerConnections: backend.conns.length,
+    bytesFromQemu: Buffer.byteLength(fromQemu, 'latin1'),
+    gdbReply: reply,
   };
 }
 
@@ -357,7 +401,9 @@ async function main(): Promise<number> {
   const run1 = async (f: () => unknown) => {
     try {
       await f(); // called at once, awaited after
-    } catch { /* best effort: the other steps still run */ }
+    } catch {
+      /* best effort: the other steps still run */
+    }
   };
   const defer = (f: () => unknown) => void (cleaning ? run1(f) : undo.push(f));
   const cleanUp = async () => {
@@ -380,8 +426,11 @@ async function main(): Promise<number> {
   report.fdsLeftOpen = [...openFds()].filter(([fd, l]) => fdsAtStart.get(fd) !== l && !/^(anon_inode|pipe):/.test(l)).map(([fd, l]) => `${fd} -> ${l}`);
   if (!report.unavailable) {
     const nsLeft = report.netns !== undefined && ip('netns', 'list').includes(report.netns);
-    report.checks.push({ check: 'nothing left behind', ok: report.fdsLeftOpen.length === 0 && !nsLeft,
-      detail: nsLeft ? `namespace ${report.netns} still exists` : report.fdsLeftOpen.join(', ') || 'QEMU killed, namespace deleted, temp dir removed, no fd of ours open' });
+    report.checks.push({
+      check: 'nothing left behind',
+      ok: report.fdsLeftOpen.length === 0 && !nsLeft,
+      detail: nsLeft ? `namespace ${report.netns} still exists` : report.fdsLeftOpen.join(', ') || 'QEMU killed, namespace deleted, temp dir removed, no fd of ours open',
+    });
   }
   report.ok = !report.unavailable && !report.error && report.checks.every((c) => c.ok);
   report.timings.totalMs = Math.round(performance.now() - t0);

@@ -22,9 +22,7 @@ inline Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall) {
   return e;
 }
 
-[[noreturn]] inline void ThrowErrno(Napi::Env env, int err, const char* syscall) {
-  throw ErrnoError(env, err, syscall);
-}
+[[noreturn]] inline void ThrowErrno(Napi::Env env, int err, const char* syscall) { throw ErrnoError(env, err, syscall); }
 
 // An argument error with a stable code (not an errno). Every argument error the
 // addon throws has code ERR_INVALID_ARGUMENT (the library's own code for it), so
@@ -82,8 +80,7 @@ inline void CheckRange(Napi::Env env, uint64_t off, uint64_t len, size_t size) {
 }
 
 inline std::string StringArg(const Napi::CallbackInfo& info, size_t i) {
-  if (info.Length() <= i || !info[i].IsString())
-    ThrowArg(info.Env(), "argument " + std::to_string(i) + " must be a string");
+  if (info.Length() <= i || !info[i].IsString()) ThrowArg(info.Env(), "argument " + std::to_string(i) + " must be a string");
   return info[i].As<Napi::String>().Utf8Value();
 }
 
@@ -103,10 +100,23 @@ inline bool GetBytes(Napi::Value v, Bytes* out) {
   if (napi_get_typedarray_info(v.Env(), v, &type, &length, &data, &ab, &byte_offset) != napi_ok) return false;
   size_t elem = 1;
   switch (type) {
-    case napi_int8_array: case napi_uint8_array: case napi_uint8_clamped_array: elem = 1; break;
-    case napi_int16_array: case napi_uint16_array: elem = 2; break;
-    case napi_int32_array: case napi_uint32_array: case napi_float32_array: elem = 4; break;
-    default: elem = 8; break;
+    case napi_int8_array:
+    case napi_uint8_array:
+    case napi_uint8_clamped_array:
+      elem = 1;
+      break;
+    case napi_int16_array:
+    case napi_uint16_array:
+      elem = 2;
+      break;
+    case napi_int32_array:
+    case napi_uint32_array:
+    case napi_float32_array:
+      elem = 4;
+      break;
+    default:
+      elem = 8;
+      break;
   }
   out->data = static_cast<uint8_t*>(data);
   out->length = length * elem;

@@ -66,7 +66,8 @@ Napi::Value FstatModes(const Napi::CallbackInfo& info) {
     struct stat st;
     int32_t aux = 0;
     int32_t mode;
-    if (fstat(fds[i], &st) < 0) mode = -errno;
+    if (fstat(fds[i], &st) < 0)
+      mode = -errno;
     else {
       mode = static_cast<int32_t>(st.st_mode);
       if (S_ISSOCK(st.st_mode)) {
@@ -92,7 +93,8 @@ Napi::Value EventFd(const Napi::CallbackInfo& info) {
 // memfd_create(name, flags): fd. MFD_CLOEXEC | MFD_ALLOW_SEALING are always added.
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   std::string name = StringArg(info, 0);
-  int fd = memfd_create(name.c_str(), static_cast<unsigned>(IntArg(info, 1, 0, 0, 2147483647.0, "flags")) | MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  int fd = memfd_create(name.c_str(),
+                        static_cast<unsigned>(IntArg(info, 1, 0, 0, 2147483647.0, "flags")) | MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) ThrowErrno(info.Env(), errno, "memfd_create");
   return Napi::Number::New(info.Env(), fd);
 }
@@ -100,7 +102,8 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
 // fcntl_add_seals(fd, seals)
 Napi::Value FcntlAddSeals(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
-  if (fcntl(fd, F_ADD_SEALS, IntArg(info, 1, 0, 0, 2147483647.0, "seals")) < 0) ThrowErrno(info.Env(), errno, "fcntl(F_ADD_SEALS)");
+  if (fcntl(fd, F_ADD_SEALS, IntArg(info, 1, 0, 0, 2147483647.0, "seals")) < 0)
+    ThrowErrno(info.Env(), errno, "fcntl(F_ADD_SEALS)");
   return info.Env().Undefined();
 }
 

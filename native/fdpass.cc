@@ -21,12 +21,10 @@ int CollectFds(Napi::Env env, Napi::Value v, int* fds) {
   if (v.IsUndefined() || v.IsNull()) return 0;
   if (v.IsTypedArray()) {
     Napi::TypedArray ta = v.As<Napi::TypedArray>();
-    if (ta.TypedArrayType() != napi_int32_array)
-      ThrowArg(env, "fds must be an Int32Array or an array of integers");
+    if (ta.TypedArrayType() != napi_int32_array) ThrowArg(env, "fds must be an Int32Array or an array of integers");
     Napi::Int32Array a = v.As<Napi::Int32Array>();
     size_t n = a.ElementLength();
-    if (n > static_cast<size_t>(kScmMaxFd))
-      ThrowArg(env, "at most 253 fds (SCM_MAX_FD) per sendmsg");
+    if (n > static_cast<size_t>(kScmMaxFd)) ThrowArg(env, "at most 253 fds (SCM_MAX_FD) per sendmsg");
     for (size_t i = 0; i < n; i++) {
       if (a[i] < 0) ThrowArg(env, "fds must be integers in [0, 2^31 - 1]");
       fds[i] = a[i];
@@ -36,12 +34,10 @@ int CollectFds(Napi::Env env, Napi::Value v, int* fds) {
   if (!v.IsArray()) ThrowArg(env, "fds must be an Int32Array or an array of integers");
   Napi::Array a = v.As<Napi::Array>();
   uint32_t n = a.Length();
-  if (n > static_cast<uint32_t>(kScmMaxFd))
-    ThrowArg(env, "at most 253 fds (SCM_MAX_FD) per sendmsg");
+  if (n > static_cast<uint32_t>(kScmMaxFd)) ThrowArg(env, "at most 253 fds (SCM_MAX_FD) per sendmsg");
   for (uint32_t i = 0; i < n; i++) {
     Napi::Value e = a.Get(i);
-    if (!e.IsNumber() || !IsFdValue(e.As<Napi::Number>().DoubleValue()))
-      ThrowArg(env, "fds must be integers in [0, 2^31 - 1]");
+    if (!e.IsNumber() || !IsFdValue(e.As<Napi::Number>().DoubleValue())) ThrowArg(env, "fds must be integers in [0, 2^31 - 1]");
     fds[i] = static_cast<int>(e.As<Napi::Number>().DoubleValue());
   }
   return static_cast<int>(n);
@@ -110,16 +106,14 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
   Bytes buf;
-  if (info.Length() < 5 || !GetBytes(info[1], &buf))
-    ThrowArg(env, "recvmsg(fd, buffer, offset, length, meta)");
+  if (info.Length() < 5 || !GetBytes(info[1], &buf)) ThrowArg(env, "recvmsg(fd, buffer, offset, length, meta)");
   uint64_t off = SizeArg(info, 2, "offset");
   uint64_t len = SizeArg(info, 3, "length");
   CheckRange(env, off, len, buf.length);
   if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
     ThrowArg(env, "meta must be an Int32Array");
   Napi::Int32Array meta = info[4].As<Napi::Int32Array>();
-  if (meta.ElementLength() < static_cast<size_t>(2 + kScmMaxFd))
-    ThrowArg(env, "meta must hold 2 + 253 entries");
+  if (meta.ElementLength() < static_cast<size_t>(2 + kScmMaxFd)) ThrowArg(env, "meta must hold 2 + 253 entries");
 
   struct iovec iov;
   iov.iov_base = buf.data + off;
@@ -174,8 +168,7 @@ Napi::Value RecvMmsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
   Bytes buf;
-  if (info.Length() < 6 || !GetBytes(info[1], &buf))
-    ThrowArg(env, "recvmmsg(fd, buffer, offset, length, meta, vlen)");
+  if (info.Length() < 6 || !GetBytes(info[1], &buf)) ThrowArg(env, "recvmmsg(fd, buffer, offset, length, meta, vlen)");
   uint64_t off = SizeArg(info, 2, "offset");
   uint64_t len = SizeArg(info, 3, "length");
   int vlen = static_cast<int>(IntegerArg(info, 5, "vlen", 1, kMaxMmsg));
@@ -185,8 +178,7 @@ Napi::Value RecvMmsg(const Napi::CallbackInfo& info) {
     ThrowArg(env, "meta must be an Int32Array");
   Napi::Int32Array meta = info[4].As<Napi::Int32Array>();
   size_t cap = meta.ElementLength();
-  if (cap < static_cast<size_t>(1 + vlen * (3 + kScmMaxFd)))
-    ThrowArg(env, "meta must hold 1 + vlen * (3 + 253) entries");
+  if (cap < static_cast<size_t>(1 + vlen * (3 + kScmMaxFd))) ThrowArg(env, "meta must hold 1 + vlen * (3 + 253) entries");
 
   static thread_local struct mmsghdr msgs[kMaxMmsg];
   static thread_local struct iovec iovs[kMaxMmsg];

@@ -87,15 +87,19 @@ Napi::Value MunmapBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsTypedArray()) ThrowArg(env, "buffer (argument 0) must be a Buffer from mmap_memfd");
   napi_value ab;
-  if (napi_get_typedarray_info(env, info[0], nullptr, nullptr, nullptr, &ab, nullptr) != napi_ok) ThrowArg(env, "buffer (argument 0) must be a Buffer from mmap_memfd");
+  if (napi_get_typedarray_info(env, info[0], nullptr, nullptr, nullptr, &ab, nullptr) != napi_ok)
+    ThrowArg(env, "buffer (argument 0) must be a Buffer from mmap_memfd");
   bool detached = false;
-  if (napi_is_detached_arraybuffer(env, ab, &detached) != napi_ok) ThrowCode(env, "ERR_NATIVE", "napi_is_detached_arraybuffer failed");
+  if (napi_is_detached_arraybuffer(env, ab, &detached) != napi_ok)
+    ThrowCode(env, "ERR_NATIVE", "napi_is_detached_arraybuffer failed");
   if (detached) return Napi::Boolean::New(env, false);
   void* data = nullptr;
   size_t ab_length = 0;
-  if (napi_get_arraybuffer_info(env, ab, &data, &ab_length) != napi_ok) ThrowCode(env, "ERR_NATIVE", "napi_get_arraybuffer_info failed");
+  if (napi_get_arraybuffer_info(env, ab, &data, &ab_length) != napi_ok)
+    ThrowCode(env, "ERR_NATIVE", "napi_get_arraybuffer_info failed");
   auto it = Live().find(data);
-  if (it == Live().end() || it->second->length != ab_length) ThrowArg(env, "buffer (argument 0) is not a mapping made by mmap_memfd");
+  if (it == Live().end() || it->second->length != ab_length)
+    ThrowArg(env, "buffer (argument 0) is not a mapping made by mmap_memfd");
   // Detach first: from here on no view of it can reach the pages.
   if (napi_detach_arraybuffer(env, ab) != napi_ok) ThrowCode(env, "ERR_NATIVE", "napi_detach_arraybuffer failed");
   Unmap(env, it->second);  // the Mapping itself is freed by the finalizer

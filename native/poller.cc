@@ -17,17 +17,16 @@ namespace {
 class Poller : public Napi::ObjectWrap<Poller> {
  public:
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "Poller",
-                       {InstanceMethod("start", &Poller::Start), InstanceMethod("stop", &Poller::Stop),
-                        InstanceMethod("close", &Poller::Close), InstanceMethod("ref", &Poller::DoRef),
-                        InstanceMethod("unref", &Poller::DoUnref)});
+    return DefineClass(
+        env, "Poller",
+        {InstanceMethod("start", &Poller::Start), InstanceMethod("stop", &Poller::Stop), InstanceMethod("close", &Poller::Close),
+         InstanceMethod("ref", &Poller::DoRef), InstanceMethod("unref", &Poller::DoUnref)});
   }
 
   explicit Poller(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Poller>(info) {
     Napi::Env env = info.Env();
     int fd = FdArg(info, 0);
-    if (info.Length() < 2 || !info[1].IsFunction())
-      ThrowArg(env, "Poller(fd, callback)");
+    if (info.Length() < 2 || !info[1].IsFunction()) ThrowArg(env, "Poller(fd, callback)");
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr)
       ThrowCode(env, "ERR_NO_LOOP", "no uv loop for this environment");

@@ -26,8 +26,7 @@ socklen_t MakeAddr(Napi::Env env, const std::string& path, struct sockaddr_un* s
   size_t max = sizeof(sa->sun_path) - (abstract ? 0 : 1);
   if (path.empty()) ThrowArg(env, "empty unix socket address");
   if (path.size() > max) ThrowErrno(env, ENAMETOOLONG, abstract ? "bind/connect (abstract address)" : "bind/connect (path)");
-  if (!abstract && path.find('\0') != std::string::npos)
-    ThrowArg(env, "unix socket path contains a NUL byte");
+  if (!abstract && path.find('\0') != std::string::npos) ThrowArg(env, "unix socket path contains a NUL byte");
   memcpy(sa->sun_path, path.data(), path.size());
   return static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + path.size() + (abstract ? 0 : 1));
 }
@@ -117,7 +116,8 @@ Napi::Value GetSockOpt(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   int v = 0;
   socklen_t len = sizeof(v);
-  if (getsockopt(fd, IntArg(info, 1, SOL_SOCKET, 0, 2147483647.0, "level"), IntArg(info, 2, 0, 0, 2147483647.0, "name"), &v, &len) < 0)
+  if (getsockopt(fd, IntArg(info, 1, SOL_SOCKET, 0, 2147483647.0, "level"), IntArg(info, 2, 0, 0, 2147483647.0, "name"), &v,
+                 &len) < 0)
     ThrowErrno(info.Env(), errno, "getsockopt");
   return Napi::Number::New(info.Env(), v);
 }
@@ -159,8 +159,7 @@ Napi::Value GetPeerPidfd(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   int pidfd = -1;
   socklen_t len = sizeof(pidfd);
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
-    ThrowErrno(info.Env(), errno, "getsockopt(SO_PEERPIDFD)");
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) ThrowErrno(info.Env(), errno, "getsockopt(SO_PEERPIDFD)");
   return Napi::Number::New(info.Env(), pidfd);
 }
 

@@ -42,7 +42,25 @@ const json = (v: Record<string, unknown> | null) => blob(v === null ? Buffer.all
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 const MAGIC = Buffer.from([0x89, 0x42, 0x54, 0x4d, 0x0d, 0x0a, 0x1a, 0x0a]);
-const T = { HELLO: 0x01, WELCOME: 0x02, PLAN: 0x03, SECTION_START: 0x10, SECTION_PART: 0x11, SECTION_END: 0x12, SECTION_FULL: 0x13, STAGE: 0x14, FREEZE: 0x15, END_OF_STATE: 0x20, ACK: 0x30, NACK: 0x31, PING: 0x32, PONG: 0x33, COMMIT: 0x40, ABORT: 0x41, EOF: 0x7f } as const;
+const T = {
+  HELLO: 0x01,
+  WELCOME: 0x02,
+  PLAN: 0x03,
+  SECTION_START: 0x10,
+  SECTION_PART: 0x11,
+  SECTION_END: 0x12,
+  SECTION_FULL: 0x13,
+  STAGE: 0x14,
+  FREEZE: 0x15,
+  END_OF_STATE: 0x20,
+  ACK: 0x30,
+  NACK: 0x31,
+  PING: 0x32,
+  PONG: 0x33,
+  COMMIT: 0x40,
+  ABORT: 0x41,
+  EOF: 0x7f,
+} as const;
 const NAMES = Object.fromEntries(Object.entries(T).map(([k, v]) => [v, k])) as Record<number, string>;
 const FDS = 1;
 const MEMFD_PAYLOAD = 2;
@@ -83,7 +101,16 @@ function hello(o: { min?: number; max?: number; features: number; canPassFds: nu
   ]);
   return {
     bytes,
-    decoded: { minVersion: o.min ?? 1, maxVersion: o.max ?? 1, features: o.features, canPassFds: o.canPassFds, fdBudget: o.fdBudget ?? 0xffffffff, probe: o.probe ? o.probe.toString('hex') : null, offers, info: o.info ?? null },
+    decoded: {
+      minVersion: o.min ?? 1,
+      maxVersion: o.max ?? 1,
+      features: o.features,
+      canPassFds: o.canPassFds,
+      fdBudget: o.fdBudget ?? 0xffffffff,
+      probe: o.probe ? o.probe.toString('hex') : null,
+      offers,
+      info: o.info ?? null,
+    },
   };
 }
 
@@ -140,10 +167,7 @@ interface AttIn {
   meta?: Record<string, unknown> | null;
 }
 
-function section(
-  type: number,
-  o: { sectionId: number; instanceId?: number; versionId?: number; idstr?: string; atts?: AttIn[]; payload?: Buffer; memfd?: { length: number; crc: number } },
-): Body {
+function section(type: number, o: { sectionId: number; instanceId?: number; versionId?: number; idstr?: string; atts?: AttIn[]; payload?: Buffer; memfd?: { length: number; crc: number } }): Body {
   const opens = type === T.SECTION_START || type === T.SECTION_FULL;
   const atts = (o.atts ?? []).map((a) => ({ kind: a.kind, role: a.role ?? 0, name: a.name, meta: a.meta ?? null }));
   const payload = o.payload ?? Buffer.alloc(0);
@@ -182,9 +206,7 @@ const empty = (): Body => ({ bytes: Buffer.alloc(0), decoded: {} });
 // ---------------------------------------------------------------- streams
 
 /** An fd that rides on the stream: what a replaying harness must create. */
-type FdDesc =
-  | { kind: 'memfd'; content: string; sealed: boolean; note: string }
-  | { kind: 'eventfd'; value: number; note: string };
+type FdDesc = { kind: 'memfd'; content: string; sealed: boolean; note: string } | { kind: 'eventfd'; value: number; note: string };
 
 interface Batch {
   /** The bytes [start, end) arrive in one chunk (one recvmsg) together with these fds (by seq). */
@@ -389,7 +411,11 @@ function recorded(devices: { kind: string; id: string; version?: number }[], fea
 }
 
 /** A live handover's main stream: probe, a generic device with a memfd and an eventfd, and VMM state. */
-function liveHandover(o: { firstFdSeqOnSection?: number; sectionKind?: AttKind; noProbeFd?: boolean; strayOnPlan?: boolean; dropSectionFds?: boolean; planDiffers?: boolean } = {}): { s: StreamBuilder; welcome: Body; failAt?: number } {
+function liveHandover(o: { firstFdSeqOnSection?: number; sectionKind?: AttKind; noProbeFd?: boolean; strayOnPlan?: boolean; dropSectionFds?: boolean; planDiffers?: boolean } = {}): {
+  s: StreamBuilder;
+  welcome: Body;
+  failAt?: number;
+} {
   const features = FDS | BODY_CRC;
   const s = new StreamBuilder();
   s.frame(
@@ -479,11 +505,10 @@ function liveHandover(o: { firstFdSeqOnSection?: number; sectionKind?: AttKind; 
   s.frame(T.HELLO, hello({ features, canPassFds: 1, probe: PROBE, offers: [stateOffer] }), { fds: [probeFd()] });
   s.frame(T.PLAN, plan({ features, devices: [statePlanned] }));
   const state = Buffer.from('state that travels in a sealed memfd');
-  s.frame(
-    T.SECTION_FULL,
-    section(T.SECTION_FULL, { sectionId: 1, idstr: 'vmm-state', atts: [{ kind: 'memfd', role: 1, name: 'payload' }], memfd: { length: state.length, crc: crc32(state) } }),
-    { flags: 1, fds: [{ kind: 'memfd', content: state.toString('hex'), sealed: true, note: 'payload memfd (role 1), sealed' }] },
-  );
+  s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'vmm-state', atts: [{ kind: 'memfd', role: 1, name: 'payload' }], memfd: { length: state.length, crc: crc32(state) } }), {
+    flags: 1,
+    fds: [{ kind: 'memfd', content: state.toString('hex'), sealed: true, note: 'payload memfd (role 1), sealed' }],
+  });
   s.frame(T.END_OF_STATE, endOfState(1, 0, state.length));
   s.frame(T.EOF, empty());
   vectors.push({
@@ -504,11 +529,9 @@ function liveHandover(o: { firstFdSeqOnSection?: number; sectionKind?: AttKind; 
   s.frame(T.HELLO, hello({ features, canPassFds: 1, offers: [{ kind: 'generic', id: 'many', fdCount: n, flags: 1 }] }));
   s.frame(T.PLAN, plan({ features, devices: [{ kind: 'generic', id: 'many', withFds: 1, fdCount: n }] }));
   const names = Array.from({ length: n }, (_, i) => `e${i}`);
-  s.frame(
-    T.SECTION_FULL,
-    section(T.SECTION_FULL, { sectionId: 1, idstr: 'many', atts: names.map((name) => ({ kind: 'eventfd' as const, name })), payload: genericJson(names) }),
-    { fds: names.map((name, i) => ({ kind: 'eventfd' as const, value: i, note: name })) },
-  );
+  s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'many', atts: names.map((name) => ({ kind: 'eventfd' as const, name })), payload: genericJson(names) }), {
+    fds: names.map((name, i) => ({ kind: 'eventfd' as const, value: i, note: name })),
+  });
   s.frame(T.END_OF_STATE, endOfState(1, n, genericJson(names).length));
   s.frame(T.EOF, empty());
   vectors.push({
@@ -630,7 +653,14 @@ recordedThen('bad-memfd-without-feature', 'PAYLOAD_IN_MEMFD without the negotiat
   const full = s.bytes();
   const cut = new StreamBuilder(null).raw(full.subarray(0, full.length - 3));
   cut.frames = s.frames.slice(0, -1);
-  vectors.push({ name: 'bad-truncated-mid-frame', description: 'The bytes end 3 bytes before the end of a section frame.', direction: 'main', reader: 'inspect', stream: cut, expect: err(cut, 'ERR_STREAM_TRUNCATED', cut.length) });
+  vectors.push({
+    name: 'bad-truncated-mid-frame',
+    description: 'The bytes end 3 bytes before the end of a section frame.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: cut,
+    expect: err(cut, 'ERR_STREAM_TRUNCATED', cut.length),
+  });
 }
 {
   const s = recorded([{ kind: 'state', id: 'cpu0' }], BODY_CRC);
@@ -655,7 +685,14 @@ recordedThen('bad-memfd-without-feature', 'PAYLOAD_IN_MEMFD without the negotiat
 {
   const s = new StreamBuilder();
   s.frame(T.HELLO, hello({ features: 0, canPassFds: 0, offers: [] }), { bodyCrc: 'zero', expectFrame: false });
-  vectors.push({ name: 'bad-hello-crc-zero', description: 'HELLO with bodyCrc 0 although BODY_CRC is not offered: HELLO always carries its real CRC.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_CRC', 8) });
+  vectors.push({
+    name: 'bad-hello-crc-zero',
+    description: 'HELLO with bodyCrc 0 although BODY_CRC is not offered: HELLO always carries its real CRC.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_CRC', 8),
+  });
 }
 {
   const s = new StreamBuilder();
@@ -669,7 +706,14 @@ recordedThen('bad-memfd-without-feature', 'PAYLOAD_IN_MEMFD without the negotiat
   s.frame(T.HELLO, hello({ features: BODY_CRC, canPassFds: 0, offers: [stateOffer] }));
   const at = s.length;
   s.frame(T.PLAN, plan({ features: BODY_CRC, devices: [{ ...statePlanned }], totalFds: 1 }), { expectFrame: false });
-  vectors.push({ name: 'bad-plan-total', description: "PLAN's totalFds (1) is not the sum of its devices' fdCount (0).", direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+  vectors.push({
+    name: 'bad-plan-total',
+    description: "PLAN's totalFds (1) is not the sum of its devices' fdCount (0).",
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', at),
+  });
 }
 
 {
@@ -702,14 +746,28 @@ recordedThen('bad-memfd-without-feature', 'PAYLOAD_IN_MEMFD without the negotiat
   const b = hello({ features: BODY_CRC, canPassFds: 0, offers: [] });
   b.bytes.writeUInt32LE(1000, 16); // offerCount: 1000 offers cannot fit in the 4 bytes left
   s.frame(T.HELLO, b, { expectFrame: false });
-  vectors.push({ name: 'bad-count-does-not-fit', description: 'HELLO says 1000 offers, its body has room for none (at least 17 bytes each).', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+  vectors.push({
+    name: 'bad-count-does-not-fit',
+    description: 'HELLO says 1000 offers, its body has room for none (at least 17 bytes each).',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', 8),
+  });
 }
 {
   // HELLO laid out field by field, with info = the JSON array [1].
   const t = new StreamBuilder();
   const body = Buffer.concat([u16(1), u16(1), u32(BODY_CRC), u8(0), u8(0), u32(0xffffffff), blob(Buffer.alloc(0)), u32(0), blob(Buffer.from('[1]'))]);
   t.frame(T.HELLO, { bytes: body, decoded: {} }, { expectFrame: false });
-  vectors.push({ name: 'bad-json-not-object', description: "HELLO's info is the JSON array [1], not an object.", direction: 'main', reader: 'inspect', stream: t, expect: err(t, 'ERR_STREAM_PROTOCOL', 8) });
+  vectors.push({
+    name: 'bad-json-not-object',
+    description: "HELLO's info is the JSON array [1], not an object.",
+    direction: 'main',
+    reader: 'inspect',
+    stream: t,
+    expect: err(t, 'ERR_STREAM_PROTOCOL', 8),
+  });
 }
 {
   const s = new StreamBuilder();
@@ -735,17 +793,16 @@ recordedThen('bad-device-version-old', 'A section of version 0 for a device plan
   const features = FDS | MEMFD_PAYLOAD | BODY_CRC;
   for (const [name, description, code, content, crc] of [
     ['bad-memfd-size', 'A sealed payload memfd of 7 bytes for a payloadLength of 8.', 'ERR_STREAM_MEMFD_SIZE', Buffer.from('7 bytes'), crc32(Buffer.from('8 bytes!'))],
-    ['bad-memfd-crc', "A sealed payload memfd whose content does not match payloadCrc.", 'ERR_STREAM_CRC', Buffer.from('8 bytes!'), crc32(Buffer.from('8 bytes?'))],
+    ['bad-memfd-crc', 'A sealed payload memfd whose content does not match payloadCrc.', 'ERR_STREAM_CRC', Buffer.from('8 bytes!'), crc32(Buffer.from('8 bytes?'))],
   ] as const) {
     const s = new StreamBuilder();
     s.frame(T.HELLO, hello({ features, canPassFds: 1, offers: [stateOffer] }));
     s.frame(T.PLAN, plan({ features, devices: [statePlanned] }));
     const at = s.length;
-    s.frame(
-      T.SECTION_FULL,
-      section(T.SECTION_FULL, { sectionId: 1, idstr: 'vmm-state', atts: [{ kind: 'memfd', role: 1, name: 'payload' }], memfd: { length: 8, crc } }),
-      { flags: 1, fds: [{ kind: 'memfd', content: content.toString('hex'), sealed: true, note: 'payload memfd' }] },
-    );
+    s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'vmm-state', atts: [{ kind: 'memfd', role: 1, name: 'payload' }], memfd: { length: 8, crc } }), {
+      flags: 1,
+      fds: [{ kind: 'memfd', content: content.toString('hex'), sealed: true, note: 'payload memfd' }],
+    });
     s.frame(T.END_OF_STATE, endOfState(1, 0, 8));
     s.frame(T.EOF, empty());
     vectors.push({ name, description, direction: 'main', reader: 'inspect', stream: s, expect: err(s, code, at), expectWithoutFds: ok(s) });
@@ -770,7 +827,7 @@ recordedThen('bad-device-version-old', 'A section of version 0 for a device plan
   const { s, welcome: w, failAt } = liveHandover({ dropSectionFds: true });
   vectors.push({
     name: 'bad-fd-missing',
-    description: "The section declares 2 fds, none arrived with its bytes.",
+    description: 'The section declares 2 fds, none arrived with its bytes.',
     direction: 'main',
     reader: 'target',
     welcome: w.decoded,
@@ -827,11 +884,10 @@ recordedThen('bad-device-version-old', 'A section of version 0 for a device plan
   s.frame(T.PLAN, plan({ features, devices: [statePlanned] }));
   const at = s.length;
   const state = Buffer.from('unsealed');
-  s.frame(
-    T.SECTION_FULL,
-    section(T.SECTION_FULL, { sectionId: 1, idstr: 'vmm-state', atts: [{ kind: 'memfd', role: 1, name: 'payload' }], memfd: { length: state.length, crc: crc32(state) } }),
-    { flags: 1, fds: [{ kind: 'memfd', content: state.toString('hex'), sealed: false, note: 'payload memfd WITHOUT seals' }] },
-  );
+  s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'vmm-state', atts: [{ kind: 'memfd', role: 1, name: 'payload' }], memfd: { length: state.length, crc: crc32(state) } }), {
+    flags: 1,
+    fds: [{ kind: 'memfd', content: state.toString('hex'), sealed: false, note: 'payload memfd WITHOUT seals' }],
+  });
   s.frame(T.END_OF_STATE, endOfState(1, 0, state.length));
   s.frame(T.EOF, empty());
   vectors.push({
@@ -857,7 +913,14 @@ const welcomeCpu = () => welcome({ features: BODY_CRC, canPassFds: 1, fdBudget: 
   s.frame(T.ACK, ack(3));
   s.frame(T.ACK, ack(4));
   s.frame(T.EOF, empty());
-  vectors.push({ name: 'valid-return-commit', description: 'A target that commits: WELCOME, a PING, ACK LOADED, VERIFIED, ADOPTED, COMMITTED, EOF.', direction: 'return', reader: 'source', stream: s, expect: ok(s) });
+  vectors.push({
+    name: 'valid-return-commit',
+    description: 'A target that commits: WELCOME, a PING, ACK LOADED, VERIFIED, ADOPTED, COMMITTED, EOF.',
+    direction: 'return',
+    reader: 'source',
+    stream: s,
+    expect: ok(s),
+  });
 }
 {
   const s = new StreamBuilder();
@@ -871,14 +934,28 @@ const welcomeCpu = () => welcome({ features: BODY_CRC, canPassFds: 1, fdBudget: 
   const s = new StreamBuilder();
   s.frame(T.NACK, nack('ERR_STREAM_VERSION', 'no stream version in common: the peer speaks 2..3, this side 1..1'));
   s.frame(T.EOF, empty());
-  vectors.push({ name: 'valid-return-refusal', description: 'A target refusing the HELLO: MAGIC NACK EOF in place of WELCOME (a 0.1.0 source reads this as ERR_STREAM_PROTOCOL).', direction: 'return', reader: 'source', stream: s, expect: ok(s) });
+  vectors.push({
+    name: 'valid-return-refusal',
+    description: 'A target refusing the HELLO: MAGIC NACK EOF in place of WELCOME (a 0.1.0 source reads this as ERR_STREAM_PROTOCOL).',
+    direction: 'return',
+    reader: 'source',
+    stream: s,
+    expect: ok(s),
+  });
 }
 {
   const s = new StreamBuilder();
   s.frame(T.NACK, nack('ERR_STREAM_VERSION', 'no'));
   const at = s.length;
   s.frame(T.WELCOME, welcomeCpu(), { expectFrame: false });
-  vectors.push({ name: 'bad-return-welcome-after-refusal', description: 'WELCOME after a NACK that took its place: only EOF may follow.', direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+  vectors.push({
+    name: 'bad-return-welcome-after-refusal',
+    description: 'WELCOME after a NACK that took its place: only EOF may follow.',
+    direction: 'return',
+    reader: 'source',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', at),
+  });
 }
 {
   const s = new StreamBuilder();
@@ -895,20 +972,41 @@ const welcomeCpu = () => welcome({ features: BODY_CRC, canPassFds: 1, fdBudget: 
   s.frame(T.WELCOME, welcomeCpu());
   const at = s.length;
   s.frame(T.ACK, ack(5), { expectFrame: false });
-  vectors.push({ name: 'bad-return-ack-stage', description: 'ACK with stage 5 (STAGED) although WELCOME has no STAGED feature.', direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+  vectors.push({
+    name: 'bad-return-ack-stage',
+    description: 'ACK with stage 5 (STAGED) although WELCOME has no STAGED feature.',
+    direction: 'return',
+    reader: 'source',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', at),
+  });
 }
 {
   const s = new StreamBuilder();
   s.frame(T.WELCOME, welcomeCpu());
   const at = s.length;
   s.frame(T.ACK, ack(1), { bodyCrc: 'zero', expectFrame: false });
-  vectors.push({ name: 'bad-return-body-crc', description: "An ACK with bodyCrc 0 although WELCOME's features have BODY_CRC.", direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_CRC', at) });
+  vectors.push({
+    name: 'bad-return-body-crc',
+    description: "An ACK with bodyCrc 0 although WELCOME's features have BODY_CRC.",
+    direction: 'return',
+    reader: 'source',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_CRC', at),
+  });
 }
 
 {
   const s = new StreamBuilder();
   s.frame(T.WELCOME, welcome({ features: BODY_CRC, canPassFds: 0, answers: [{ id: 'cpu0', decision: 3 }] }), { expectFrame: false });
-  vectors.push({ name: 'bad-return-decision', description: 'WELCOME with an answer of decision 3 (unknown).', direction: 'return', reader: 'source', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+  vectors.push({
+    name: 'bad-return-decision',
+    description: 'WELCOME with an answer of decision 3 (unknown).',
+    direction: 'return',
+    reader: 'source',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', 8),
+  });
 }
 {
   const s = new StreamBuilder();
@@ -931,7 +1029,8 @@ const welcomeCpu = () => welcome({ features: BODY_CRC, canPassFds: 1, fdBudget: 
   s.frame(T.EOF, empty());
   vectors.push({
     name: 'valid-abort-inside-section',
-    description: 'A source whose state fails midway: SECTION_START, then ABORT inside the open section (it ends the section and the state), a PONG, EOF. No END_OF_STATE is needed after ABORT. (0.1.0 readers: ERR_STREAM_PROTOCOL at the ABORT.)',
+    description:
+      'A source whose state fails midway: SECTION_START, then ABORT inside the open section (it ends the section and the state), a PONG, EOF. No END_OF_STATE is needed after ABORT. (0.1.0 readers: ERR_STREAM_PROTOCOL at the ABORT.)',
     direction: 'main',
     reader: 'inspect',
     stream: s,
@@ -960,7 +1059,14 @@ recordedThen('bad-abort-after-commit', 'ABORT after COMMIT: after COMMIT only PI
 {
   const s = new StreamBuilder();
   s.frame(T.EOF, empty(), { expectFrame: false });
-  vectors.push({ name: 'bad-eof-before-hello', description: 'MAGIC EOF on a main stream: EOF before HELLO.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+  vectors.push({
+    name: 'bad-eof-before-hello',
+    description: 'MAGIC EOF on a main stream: EOF before HELLO.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', 8),
+  });
 }
 
 // PLAN's version and features (a recorded stream has no WELCOME to check them against).
@@ -969,14 +1075,28 @@ recordedThen('bad-abort-after-commit', 'ABORT after COMMIT: after COMMIT only PI
   s.frame(T.HELLO, hello({ min: 1, max: 2, features: BODY_CRC, canPassFds: 0, offers: [{ ...stateOffer, id: 'cpu0' }] }));
   const at = s.length;
   s.frame(T.PLAN, plan({ version: 2, features: BODY_CRC, devices: [{ kind: 'state', id: 'cpu0' }] }), { expectFrame: false });
-  vectors.push({ name: 'bad-plan-version', description: "HELLO offers versions 1..2, PLAN says its frames use version 2, which a version 1 reader cannot read.", direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_VERSION', at) });
+  vectors.push({
+    name: 'bad-plan-version',
+    description: 'HELLO offers versions 1..2, PLAN says its frames use version 2, which a version 1 reader cannot read.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_VERSION', at),
+  });
 }
 {
   const s = new StreamBuilder();
   s.frame(T.HELLO, hello({ features: BODY_CRC, canPassFds: 0, offers: [{ ...stateOffer, id: 'cpu0' }] }));
   const at = s.length;
   s.frame(T.PLAN, plan({ features: BODY_CRC | MEMFD_PAYLOAD, devices: [{ kind: 'state', id: 'cpu0' }] }), { expectFrame: false });
-  vectors.push({ name: 'bad-plan-features', description: "PLAN's features (MEMFD_PAYLOAD|BODY_CRC) are not a subset of HELLO's (BODY_CRC).", direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+  vectors.push({
+    name: 'bad-plan-features',
+    description: "PLAN's features (MEMFD_PAYLOAD|BODY_CRC) are not a subset of HELLO's (BODY_CRC).",
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', at),
+  });
 }
 
 // Field encodings: str is valid UTF-8 (a NUL is valid UTF-8), a boolean is 0 or 1,
@@ -984,7 +1104,13 @@ recordedThen('bad-abort-after-commit', 'ABORT after COMMIT: after COMMIT only PI
 /** A HELLO body laid out by hand: no offers or one offer (kind "state") with the given id bytes, and the given info bytes. */
 const rawHello = (o: { id?: Buffer; info?: Buffer; offerCount?: number }) =>
   Buffer.concat([
-    u16(1), u16(1), u32(BODY_CRC), u8(0), u8(0), u32(0xffffffff), blob(Buffer.alloc(0)),
+    u16(1),
+    u16(1),
+    u32(BODY_CRC),
+    u8(0),
+    u8(0),
+    u32(0xffffffff),
+    blob(Buffer.alloc(0)),
     u32(o.offerCount ?? (o.id ? 1 : 0)),
     ...(o.id ? [str('state'), u16(o.id.length), o.id, u32(0), u32(1), u32(0), u8(2)] : []),
     blob(o.info ?? Buffer.alloc(0)),
@@ -997,26 +1123,54 @@ const rawHello = (o: { id?: Buffer; info?: Buffer; offerCount?: number }) =>
 {
   const s = new StreamBuilder();
   s.frame(T.HELLO, { bytes: rawHello({ id: Buffer.from([0x63, 0xed, 0xa0, 0x80]) }), decoded: {} }, { expectFrame: false });
-  vectors.push({ name: 'bad-str-surrogate', description: 'An offer id holding an encoded UTF-16 surrogate (ed a0 80), which is not UTF-8.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+  vectors.push({
+    name: 'bad-str-surrogate',
+    description: 'An offer id holding an encoded UTF-16 surrogate (ed a0 80), which is not UTF-8.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', 8),
+  });
 }
 {
   const s = recorded([{ kind: 'state', id: 'a\u0000b' }]);
   s.frame(T.SECTION_FULL, section(T.SECTION_FULL, { sectionId: 1, idstr: 'a\u0000b', payload: regs }));
   s.frame(T.END_OF_STATE, endOfState(1, 0, 5));
   s.frame(T.EOF, empty());
-  vectors.push({ name: 'valid-str-nul', description: 'A device id with a NUL inside ("a\\u0000b"): valid UTF-8, so readers accept it (writers should not write one).', direction: 'main', reader: 'inspect', stream: s, expect: ok(s) });
+  vectors.push({
+    name: 'valid-str-nul',
+    description: 'A device id with a NUL inside ("a\\u0000b"): valid UTF-8, so readers accept it (writers should not write one).',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: ok(s),
+  });
 }
 {
   const s = new StreamBuilder();
   s.frame(T.HELLO, hello({ features: BODY_CRC, canPassFds: 0, offers: [{ ...stateOffer, id: 'cpu0' }] }));
   const at = s.length;
   s.frame(T.PLAN, plan({ features: BODY_CRC, devices: [{ kind: 'state', id: 'cpu0', withFds: 2 }] }), { expectFrame: false });
-  vectors.push({ name: 'bad-bool-with-fds', description: 'A planned device with withFds 2: a boolean is 0 or 1.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+  vectors.push({
+    name: 'bad-bool-with-fds',
+    description: 'A planned device with withFds 2: a boolean is 0 or 1.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', at),
+  });
 }
 {
   const s = new StreamBuilder();
   s.frame(T.HELLO, hello({ features: BODY_CRC, canPassFds: 2, offers: [] }), { expectFrame: false });
-  vectors.push({ name: 'bad-bool-can-pass-fds', description: "HELLO's canPassFds is 2: a boolean is 0 or 1.", direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', 8) });
+  vectors.push({
+    name: 'bad-bool-can-pass-fds',
+    description: "HELLO's canPassFds is 2: a boolean is 0 or 1.",
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', 8),
+  });
 }
 {
   const s = new StreamBuilder();
@@ -1037,13 +1191,29 @@ for (const [name, text, why] of [
   const s = new StreamBuilder();
   s.frame(T.HELLO, {
     bytes: rawHello({ id: Buffer.from('cpu0'), info: Buffer.from('{"a":1,"a":2}') }),
-    decoded: { minVersion: 1, maxVersion: 1, features: BODY_CRC, canPassFds: 0, fdBudget: 0xffffffff, probe: null, offers: [{ kind: 'state', id: 'cpu0', instance: 0, version: 1, fdCount: 0, flags: 2 }], info: { a: 2 } },
+    decoded: {
+      minVersion: 1,
+      maxVersion: 1,
+      features: BODY_CRC,
+      canPassFds: 0,
+      fdBudget: 0xffffffff,
+      probe: null,
+      offers: [{ kind: 'state', id: 'cpu0', instance: 0, version: 1, fdCount: 0, flags: 2 }],
+      info: { a: 2 },
+    },
   });
   s.frame(T.PLAN, plan({ features: BODY_CRC, devices: [{ kind: 'state', id: 'cpu0' }] }));
   s.frame(T.SECTION_FULL, fullCpu0());
   s.frame(T.END_OF_STATE, endOfState(1, 0, 5));
   s.frame(T.EOF, empty());
-  vectors.push({ name: 'valid-json-duplicate-name', description: 'HELLO\'s info is {"a":1,"a":2}: duplicate names are accepted, the last one wins ({"a":2}).', direction: 'main', reader: 'inspect', stream: s, expect: ok(s) });
+  vectors.push({
+    name: 'valid-json-duplicate-name',
+    description: 'HELLO\'s info is {"a":1,"a":2}: duplicate names are accepted, the last one wins ({"a":2}).',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: ok(s),
+  });
 }
 
 // Limits come before the fit: a length or count over its limit is ERR_STREAM_TOO_LARGE
@@ -1052,16 +1222,37 @@ for (const [name, text, why] of [
   const s = new StreamBuilder();
   const body = Buffer.concat([rawHello({}).subarray(0, 18), u32(1), str('state'), u16(5000), Buffer.alloc(16, 0x61)]);
   s.frame(T.HELLO, { bytes: body, decoded: {} }, { expectFrame: false });
-  vectors.push({ name: 'bad-str-over-limit-short', description: 'An offer id whose length (5000) is over the str limit (4096), with only 16 bytes behind it: the limit is checked first.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_TOO_LARGE', 8) });
+  vectors.push({
+    name: 'bad-str-over-limit-short',
+    description: 'An offer id whose length (5000) is over the str limit (4096), with only 16 bytes behind it: the limit is checked first.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_TOO_LARGE', 8),
+  });
 }
 {
   const s = new StreamBuilder();
   s.frame(T.HELLO, { bytes: rawHello({ offerCount: 70000 }), decoded: {} }, { expectFrame: false });
-  vectors.push({ name: 'bad-count-over-limit-short', description: 'offerCount 70000 (over the 65,536 limit) in a body with room for none: the limit is checked first.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_TOO_LARGE', 8) });
+  vectors.push({
+    name: 'bad-count-over-limit-short',
+    description: 'offerCount 70000 (over the 65,536 limit) in a body with room for none: the limit is checked first.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_TOO_LARGE', 8),
+  });
 }
 {
   const s = new StreamBuilder(null).raw(Buffer.from([0x89, 0x42, 0x58]));
-  vectors.push({ name: 'bad-magic-short', description: 'Three bytes that already differ from the magic, then the end: the magic is judged on all 8 bytes, so this is a truncation.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_TRUNCATED', 3) });
+  vectors.push({
+    name: 'bad-magic-short',
+    description: 'Three bytes that already differ from the magic, then the end: the magic is judged on all 8 bytes, so this is a truncation.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_TRUNCATED', 3),
+  });
 }
 
 // ---- staged backends (STAGED)
@@ -1072,10 +1263,26 @@ function stagedHandover(o: { sectionFd?: boolean; eosBeforeFreeze?: boolean; noS
   const s = new StreamBuilder();
   s.frame(
     T.HELLO,
-    hello({ features, canPassFds: 1, fdBudget: 1000, probe: PROBE, offers: [{ kind: 'generic', id: 'gen0', fdCount: 2, flags: 1 | 2 }, stateOffer], info: { pid: 1234, program: 'backend-transfer', stateBytes: 10 } }),
+    hello({
+      features,
+      canPassFds: 1,
+      fdBudget: 1000,
+      probe: PROBE,
+      offers: [{ kind: 'generic', id: 'gen0', fdCount: 2, flags: 1 | 2 }, stateOffer],
+      info: { pid: 1234, program: 'backend-transfer', stateBytes: 10 },
+    }),
     { fds: [probeFd()] },
   );
-  const w = welcome({ features, canPassFds: 1, fdBudget: 1000, answers: [{ id: 'gen0', decision: 2 }, { id: 'vmm-state', decision: 1 }], info: { pid: 5678, probe: 'ok' } });
+  const w = welcome({
+    features,
+    canPassFds: 1,
+    fdBudget: 1000,
+    answers: [
+      { id: 'gen0', decision: 2 },
+      { id: 'vmm-state', decision: 1 },
+    ],
+    info: { pid: 5678, probe: 'ok' },
+  });
   s.frame(T.PLAN, plan({ features, devices: [{ kind: 'generic', id: 'gen0', withFds: 1, fdCount: 2 }, statePlanned], totalFds: 2 }));
   const devFds = (): FdDesc[] => [
     { kind: 'memfd', content: Buffer.from('guest ram').toString('hex'), sealed: false, note: "device fd 'ram' (staged)" },
@@ -1135,9 +1342,26 @@ function stagedHandover(o: { sectionFd?: boolean; eosBeforeFreeze?: boolean; noS
   const s = new StreamBuilder();
   s.frame(
     T.HELLO,
-    hello({ features, canPassFds: 1, offers: [{ kind: 'generic', id: 'cpu0', fdCount: 1, flags: 1 }, { kind: 'generic', id: 'cpu1', fdCount: 1, flags: 1 }] }),
+    hello({
+      features,
+      canPassFds: 1,
+      offers: [
+        { kind: 'generic', id: 'cpu0', fdCount: 1, flags: 1 },
+        { kind: 'generic', id: 'cpu1', fdCount: 1, flags: 1 },
+      ],
+    }),
   );
-  s.frame(T.PLAN, plan({ features, devices: [{ kind: 'generic', id: 'cpu0', withFds: 1, fdCount: 1 }, { kind: 'generic', id: 'cpu1', withFds: 1, fdCount: 1 }], totalFds: 2 }));
+  s.frame(
+    T.PLAN,
+    plan({
+      features,
+      devices: [
+        { kind: 'generic', id: 'cpu0', withFds: 1, fdCount: 1 },
+        { kind: 'generic', id: 'cpu1', withFds: 1, fdCount: 1 },
+      ],
+      totalFds: 2,
+    }),
+  );
   const ev = (note: string): FdDesc[] => [{ kind: 'eventfd', value: 1, note }];
   s.frame(T.STAGE, stage({ sectionId: 1, idstr: 'cpu0', atts: [{ kind: 'eventfd', name: 'kick' }], payload: genericJson(['kick']) }), { fds: ev("cpu0's kick, staged") });
   s.frame(T.STAGE, stage({ sectionId: 2, idstr: 'cpu1', atts: [{ kind: 'eventfd', name: 'kick' }], payload: genericJson(['kick']) }), { fds: ev("cpu1's kick, staged") });
@@ -1149,7 +1373,7 @@ function stagedHandover(o: { sectionFd?: boolean; eosBeforeFreeze?: boolean; noS
   vectors.push({
     name: 'valid-staged-restage-and-drop',
     description:
-      "STAGED, staged then changed: cpu0 and cpu1 are staged (fds #0, #1); FREEZE drops cpu1 (its staged fd is stale: the target closes it); cpu0 is staged again after FREEZE (#2 replaces #0); only cpu0 has a section; END_OF_STATE counts 1 section and 1 fd (the stage in effect).",
+      'STAGED, staged then changed: cpu0 and cpu1 are staged (fds #0, #1); FREEZE drops cpu1 (its staged fd is stale: the target closes it); cpu0 is staged again after FREEZE (#2 replaces #0); only cpu0 has a section; END_OF_STATE counts 1 section and 1 fd (the stage in effect).',
     direction: 'main',
     reader: 'inspect',
     stream: s,
@@ -1158,11 +1382,27 @@ function stagedHandover(o: { sectionFd?: boolean; eosBeforeFreeze?: boolean; noS
 }
 {
   const { s, welcome: w, failAt } = stagedHandover({ sectionFd: true });
-  vectors.push({ name: 'bad-staged-section-fd', description: 'STAGED: a section carries a device fd (they go in STAGE only).', direction: 'main', reader: 'target', welcome: w.decoded, stream: s, expect: err(s, 'ERR_STREAM_FD_EXTRA', failAt) });
+  vectors.push({
+    name: 'bad-staged-section-fd',
+    description: 'STAGED: a section carries a device fd (they go in STAGE only).',
+    direction: 'main',
+    reader: 'target',
+    welcome: w.decoded,
+    stream: s,
+    expect: err(s, 'ERR_STREAM_FD_EXTRA', failAt),
+  });
 }
 {
   const { s, welcome: w, failAt } = stagedHandover({ eosBeforeFreeze: true });
-  vectors.push({ name: 'bad-staged-eos-before-freeze', description: 'STAGED: END_OF_STATE without FREEZE.', direction: 'main', reader: 'target', welcome: w.decoded, stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', failAt) });
+  vectors.push({
+    name: 'bad-staged-eos-before-freeze',
+    description: 'STAGED: END_OF_STATE without FREEZE.',
+    direction: 'main',
+    reader: 'target',
+    welcome: w.decoded,
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', failAt),
+  });
 }
 {
   const { s, welcome: w, failAt } = stagedHandover({ noStage: true });
@@ -1180,7 +1420,14 @@ function stagedHandover(o: { sectionFd?: boolean; eosBeforeFreeze?: boolean; noS
   const s = recorded([{ kind: 'generic', id: 'cpu0' }]);
   const at = s.length;
   s.frame(T.STAGE, stage({ sectionId: 1, idstr: 'cpu0', atts: [], payload: regs }), { expectFrame: false });
-  vectors.push({ name: 'bad-stage-without-feature', description: 'A STAGE frame although PLAN has no STAGED feature.', direction: 'main', reader: 'inspect', stream: s, expect: err(s, 'ERR_STREAM_PROTOCOL', at) });
+  vectors.push({
+    name: 'bad-stage-without-feature',
+    description: 'A STAGE frame although PLAN has no STAGED feature.',
+    direction: 'main',
+    reader: 'inspect',
+    stream: s,
+    expect: err(s, 'ERR_STREAM_PROTOCOL', at),
+  });
 }
 {
   const s = new StreamBuilder();
@@ -1189,7 +1436,14 @@ function stagedHandover(o: { sectionFd?: boolean; eosBeforeFreeze?: boolean; noS
   s.frame(T.ACK, ack(3));
   s.frame(T.ACK, ack(4));
   s.frame(T.EOF, empty());
-  vectors.push({ name: 'valid-return-staged', description: 'A target with STAGED: ACK(STAGED) for STAGE section 1, then after END_OF_STATE only ACK(ADOPTED), then ACK(COMMITTED).', direction: 'return', reader: 'source', stream: s, expect: ok(s) });
+  vectors.push({
+    name: 'valid-return-staged',
+    description: 'A target with STAGED: ACK(STAGED) for STAGE section 1, then after END_OF_STATE only ACK(ADOPTED), then ACK(COMMITTED).',
+    direction: 'return',
+    reader: 'source',
+    stream: s,
+    expect: ok(s),
+  });
 }
 
 // ---------------------------------------------------------------- output
@@ -1230,7 +1484,9 @@ if (process.argv.includes('--check')) {
   }
   const extra = existsSync(OUT) ? readdirSync(OUT).filter((f) => (f.endsWith('.bin') || f.endsWith('.json')) && !want.has(f)) : [];
   if (stale.length || extra.length) {
-    console.error(`docs/vectors is not up to date: ${[...stale.map((s) => `${s} differs`), ...extra.map((e) => `${e} is not generated`)].join(', ')}; run node --import tsx scripts/conformance-vectors.ts`);
+    console.error(
+      `docs/vectors is not up to date: ${[...stale.map((s) => `${s} differs`), ...extra.map((e) => `${e} is not generated`)].join(', ')}; run node --import tsx scripts/conformance-vectors.ts`,
+    );
     process.exit(1);
   }
   console.log(`docs/vectors: ${vectors.length} vectors up to date`);

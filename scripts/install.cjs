@@ -45,7 +45,9 @@ if (process.env.npm_config_build_from_source === 'true') {
     process.exit(0);
   } catch (err) {
     const have = shipped();
-    why = `no prebuild loads on ${target}` + (have.length ? ` (prebuilds/ has ${have.join(', ')})` : ' (no prebuilds/ here: a git clone has none, the npm package has them)') +
+    why =
+      `no prebuild loads on ${target}` +
+      (have.length ? ` (prebuilds/ has ${have.join(', ')})` : ' (no prebuilds/ here: a git clone has none, the npm package has them)') +
       `: ${String(err.message).split('\n')[0]}`;
   }
 }
@@ -59,9 +61,7 @@ if (!onPath('python3') && !process.env.npm_config_python && !process.env.PYTHON)
 if (missing.length) {
   say(`cannot compile: ${missing.join(', ')} not found on PATH.`);
   say('Install them (Debian/Ubuntu: apt-get install g++ make python3; Alpine: apk add g++ make python3),');
-  say(existsSync(path.join(root, '.git')) || !root.includes(`${path.sep}node_modules${path.sep}`)
-    ? 'then run npm install again.'
-    : 'then run: npm rebuild backend-transfer');
+  say(existsSync(path.join(root, '.git')) || !root.includes(`${path.sep}node_modules${path.sep}`) ? 'then run npm install again.' : 'then run: npm rebuild backend-transfer');
   process.exit(1);
 }
 

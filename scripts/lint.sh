@@ -1,22 +1,19 @@
 #!/usr/bin/env bash
 # npm run lint: ESLint (type-checked rules and the layer rules of eslint.config.js)
-# over src/, then the format of the files listed in scripts/formatted-files.txt:
-# prettier for TypeScript/JavaScript, clang-format for native/ (when installed;
-# Debian: apt-get install clang-format). Only listed files are format-checked
-# until the whole-tree format commit (after the staging and data-path branches land).
+# over src/, then the format of the whole tree: prettier for every TypeScript and
+# JavaScript file the repository tracks (.prettierignore leaves out generated
+# files and docs), clang-format for native/ (when installed; Debian: apt-get
+# install clang-format). `npm run format` rewrites both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-mapfile -t listed < <(grep -v '^\s*#' scripts/formatted-files.txt | grep -v '^\s*$')
-ts=()
-cc=()
-for f in "${listed[@]}"; do
-  [[ -e "$f" ]] || { echo "scripts/formatted-files.txt lists $f, which does not exist" >&2; exit 1; }
-  case "$f" in
-    native/*) cc+=("$f") ;;
-    *) ts+=("$f") ;;
-  esac
-done
+mapfile -t ts < <(git ls-files '*.ts' '*.mts' '*.cts' '*.js' '*.mjs' '*.cjs' 2>/dev/null || true)
+mapfile -t cc < <(git ls-files 'native/*.cc' 'native/*.h' 2>/dev/null || true)
+if [[ ${#ts[@]} -eq 0 ]]; then
+  # Not a git checkout (an unpacked tarball): the same files by name.
+  mapfile -t ts < <(find src test bench scripts bin examples eslint.config.js vitest.config.ts -type f \( -name '*.ts' -o -name '*.mts' -o -name '*.cts' -o -name '*.js' -o -name '*.mjs' -o -name '*.cjs' \) -not -path '*/node_modules/*' 2>/dev/null)
+  mapfile -t cc < <(find native -name '*.cc' -o -name '*.h')
+fi
 
 echo "eslint src/"
 npx eslint src

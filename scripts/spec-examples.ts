@@ -7,9 +7,21 @@ import { crc32 } from 'node:zlib';
 
 type Field = [bytes: Buffer, note: string];
 const u8 = (v: number, note: string): Field => [Buffer.from([v]), note];
-const u16 = (v: number, note: string): Field => { const b = Buffer.alloc(2); b.writeUInt16LE(v); return [b, note]; };
-const u32 = (v: number, note: string): Field => { const b = Buffer.alloc(4); b.writeUInt32LE(v >>> 0); return [b, note]; };
-const u64 = (v: bigint, note: string): Field => { const b = Buffer.alloc(8); b.writeBigUInt64LE(v); return [b, note]; };
+const u16 = (v: number, note: string): Field => {
+  const b = Buffer.alloc(2);
+  b.writeUInt16LE(v);
+  return [b, note];
+};
+const u32 = (v: number, note: string): Field => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v >>> 0);
+  return [b, note];
+};
+const u64 = (v: bigint, note: string): Field => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(v);
+  return [b, note];
+};
 const str = (s: string, note: string): Field[] => [u16(Buffer.byteLength(s), `${note} length`), [Buffer.from(s), `${note} "${s}"`]];
 const blob = (b: Buffer, note: string): Field[] => (b.length ? [u32(b.length, `${note} length`), [b, `${note} ${b.toString()}`]] : [u32(0, `${note}: none`)]);
 
@@ -54,18 +66,42 @@ const FDS = 1;
 print('recorded-state-only', [
   MAGIC,
   ...frame('HELLO', 0x01, [
-    u16(1, 'minVersion'), u16(1, 'maxVersion'), u32(BODY_CRC, 'features BODY_CRC'), u8(0, 'canPassFds'), u8(0, 'reserved'),
-    u32(0xffffffff, 'fdBudget unknown'), ...blob(Buffer.alloc(0), 'probe'), u32(1, 'offerCount'),
-    ...str('state', 'kind'), ...str('cpu0', 'id'), u32(0, 'instance'), u32(1, 'version'), u32(0, 'fdCount'), u8(2, 'flags REQUIRED'),
+    u16(1, 'minVersion'),
+    u16(1, 'maxVersion'),
+    u32(BODY_CRC, 'features BODY_CRC'),
+    u8(0, 'canPassFds'),
+    u8(0, 'reserved'),
+    u32(0xffffffff, 'fdBudget unknown'),
+    ...blob(Buffer.alloc(0), 'probe'),
+    u32(1, 'offerCount'),
+    ...str('state', 'kind'),
+    ...str('cpu0', 'id'),
+    u32(0, 'instance'),
+    u32(1, 'version'),
+    u32(0, 'fdCount'),
+    u8(2, 'flags REQUIRED'),
     ...blob(Buffer.alloc(0), 'info'),
   ]),
   ...frame('PLAN', 0x03, [
-    u16(1, 'version'), u32(BODY_CRC, 'features'), u32(0, 'totalFds'), u32(1, 'deviceCount'),
-    ...str('state', 'kind'), ...str('cpu0', 'id'), u32(0, 'instance'), u32(1, 'version'), u8(0, 'withFds'), u32(0, 'fdCount'),
+    u16(1, 'version'),
+    u32(BODY_CRC, 'features'),
+    u32(0, 'totalFds'),
+    u32(1, 'deviceCount'),
+    ...str('state', 'kind'),
+    ...str('cpu0', 'id'),
+    u32(0, 'instance'),
+    u32(1, 'version'),
+    u8(0, 'withFds'),
+    u32(0, 'fdCount'),
   ]),
   ...frame('SECTION_FULL', 0x13, [
-    u32(1, 'sectionId'), u32(0, 'instanceId'), u32(1, 'versionId'), ...str('cpu0', 'idstr'), u16(0, 'attachmentCount'),
-    u32(5, 'payloadLength'), [Buffer.from('regs!'), 'payload "regs!"'],
+    u32(1, 'sectionId'),
+    u32(0, 'instanceId'),
+    u32(1, 'versionId'),
+    ...str('cpu0', 'idstr'),
+    u16(0, 'attachmentCount'),
+    u32(5, 'payloadLength'),
+    [Buffer.from('regs!'), 'payload "regs!"'],
   ]),
   ...frame('END_OF_STATE', 0x20, [u32(1, 'sectionCount'), u32(0, 'totalFds'), u64(5n, 'payloadBytes')]),
   ...frame('EOF', 0x7f, []),
@@ -75,20 +111,51 @@ print('recorded-state-only', [
 print('section-with-fd', [
   MAGIC,
   ...frame('HELLO', 0x01, [
-    u16(1, 'minVersion'), u16(1, 'maxVersion'), u32(FDS | BODY_CRC, 'features FDS|BODY_CRC'), u8(1, 'canPassFds'), u8(0, 'reserved'),
-    u32(0xffffffff, 'fdBudget unknown'), ...blob(Buffer.alloc(0), 'probe'), u32(1, 'offerCount'),
-    ...str('generic', 'kind'), ...str('kick', 'id'), u32(0, 'instance'), u32(1, 'version'), u32(1, 'fdCount'), u8(1, 'flags WANTS_FDS'),
+    u16(1, 'minVersion'),
+    u16(1, 'maxVersion'),
+    u32(FDS | BODY_CRC, 'features FDS|BODY_CRC'),
+    u8(1, 'canPassFds'),
+    u8(0, 'reserved'),
+    u32(0xffffffff, 'fdBudget unknown'),
+    ...blob(Buffer.alloc(0), 'probe'),
+    u32(1, 'offerCount'),
+    ...str('generic', 'kind'),
+    ...str('kick', 'id'),
+    u32(0, 'instance'),
+    u32(1, 'version'),
+    u32(1, 'fdCount'),
+    u8(1, 'flags WANTS_FDS'),
     ...blob(Buffer.alloc(0), 'info'),
   ]),
   ...frame('PLAN', 0x03, [
-    u16(1, 'version'), u32(FDS | BODY_CRC, 'features'), u32(1, 'totalFds'), u32(1, 'deviceCount'),
-    ...str('generic', 'kind'), ...str('kick', 'id'), u32(0, 'instance'), u32(1, 'version'), u8(1, 'withFds'), u32(1, 'fdCount'),
+    u16(1, 'version'),
+    u32(FDS | BODY_CRC, 'features'),
+    u32(1, 'totalFds'),
+    u32(1, 'deviceCount'),
+    ...str('generic', 'kind'),
+    ...str('kick', 'id'),
+    u32(0, 'instance'),
+    u32(1, 'version'),
+    u8(1, 'withFds'),
+    u32(1, 'fdCount'),
   ]),
-  ...frame('SECTION_FULL', 0x13, [
-    u32(1, 'sectionId'), u32(0, 'instanceId'), u32(1, 'versionId'), ...str('kick', 'idstr'), u16(1, 'attachmentCount'),
-    u8(4, 'attachment kind eventfd'), u8(0, 'role device'), ...str('kick0', 'name'), ...blob(Buffer.from('{"queue":0}'), 'meta'),
-    u32(0, 'payloadLength'),
-  ], { fdCount: 1, firstFdSeq: 0 }),
+  ...frame(
+    'SECTION_FULL',
+    0x13,
+    [
+      u32(1, 'sectionId'),
+      u32(0, 'instanceId'),
+      u32(1, 'versionId'),
+      ...str('kick', 'idstr'),
+      u16(1, 'attachmentCount'),
+      u8(4, 'attachment kind eventfd'),
+      u8(0, 'role device'),
+      ...str('kick0', 'name'),
+      ...blob(Buffer.from('{"queue":0}'), 'meta'),
+      u32(0, 'payloadLength'),
+    ],
+    { fdCount: 1, firstFdSeq: 0 },
+  ),
   ...frame('END_OF_STATE', 0x20, [u32(1, 'sectionCount'), u32(1, 'totalFds'), u64(0n, 'payloadBytes')]),
   ...frame('EOF', 0x7f, []),
 ]);
@@ -97,8 +164,18 @@ print('section-with-fd', [
 print('return-path', [
   MAGIC,
   ...frame('WELCOME', 0x02, [
-    u16(1, 'version'), u32(BODY_CRC, 'features'), u8(1, 'canPassFds'), u8(0, 'reserved'), u32(1000, 'fdBudget'), u32(1, 'answerCount'),
-    ...str('cpu0', 'id'), u32(0, 'instance'), u8(1, 'decision STATE_ONLY'), u8(0, 'reason none'), u32(1, 'minVersion'), u32(2, 'maxVersion'),
+    u16(1, 'version'),
+    u32(BODY_CRC, 'features'),
+    u8(1, 'canPassFds'),
+    u8(0, 'reserved'),
+    u32(1000, 'fdBudget'),
+    u32(1, 'answerCount'),
+    ...str('cpu0', 'id'),
+    u32(0, 'instance'),
+    u8(1, 'decision STATE_ONLY'),
+    u8(0, 'reason none'),
+    u32(1, 'minVersion'),
+    u32(2, 'maxVersion'),
     ...blob(Buffer.alloc(0), 'info'),
   ]),
   ...frame('ACK', 0x30, [u8(1, 'stage LOADED'), u32(0xffffffff, 'sectionId: the whole stream'), ...str('ok', 'detail')]),
@@ -112,24 +189,61 @@ const STAGED = 8;
 print('staged', [
   MAGIC,
   ...frame('HELLO', 0x01, [
-    u16(1, 'minVersion'), u16(1, 'maxVersion'), u32(FDS | BODY_CRC | STAGED, 'features FDS|BODY_CRC|STAGED'), u8(1, 'canPassFds'), u8(0, 'reserved'),
-    u32(0xffffffff, 'fdBudget unknown'), ...blob(Buffer.alloc(0), 'probe'), u32(1, 'offerCount'),
-    ...str('generic', 'kind'), ...str('kick', 'id'), u32(0, 'instance'), u32(1, 'version'), u32(1, 'fdCount'), u8(1, 'flags WANTS_FDS'),
+    u16(1, 'minVersion'),
+    u16(1, 'maxVersion'),
+    u32(FDS | BODY_CRC | STAGED, 'features FDS|BODY_CRC|STAGED'),
+    u8(1, 'canPassFds'),
+    u8(0, 'reserved'),
+    u32(0xffffffff, 'fdBudget unknown'),
+    ...blob(Buffer.alloc(0), 'probe'),
+    u32(1, 'offerCount'),
+    ...str('generic', 'kind'),
+    ...str('kick', 'id'),
+    u32(0, 'instance'),
+    u32(1, 'version'),
+    u32(1, 'fdCount'),
+    u8(1, 'flags WANTS_FDS'),
     ...blob(Buffer.alloc(0), 'info'),
   ]),
   ...frame('PLAN', 0x03, [
-    u16(1, 'version'), u32(FDS | BODY_CRC | STAGED, 'features'), u32(1, 'totalFds'), u32(1, 'deviceCount'),
-    ...str('generic', 'kind'), ...str('kick', 'id'), u32(0, 'instance'), u32(1, 'version'), u8(1, 'withFds'), u32(1, 'fdCount'),
+    u16(1, 'version'),
+    u32(FDS | BODY_CRC | STAGED, 'features'),
+    u32(1, 'totalFds'),
+    u32(1, 'deviceCount'),
+    ...str('generic', 'kind'),
+    ...str('kick', 'id'),
+    u32(0, 'instance'),
+    u32(1, 'version'),
+    u8(1, 'withFds'),
+    u32(1, 'fdCount'),
   ]),
-  ...frame('STAGE', 0x14, [
-    u32(1, 'sectionId'), u32(0, 'instanceId'), u32(1, 'versionId'), ...str('kick', 'idstr'), u16(1, 'attachmentCount'),
-    u8(4, 'attachment kind eventfd'), u8(0, 'role device'), ...str('kick0', 'name'), ...blob(Buffer.from('{"queue":0}'), 'meta'),
-    u32(3, 'payloadLength'), [Buffer.from('cfg'), 'payload "cfg" (static metadata)'],
-  ], { fdCount: 1, firstFdSeq: 0 }),
+  ...frame(
+    'STAGE',
+    0x14,
+    [
+      u32(1, 'sectionId'),
+      u32(0, 'instanceId'),
+      u32(1, 'versionId'),
+      ...str('kick', 'idstr'),
+      u16(1, 'attachmentCount'),
+      u8(4, 'attachment kind eventfd'),
+      u8(0, 'role device'),
+      ...str('kick0', 'name'),
+      ...blob(Buffer.from('{"queue":0}'), 'meta'),
+      u32(3, 'payloadLength'),
+      [Buffer.from('cfg'), 'payload "cfg" (static metadata)'],
+    ],
+    { fdCount: 1, firstFdSeq: 0 },
+  ),
   ...frame('FREEZE', 0x15, [u32(0, 'droppedCount')]),
   ...frame('SECTION_FULL', 0x13, [
-    u32(2, 'sectionId'), u32(0, 'instanceId'), u32(1, 'versionId'), ...str('kick', 'idstr'), u16(0, 'attachmentCount'),
-    u32(5, 'payloadLength'), [Buffer.from('idx=7'), 'payload "idx=7" (mutable state)'],
+    u32(2, 'sectionId'),
+    u32(0, 'instanceId'),
+    u32(1, 'versionId'),
+    ...str('kick', 'idstr'),
+    u16(0, 'attachmentCount'),
+    u32(5, 'payloadLength'),
+    [Buffer.from('idx=7'), 'payload "idx=7" (mutable state)'],
   ]),
   ...frame('END_OF_STATE', 0x20, [u32(1, 'sectionCount'), u32(1, 'totalFds (the stage in effect)'), u64(5n, 'payloadBytes (sections only)')]),
   ...frame('EOF', 0x7f, []),
@@ -140,8 +254,18 @@ print('staged', [
 print('staged-return-path', [
   MAGIC,
   ...frame('WELCOME', 0x02, [
-    u16(1, 'version'), u32(FDS | BODY_CRC | STAGED, 'features FDS|BODY_CRC|STAGED'), u8(1, 'canPassFds'), u8(0, 'reserved'), u32(1000, 'fdBudget'), u32(1, 'answerCount'),
-    ...str('kick', 'id'), u32(0, 'instance'), u8(2, 'decision WITH_FDS'), u8(0, 'reason none'), u32(1, 'minVersion'), u32(1, 'maxVersion'),
+    u16(1, 'version'),
+    u32(FDS | BODY_CRC | STAGED, 'features FDS|BODY_CRC|STAGED'),
+    u8(1, 'canPassFds'),
+    u8(0, 'reserved'),
+    u32(1000, 'fdBudget'),
+    u32(1, 'answerCount'),
+    ...str('kick', 'id'),
+    u32(0, 'instance'),
+    u8(2, 'decision WITH_FDS'),
+    u8(0, 'reason none'),
+    u32(1, 'minVersion'),
+    u32(1, 'maxVersion'),
     ...blob(Buffer.alloc(0), 'info'),
   ]),
   ...frame('ACK', 0x30, [u8(5, 'stage STAGED'), u32(1, 'sectionId: the STAGE frame'), ...str('', 'detail')]),

@@ -220,18 +220,14 @@ export class BackendTransferError extends Error {
       case 'ENOTCONN':
         return new BackendTransferError(ErrorCodes.ERR_PEER_CLOSED, `${context}: peer closed the connection (${text})`, { cause: err });
       case 'ETOOMANYREFS':
-        return new BackendTransferError(
-          ErrorCodes.ERR_TOO_MANY_REFS,
-          `${context}: too many fds in flight for this user; the sender's RLIMIT_NOFILE bounds fds queued but not yet received (${text})`,
-          { cause: err },
-        );
+        return new BackendTransferError(ErrorCodes.ERR_TOO_MANY_REFS, `${context}: too many fds in flight for this user; the sender's RLIMIT_NOFILE bounds fds queued but not yet received (${text})`, {
+          cause: err,
+        });
       case 'EMFILE':
       case 'ENFILE':
-        return new BackendTransferError(
-          ErrorCodes.ERR_FD_LIMIT,
-          `${context}: out of file descriptors (${sys === 'EMFILE' ? 'RLIMIT_NOFILE of this process' : 'system-wide limit'}) (${text})`,
-          { cause: err },
-        );
+        return new BackendTransferError(ErrorCodes.ERR_FD_LIMIT, `${context}: out of file descriptors (${sys === 'EMFILE' ? 'RLIMIT_NOFILE of this process' : 'system-wide limit'}) (${text})`, {
+          cause: err,
+        });
       case 'EADDRINUSE':
         return new BackendTransferError(ErrorCodes.ERR_ADDRESS_IN_USE, `${context}: address already in use (${text})`, { cause: err });
       case 'ENOTSOCK':

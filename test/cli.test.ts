@@ -58,7 +58,22 @@ describe('backend-transfer send / receive', () => {
     writeFileSync(join(dir, 'accept.json'), JSON.stringify({ backendTransfer: true, devices: [{ kind: 'generic', id: 'misc', expect: { irq: 'eventfd', ram: 'memfd' } }] }));
     writeFileSync(
       join(dir, 'devices.json'),
-      JSON.stringify({ socket: sockPath, backendTransfer: true, devices: [{ kind: 'generic', id: 'misc', transfer: true, fds: [{ name: 'irq', fd: 3, kind: 'eventfd' }, { name: 'ram', fd: 4, kind: 'memfd' }], metadata: { note: 'hi' } }] }),
+      JSON.stringify({
+        socket: sockPath,
+        backendTransfer: true,
+        devices: [
+          {
+            kind: 'generic',
+            id: 'misc',
+            transfer: true,
+            fds: [
+              { name: 'irq', fd: 3, kind: 'eventfd' },
+              { name: 'ram', fd: 4, kind: 'memfd' },
+            ],
+            metadata: { note: 'hi' },
+          },
+        ],
+      }),
     );
     // The program run by --exec reports what it inherited.
     const probe = join(dir, 'probe.mjs');
@@ -69,7 +84,10 @@ const d = JSON.parse(process.env.BT_HANDOVER);
 const fds = d.devices[0].fds.map((f) => ({ name: f.name, fd: f.fd, link: readlinkSync('/proc/self/fd/' + f.fd) }));
 console.log(JSON.stringify({ fds, how: d.devices[0].how, meta: d.devices[0].meta }));`,
     );
-    const receiver = spawn(process.execPath, [...CLI, 'receive', '--listen', sockPath, '--accept', join(dir, 'accept.json'), '--exec', '--', process.execPath, probe], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const receiver = spawn(process.execPath, [...CLI, 'receive', '--listen', sockPath, '--accept', join(dir, 'accept.json'), '--exec', '--', process.execPath, probe], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     receiver.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     let err = '';
@@ -142,7 +160,7 @@ const file = (name: string, content: unknown) => {
 };
 
 describe('send checks its fds before it connects', () => {
-  it('refuses fds it did not inherit (the event loop\'s own, as under npx): exit 2, nothing sent', async () => {
+  it("refuses fds it did not inherit (the event loop's own, as under npx): exit 2, nothing sent", async () => {
     // No fd is passed: fds 3.. are whatever Node and libuv opened (epoll, eventfds, pipes) or closed.
     const fds = Array.from({ length: 28 }, (_, i) => ({ name: `f${i + 3}`, fd: i + 3 }));
     const desc = file('npx.json', { socket: join(dir, 'nobody.sock'), devices: [{ kind: 'generic', id: 'misc', transfer: true, fds }] });
@@ -273,13 +291,24 @@ describe('send / receive options: timeouts, peer policy, pass-through', () => {
 describe('warnings, exit codes, escaping', () => {
   it('a handover in which nothing moved says so on both sides', async () => {
     const sockPath = join(dir, 'warn.sock');
-    const acc = file('accept.json', { devices: [{ kind: 'generic', id: 'other' }, { kind: 'generic', id: 'misc' }] });
+    const acc = file('accept.json', {
+      devices: [
+        { kind: 'generic', id: 'other' },
+        { kind: 'generic', id: 'misc' },
+      ],
+    });
     const receiver = cli(['receive', '--listen', sockPath, '--accept', acc]);
     await socketAppears(sockPath);
     const efd = native.eventfd(0);
     // transfer is not true: the fd stays with the source.
     // 'extra' is not accepted by the target (it accepts 'other' instead).
-    const desc = file('warn-devices.json', { socket: sockPath, devices: [{ kind: 'generic', id: 'misc', fds: [{ name: 'irq', fd: 3, kind: 'eventfd' }] }, { kind: 'generic', id: 'extra', fds: [] }] });
+    const desc = file('warn-devices.json', {
+      socket: sockPath,
+      devices: [
+        { kind: 'generic', id: 'misc', fds: [{ name: 'irq', fd: 3, kind: 'eventfd' }] },
+        { kind: 'generic', id: 'extra', fds: [] },
+      ],
+    });
     const sender = cli(['send', '--devices', desc], { fds: [efd] });
     closeFds([efd]);
     const [s, r] = await Promise.all([sender, receiver]);

@@ -247,7 +247,7 @@ describe('docs/vectors', () => {
   const verdict = (r: InspectReport) => ({ code: r.sections.some((x) => x.crc === 'bad') ? 'ERR_STREAM_CRC' : (r.error?.code ?? null), complete: r.complete && !r.error });
   const wanted = (v: VectorMeta) => ({ code: v.expectWithoutFds.ok ? null : v.expectWithoutFds.code, complete: v.expectWithoutFds.ok });
 
-  it('every main-stream vector through inspect (the CLI command\'s reader)', async () => {
+  it("every main-stream vector through inspect (the CLI command's reader)", async () => {
     for (const v of vectors.filter((x) => x.direction === 'main')) {
       const r = await inspectFile(`${DIR}${v.file}`);
       expect({ name: v.name, ...verdict(r) }).toEqual({ name: v.name, ...wanted(v) });

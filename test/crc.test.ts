@@ -62,7 +62,15 @@ describe('crc32', () => {
     const ch = new MemoryChannel(false);
     const features = Features.BODY_CRC;
     const w = new StreamWriter(ch, { partSize: 1000 });
-    await w.hello({ minVersion: 1, maxVersion: 1, features, canPassFds: false, fdBudget: 0, offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }], info: null });
+    await w.hello({
+      minVersion: 1,
+      maxVersion: 1,
+      features,
+      canPassFds: false,
+      fdBudget: 0,
+      offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
+      info: null,
+    });
     await w.plan({ version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] });
     const state = randomBytes(12_345);
     await w.section({ id: 'ram', instance: 0, version: 1 }, [], state);

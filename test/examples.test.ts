@@ -55,7 +55,10 @@ describe('examples/handover-to-qemu.ts', () => {
     const report = parseReport(run);
     if (run.code === 2) skipUnless(ctx, `the example cannot run here: ${report.unavailable}`);
     expect(report.error, run.stderr).toBeNull();
-    expect(report.checks.filter((c) => !c.ok), run.stderr).toEqual([]);
+    expect(
+      report.checks.filter((c) => !c.ok),
+      run.stderr,
+    ).toEqual([]);
     expect(run.code).toBe(0);
     expect(report.ok).toBe(true);
     expect(report.checks.length).toBeGreaterThanOrEqual(9);

@@ -2,19 +2,7 @@
 // of fd-carrying sends, 10,000 fds in one message, MSG_CTRUNC, ETOOMANYREFS, EMFILE.
 import { readSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import {
-  BackendTransferError,
-  FdServer,
-  FdSocket,
-  MessageReader,
-  closeFd,
-  closeFds,
-  inspectFd,
-  native,
-  sendMessage,
-  type ReceivedChunk,
-  type SocketType,
-} from '../src/index.js';
+import { BackendTransferError, FdServer, FdSocket, MessageReader, closeFd, closeFds, inspectFd, native, sendMessage, type ReceivedChunk, type SocketType } from '../src/index.js';
 import { countOpenFds, counter, openFds, trackFdLeaks } from './helpers/fds.js';
 import { Peers } from './helpers/child.js';
 import { isRoot } from './helpers/env.js';
@@ -498,7 +486,7 @@ describe('between two processes', () => {
     closeFds(fds);
   });
 
-  it('MSG_CTRUNC from the receiver\'s RLIMIT_NOFILE becomes ERR_FDS_TRUNCATED', async () => {
+  it("MSG_CTRUNC from the receiver's RLIMIT_NOFILE becomes ERR_FDS_TRUNCATED", async () => {
     // The child may hold at most 64 fds; we send 200.
     const peer = peers.spawn('recv-eventfds', ['200'], { socket: 'stream', nofile: 64 });
     const efd = native.eventfd(1);

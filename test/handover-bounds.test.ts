@@ -40,8 +40,7 @@ function spawnTarget(path: string, opts: Record<string, unknown> = {}): Peer {
 function spawnSource(path: string, opts: Record<string, unknown> = {}): Peer {
   return peers.spawn('source', [path, JSON.stringify(opts)], FIXTURE);
 }
-const first = (p: Peer, names: string[], ms = 30_000): Promise<PeerEvent> =>
-  Promise.race(names.map((x) => p.waitFor(x, ms)));
+const first = (p: Peer, names: string[], ms = 30_000): Promise<PeerEvent> => Promise.race(names.map((x) => p.waitFor(x, ms)));
 /** VmHWM (peak RSS) of a live process, bytes. */
 function peakRss(pid: number): number {
   const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -163,7 +162,13 @@ describe('COMMIT that cannot be written', () => {
 describe('"is the peer gone?" asks about the process that holds the connection', () => {
   it('(a) the connecting parent exits, its child holds the connection, fails mid-transfer (no ABORT possible) and keeps its backends: the target does not take over', async () => {
     const path = sockPath();
-    const t = spawnTarget(path, { accept: [{ id: 'serial0', kind: 'chardev-socket' }, { id: 'gen0', kind: 'generic' }, { id: 'bad0', kind: 'generic' }] });
+    const t = spawnTarget(path, {
+      accept: [
+        { id: 'serial0', kind: 'chardev-socket' },
+        { id: 'gen0', kind: 'generic' },
+        { id: 'bad0', kind: 'generic' },
+      ],
+    });
     await t.waitFor('listening');
     const p = peers.spawn('fork-parent', [path, JSON.stringify({ parent: 'exit', badDevice: true })], FIXTURE);
     grandchildren.push(Number((await p.waitFor('forked')).child));

@@ -49,7 +49,9 @@ async function pair(targetSpec: Record<string, unknown>, sourceScenario: string,
   await target.waitFor('listening');
   const s = peers.spawn(sourceScenario, [path, JSON.stringify(sourceSpec)], { fixture: 'limits-peer.ts' });
   const t = await outcome(target);
-  console.log(`[limits] ${sourceScenario} ${JSON.stringify(sourceSpec)} -> ${t.event} ${String(t.code ?? '')} rssGrowth ${Math.round(Number(t.rssGrowth) / MiB)} MiB, longest loop stall ${String(t.maxGapMs)} ms, ${String(t.elapsedMs)} ms`);
+  console.log(
+    `[limits] ${sourceScenario} ${JSON.stringify(sourceSpec)} -> ${t.event} ${String(t.code ?? '')} rssGrowth ${Math.round(Number(t.rssGrowth) / MiB)} MiB, longest loop stall ${String(t.maxGapMs)} ms, ${String(t.elapsedMs)} ms`,
+  );
   // Whatever happened, the target holds no fd it did not hold before (the received backends were closed by the fixture).
   expect(t.leaked, 'fds left open in the target').toBe(0);
   return { t, s, target };
@@ -179,7 +181,16 @@ describe('the JSON checks before JSON.parse', () => {
 describe('the source refuses what no reader could take', () => {
   it('a memfd payload of 4 GiB (payloadLength is a u32): ERR_STREAM_TOO_LARGE before anything is written', async () => {
     const features = Features.FDS | Features.BODY_CRC | Features.MEMFD_PAYLOAD;
-    const hello: Hello = { minVersion: 1, maxVersion: 1, features, canPassFds: true, fdBudget: 1000, probe: null, info: null, offers: [{ kind: 'state', id: 'vmm-state', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }] };
+    const hello: Hello = {
+      minVersion: 1,
+      maxVersion: 1,
+      features,
+      canPassFds: true,
+      fdBudget: 1000,
+      probe: null,
+      info: null,
+      offers: [{ kind: 'state', id: 'vmm-state', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
+    };
     const welcome = answerOffers(hello, () => ({ minVersion: 1, maxVersion: 1, acceptFds: false }), { canPassFds: true, features, fdBudget: 1000 });
     const channel = new MemoryChannel(true);
     const w = new StreamWriter(channel);

@@ -17,7 +17,14 @@ async function fdsSettleAt(n: number): Promise<number> {
 trackFdLeaks();
 const { source, receive } = sessionHarness('bt-staging-', 's-');
 
-type SourceResult = { result: { devices: Record<string, unknown>[]; staged: boolean; fds: number; timings: { downtimeMs: number; breakdown?: Record<string, number> } }; events: HandoverEvent[]; frozen: number; thawed: number; leaked: number; works: boolean | null };
+type SourceResult = {
+  result: { devices: Record<string, unknown>[]; staged: boolean; fds: number; timings: { downtimeMs: number; breakdown?: Record<string, number> } };
+  events: HandoverEvent[];
+  frozen: number;
+  thawed: number;
+  leaked: number;
+  works: boolean | null;
+};
 
 describe('staged backends', () => {
   it('is the default: the fds are staged and verified before the freeze, only the state follows, and the downtime is broken down', async () => {
@@ -148,12 +155,20 @@ describe('checked before anything moves (kinds)', () => {
 });
 
 describe('faults while staging (the target here)', () => {
-  it('the target refuses a staged fd (NACK with the STAGE\'s sectionId): nothing was frozen, the source keeps working backends, the target closes all it staged', async () => {
+  it("the target refuses a staged fd (NACK with the STAGE's sectionId): nothing was frozen, the source keeps working backends, the target closes all it staged", async () => {
     const { peer, path } = await source({ stateBytes: 1000 });
     const before = countOpenFds(); // after the child's pipes
     // irq is an eventfd: a target that expects a memfd refuses it at staging.
     const t = receive(path, { accept: [new GenericTarget({ id: 'vm0', expect: { ram: 'memfd', irq: 'memfd' } })] });
-    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as { event: string; code: string; details: Record<string, unknown>; frozen: number; thawed: number; works: boolean; leaked: number };
+    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as {
+      event: string;
+      code: string;
+      details: Record<string, unknown>;
+      frozen: number;
+      thawed: number;
+      works: boolean;
+      leaked: number;
+    };
     expect(s.event).toBe('handover-failed');
     expect(s.code).toBe('ERR_HANDOVER_REFUSED');
     expect(s.details).toMatchObject({ phase: 'stage', code: 'ERR_BACKEND_VERIFY' });
@@ -200,4 +215,3 @@ describe('faults while staging (the target here)', () => {
     expect(await fdsSettleAt(before)).toBe(before);
   });
 });
-

@@ -5,7 +5,20 @@
 // side, a phase timeout, the warm-up, and the send buffer.
 import { PerformanceObserver, constants as perfConstants, type PerformanceEntry } from 'node:perf_hooks';
 import { describe, expect, it } from 'vitest';
-import { AckStage, FdServer, FdSocket, StreamReader, StreamWriter, fdSocketChannel, inspectFd, isReleased, mappingStats, warmUpHandover, type GenericBackend, type HandoverEvent } from '../src/index.js';
+import {
+  AckStage,
+  FdServer,
+  FdSocket,
+  StreamReader,
+  StreamWriter,
+  fdSocketChannel,
+  inspectFd,
+  isReleased,
+  mappingStats,
+  warmUpHandover,
+  type GenericBackend,
+  type HandoverEvent,
+} from '../src/index.js';
 import { ItemQueue } from '../src/handover/items.js';
 import { buildStream } from './helpers/stream.js';
 import { countOpenFds, trackFdLeaks } from './helpers/fds.js';
@@ -71,7 +84,14 @@ describe('a handover between two processes', () => {
   });
 
   it('takes the state as parts of unknown total size, as sealed memfds, or without CRC, and can stream it to onState', async () => {
-    for (const variant of [{ stateAs: 'parts' }, { memfdPayloads: true }, { crc: false }, { onState: true }, { onState: true, memfdPayloads: true }, { onState: true, memfdPayloads: true, crc: false }]) {
+    for (const variant of [
+      { stateAs: 'parts' },
+      { memfdPayloads: true },
+      { crc: false },
+      { onState: true },
+      { onState: true, memfdPayloads: true },
+      { onState: true, memfdPayloads: true, crc: false },
+    ]) {
       const { peer, sha, path } = await source({ stateBytes: 2 * MiB + 7, stateAs: variant.stateAs, memfdPayloads: variant.memfdPayloads, crc: variant.crc });
       const parts: Buffer[] = [];
       const given: Buffer[] = [];
@@ -199,7 +219,7 @@ describe("the caller's abort and the phase timeouts", () => {
     expect(s.leaked, `open since start: ${String(s.leakedFds)}`).toBe(0);
   });
 
-  it("a freeze() that never returns times out: the source thaws and keeps everything, the target is told", async () => {
+  it('a freeze() that never returns times out: the source thaws and keeps everything, the target is told', async () => {
     const { peer, path } = await source({ stateBytes: MiB, freezeHangs: true, timeouts: { freeze: 300 } });
     const t = receive(path);
     const s = await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed']);

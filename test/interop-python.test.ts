@@ -60,7 +60,17 @@ describe.skipIf(python === null)('the independent Python decoder', () => {
           memfdPayloads,
           warmUp: false,
           collectGarbage: false,
-          devices: [new GenericSource({ id: 'gen0', transfer: true, fds: [{ name: 'mem', fd: memfd, kind: 'memfd' }, { name: 'ev', fd: efd, kind: 'eventfd' }], state: Buffer.from('blob') })],
+          devices: [
+            new GenericSource({
+              id: 'gen0',
+              transfer: true,
+              fds: [
+                { name: 'mem', fd: memfd, kind: 'memfd' },
+                { name: 'ev', fd: efd, kind: 'eventfd' },
+              ],
+              state: Buffer.from('blob'),
+            }),
+          ],
           state,
         });
         moved = true;
@@ -91,7 +101,13 @@ describe.skipIf(python === null)('the independent Python decoder', () => {
   for (const memfdPayload of [false, true]) {
     it(`a Python source hands a live handover to receiveHandover: a memfd, an eventfd, 1 MiB of state${memfdPayload ? ' (in a payload memfd)' : ''}`, async () => {
       const path = join(dir, `src-${memfdPayload}.sock`);
-      const target = receiveHandover({ socket: path, backendTransfer: true, warmUp: false, collectGarbage: false, accept: [new GenericTarget({ id: 'gen0', expect: { mem: 'memfd', ev: 'eventfd' } })] });
+      const target = receiveHandover({
+        socket: path,
+        backendTransfer: true,
+        warmUp: false,
+        collectGarbage: false,
+        accept: [new GenericTarget({ id: 'gen0', expect: { mem: 'memfd', ev: 'eventfd' } })],
+      });
       target.catch(() => undefined);
       const py = spawn(python!, [join(ROOT, 'test/interop/live_source.py'), path, ...(memfdPayload ? ['--memfd-payload'] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';

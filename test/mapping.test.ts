@@ -5,7 +5,22 @@ import { randomBytes } from 'node:crypto';
 import { ftruncateSync, readSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { Features, HEADER_SIZE, MemoryChannel, StreamReader, StreamWriter, TRAILER_SIZE, closeFd, crc32, isReleased, mapSealedMemfd, mappingStats, native, releaseMapping, type SectionItem } from '../src/index.js';
+import {
+  Features,
+  HEADER_SIZE,
+  MemoryChannel,
+  StreamReader,
+  StreamWriter,
+  TRAILER_SIZE,
+  closeFd,
+  crc32,
+  isReleased,
+  mapSealedMemfd,
+  mappingStats,
+  native,
+  releaseMapping,
+  type SectionItem,
+} from '../src/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
 
 trackFdLeaks();
@@ -87,7 +102,7 @@ describe('mapSealedMemfd / releaseMapping', () => {
     closeFd(fd2);
   });
 
-  it('a write through the mapping is this process\'s own copy: the sender\'s pages do not change', () => {
+  it("a write through the mapping is this process's own copy: the sender's pages do not change", () => {
     const data = randomBytes(2 * 4096);
     const fd = memfd(data, ALL());
     const m = mapSealedMemfd(fd, data.length);
@@ -137,7 +152,15 @@ describe("StreamReader memfdPayload: 'map'", () => {
     const ch = new MemoryChannel(true);
     const features = Features.BODY_CRC | Features.MEMFD_PAYLOAD | Features.FDS;
     const w = new StreamWriter(ch);
-    await w.hello({ minVersion: 1, maxVersion: 1, features, canPassFds: true, fdBudget: 100, offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }], info: null });
+    await w.hello({
+      minVersion: 1,
+      maxVersion: 1,
+      features,
+      canPassFds: true,
+      fdBudget: 100,
+      offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
+      info: null,
+    });
     await w.plan({ version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] });
     const fd = memfd(data, ALL());
     await w.section({ id: 'ram', instance: 0, version: 1 }, [], { memfd: fd, length: data.length });

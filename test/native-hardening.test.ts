@@ -97,7 +97,7 @@ describe('closing a hostile fd never blocks the process', () => {
     await src.waitFor('refused');
   });
 
-  it('source: a lingering TCP socket on the target\'s NACK is closed off the loop; the source thaws', async () => {
+  it("source: a lingering TCP socket on the target's NACK is closed off the loop; the source thaws", async () => {
     const path = sockPath();
     const tgt = peers.spawn('linger-target', [path], { fixture: 'hostile-peer.ts' });
     await tgt.waitFor('listening');
@@ -205,7 +205,7 @@ describe('one open file sent as two backend fds is refused', () => {
   });
 });
 
-describe('an fd on the next frame\'s bytes', () => {
+describe("an fd on the next frame's bytes", () => {
   /**
    * Sends a built stream over a real socketpair, every write before the reader
    * reads (so the kernel merges writes into one recvmsg where it may). `shift`

@@ -14,7 +14,7 @@ const dir = mkdtempSync(join(tmpdir(), 'bt-refusal-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('a target refuses a HELLO with NACK in place of WELCOME', () => {
-  it('the source reports the target\'s code and reason', async () => {
+  it("the source reports the target's code and reason", async () => {
     const path = join(dir, 'a.sock');
     const target = receiveHandover({ socket: path, accept: [new GenericTarget({ id: 'x' })], backendTransfer: true, warmUp: false, collectGarbage: false });
     target.catch(() => undefined);

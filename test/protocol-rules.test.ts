@@ -70,7 +70,12 @@ async function handTarget(path: string, then: (w: StreamWriter, q: ItemQueue, se
   try {
     const h = await q.next(5000, 'HELLO');
     if (h.type !== 'hello') throw new Error(`got ${h.type}`);
-    const welcome = answerOffers(h.hello, (o) => ({ kind: o.kind, minVersion: 1, maxVersion: 1, acceptFds: true }), { canPassFds: h.probe === 'ok', features: ALL_FEATURES, fdBudget: 1000, info: { probe: h.probe } });
+    const welcome = answerOffers(h.hello, (o) => ({ kind: o.kind, minVersion: 1, maxVersion: 1, acceptFds: true }), {
+      canPassFds: h.probe === 'ok',
+      features: ALL_FEATURES,
+      fdBudget: 1000,
+      info: { probe: h.probe },
+    });
     reader.setWelcome(welcome);
     await w.welcome(welcome);
     for (;;) {

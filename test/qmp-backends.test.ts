@@ -9,13 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, openSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackendTransferError, ErrorCodes, MessageReader, closeFd, inspectFd, native, sendMessage } from '../src/index.js';
-import {
-  QmpErrorCodes,
-  attachChardevSocketToQemu,
-  attachTapToQemu,
-  queryChardevs,
-  readNetworkInfo,
-} from '../src/qmp/index.js';
+import { QmpErrorCodes, attachChardevSocketToQemu, attachTapToQemu, queryChardevs, readNetworkInfo } from '../src/qmp/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
 import { netnsUnavailable, skipUnless } from './helpers/env.js';
 import { createNetns, deleteNetns, linkInfo } from './helpers/netns.js';
@@ -109,9 +103,7 @@ describe('attachTapToQemu', () => {
     await qmp.execute('device_add', { driver: 'virtio-net-pci', id: 'nic0', netdev: 'net0', mq: true, vectors: 10 });
     expect(await qmp.execute('qom-get', { path: '/machine/peripheral/nic0', property: 'netdev' })).toBe('net0');
     const net = (await readNetworkInfo(qmp)).filter((e) => e.name === 'net0');
-    expect(net.map((e) => ({ index: e.index, type: e.type, peerOf: e.peerOf, fd: e.fd }))).toEqual(
-      tap.qemuFds.map((fd, index) => ({ index, type: 'tap', peerOf: 'nic0', fd })),
-    );
+    expect(net.map((e) => ({ index: e.index, type: e.type, peerOf: e.peerOf, fd: e.fd }))).toEqual(tap.qemuFds.map((fd, index) => ({ index, type: 'tap', peerOf: 'nic0', fd })));
 
     // The new owner lets go too: QEMU alone keeps the TAP alive ...
     release(fds);
@@ -353,4 +345,3 @@ describe('attachChardevSocketToQemu', () => {
     expect(inspectFd(a!).kind).toBe('unix-stream');
   });
 });
-

@@ -325,4 +325,3 @@ describe('JsonObjectSplitter', () => {
     expect(() => new JsonObjectSplitter(10).push(Buffer.from('{"a": "0123456789"}'))).toThrow(/larger than 10 bytes/);
   });
 });
-

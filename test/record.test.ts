@@ -86,6 +86,9 @@ describe('recordHandover', () => {
   });
 
   it('an unwritable path fails at once with the system error, and writes nothing', async () => {
-    await expect(recordHandover({ to: join(dir, 'no', 'such', 'dir.bts'), devices: [], state: Buffer.from('x') })).rejects.toMatchObject({ code: 'ERR_SYSTEM', message: expect.stringContaining('ENOENT') });
+    await expect(recordHandover({ to: join(dir, 'no', 'such', 'dir.bts'), devices: [], state: Buffer.from('x') })).rejects.toMatchObject({
+      code: 'ERR_SYSTEM',
+      message: expect.stringContaining('ENOENT'),
+    });
   });
 });

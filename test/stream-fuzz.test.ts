@@ -47,8 +47,17 @@ const SHAPES: { devices: DeviceSpec[]; opts?: Parameters<typeof buildStream>[1] 
   { devices: [] },
   { devices: [{ kind: 'state', id: 'cpu', payload: payload(100, 1) }] },
   { devices: [{ kind: 'tap', id: 'net0', fds: ['eventfd', 'eventfd'], payload: payload(40, 2) }] },
-  { devices: [{ kind: 'generic', id: 'g', fds: ['memfd', 'eventfd', 'memfd'] }, { kind: 'state', id: 's', payload: payload(9000, 3) }], opts: { partSize: 2000 } },
-  { devices: [{ kind: 'vu', id: 'blk0', fds: ['eventfd'], payload: payload(5000, 4) }], opts: { features: Features.FDS | Features.BODY_CRC | Features.MEMFD_PAYLOAD, partSize: 2048, memfdThreshold: 1024 } },
+  {
+    devices: [
+      { kind: 'generic', id: 'g', fds: ['memfd', 'eventfd', 'memfd'] },
+      { kind: 'state', id: 's', payload: payload(9000, 3) },
+    ],
+    opts: { partSize: 2000 },
+  },
+  {
+    devices: [{ kind: 'vu', id: 'blk0', fds: ['eventfd'], payload: payload(5000, 4) }],
+    opts: { features: Features.FDS | Features.BODY_CRC | Features.MEMFD_PAYLOAD, partSize: 2048, memfdThreshold: 1024 },
+  },
   { devices: Array.from({ length: 5 }, (_, i) => ({ kind: 'chr', id: `c${i}`, fds: ['eventfd'] as ('eventfd' | 'memfd')[], payload: payload(i * 10, i) })) },
   { devices: [{ kind: 'state', id: 'nocrc', payload: payload(3000, 9) }], opts: { features: Features.FDS, partSize: 1000 } },
 ];
@@ -64,7 +73,10 @@ beforeAll(async () => {
   pool = [];
   for (const s of SHAPES) pool.push(await buildStream(s.devices, s.opts));
   reference = pool.map((b) => {
-    const items = feedSplit(targetReader(b), b.channel.writes.map((w) => ({ bytes: w.bytes, fds: w.fds.map((fd) => native.dup(fd)) })));
+    const items = feedSplit(
+      targetReader(b),
+      b.channel.writes.map((w) => ({ bytes: w.bytes, fds: w.fds.map((fd) => native.dup(fd)) })),
+    );
     closeItems(items);
     return summary(items);
   });
@@ -267,7 +279,13 @@ describe('stream reader fuzzing', () => {
         }
         const now = countFds();
         if (now !== before) {
-          const links = readdirSync('/proc/self/fd').map((f) => { try { return `${f}:${readlinkSync('/proc/self/fd/' + f)}`; } catch { return f; } });
+          const links = readdirSync('/proc/self/fd').map((f) => {
+            try {
+              return `${f}:${readlinkSync('/proc/self/fd/' + f)}`;
+            } catch {
+              return f;
+            }
+          });
           throw new Error(`fd count ${now} after the case, ${before} before (mutation ${m.kind}): ${links.join(' ')}`);
         }
       }),

@@ -2,18 +2,7 @@
 // ways, sections with many fds and a multi-MiB state in parts (inline and by
 // memfd), the return path, commit and EOF.
 import { afterEach, describe, expect, it } from 'vitest';
-import {
-  AckStage,
-  Features,
-  StreamReader,
-  StreamWriter,
-  answerOffers,
-  closeFds,
-  fdBudget,
-  fdSocketChannel,
-  pumpFdSocket,
-  type SectionItem,
-} from '../src/index.js';
+import { AckStage, Features, StreamReader, StreamWriter, answerOffers, closeFds, fdBudget, fdSocketChannel, pumpFdSocket, type SectionItem } from '../src/index.js';
 import { counter, trackFdLeaks } from './helpers/fds.js';
 import { Peers } from './helpers/child.js';
 

@@ -31,7 +31,7 @@ function example(name: string): Buffer {
  */
 function feedWithFd(r: StreamReader, bytes: Buffer, fd: number): StreamItem[] {
   let end = 8;
-  for (let off = 8; off < bytes.length; ) {
+  for (let off = 8; off < bytes.length;) {
     const h = decodeHeader(bytes, off);
     off += 20 + h.bodyLength + 4;
     if (h.fdCount > 0) end = off;
@@ -156,6 +156,8 @@ describe('docs/stream-format.md examples', () => {
     await w.eof();
     expect(ch.bytes().toString('hex')).toBe(bytes.toString('hex'));
     // Without STAGED in WELCOME an ACK(STAGED) is a protocol error.
-    expect(() => new StreamReader({ role: 'source' }).feed(Buffer.concat([example('return-path').subarray(0, 8 + 20 + 40 + 4), bytes.subarray(8 + 20 + 40 + 4)]))).toThrow(/ACK\(STAGED\) without the STAGED feature/);
+    expect(() => new StreamReader({ role: 'source' }).feed(Buffer.concat([example('return-path').subarray(0, 8 + 20 + 40 + 4), bytes.subarray(8 + 20 + 40 + 4)]))).toThrow(
+      /ACK\(STAGED\) without the STAGED feature/,
+    );
   });
 });

@@ -93,9 +93,12 @@ describe('round trip', () => {
     const built = await buildStream(DEVICES);
     const total = built.channel.bytes().length;
     const whole = feedSplit(targetReader(built), dupWrites(built.channel));
-    const summary = (items: StreamItem[]) =>
-      items.map((i) => (i.type === 'section' ? `${i.frame}:${i.idstr}:${i.payload.toString('hex')}:${i.attachments.map((a) => a.name).join(',')}` : i.type));
-    const bytewise = feedSplit(targetReader(built), dupWrites(built.channel), Array.from({ length: total }, (_, i) => i));
+    const summary = (items: StreamItem[]) => items.map((i) => (i.type === 'section' ? `${i.frame}:${i.idstr}:${i.payload.toString('hex')}:${i.attachments.map((a) => a.name).join(',')}` : i.type));
+    const bytewise = feedSplit(
+      targetReader(built),
+      dupWrites(built.channel),
+      Array.from({ length: total }, (_, i) => i),
+    );
     expect(summary(bytewise)).toEqual(summary(whole));
     for (let round = 0; round < 20; round++) {
       const cuts = Array.from({ length: 30 }, () => Math.floor(Math.random() * total));
@@ -192,7 +195,10 @@ describe('the HELLO probe: do fds survive the way?', () => {
     const w = new StreamWriter(ch);
     await w.hello(probeHello(true));
     expect(ch.writes[0]!.fds.length).toBe(1);
-    const ok = new StreamReader({ role: 'target' }).feed(ch.bytes(), ch.writes[0]!.fds.map((fd) => native.dup(fd)));
+    const ok = new StreamReader({ role: 'target' }).feed(
+      ch.bytes(),
+      ch.writes[0]!.fds.map((fd) => native.dup(fd)),
+    );
     expect(ok[0]).toMatchObject({ type: 'hello', probe: 'ok' });
     // The same bytes without the fd: what a relay that drops SCM_RIGHTS delivers.
     const r = new StreamReader({ role: 'target' });
@@ -217,7 +223,15 @@ describe('state-only channels', () => {
     const chunks: Buffer[] = [];
     pass.on('data', (c: Buffer) => chunks.push(c));
     const w = new StreamWriter(writableChannel(pass), { partSize: 1000 });
-    const hello = { minVersion: 1, maxVersion: 1, features: Features.BODY_CRC, canPassFds: false, fdBudget: 0, offers: [{ kind: 'state', id: 'cpu0', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }], info: null };
+    const hello = {
+      minVersion: 1,
+      maxVersion: 1,
+      features: Features.BODY_CRC,
+      canPassFds: false,
+      fdBudget: 0,
+      offers: [{ kind: 'state', id: 'cpu0', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
+      info: null,
+    };
     const welcome = answerOffers(hello, () => ({ minVersion: 1, maxVersion: 1, acceptFds: false }), { canPassFds: false, features: Features.BODY_CRC, fdBudget: 0 });
     const plan = computePlan(hello, welcome);
     await w.hello(hello);
@@ -284,7 +298,11 @@ describe('payloads by sealed memfd', () => {
 
   it('state already in a memfd is sent by descriptor, without a copy', async () => {
     const built = await buildStream([]);
-    const hello = { ...built.hello, features: Features.FDS | Features.BODY_CRC | Features.MEMFD_PAYLOAD, offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: false }] };
+    const hello = {
+      ...built.hello,
+      features: Features.FDS | Features.BODY_CRC | Features.MEMFD_PAYLOAD,
+      offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: false }],
+    };
     const welcome = answerOffers(hello, () => ({ minVersion: 1, maxVersion: 1, acceptFds: true }), { canPassFds: true, features: hello.features, fdBudget: 1000 });
     const plan = computePlan(hello, welcome);
     const ch = new MemoryChannel();
@@ -319,10 +337,17 @@ async function handshakeThen(tail: Buffer[], feedFds: number[] = [], device = { 
   return { r, run: () => r.feed(Buffer.concat([head, ...tail]), feedFds), built };
 }
 
-function sectionBody(type: number, o: { id?: string; version?: number; sectionId?: number; atts?: { kind: 'eventfd' | 'memfd' | 'generic'; role?: 0 | 1 }[]; payload?: Buffer; inMemfd?: boolean; payloadLength?: number }) {
+function sectionBody(
+  type: number,
+  o: { id?: string; version?: number; sectionId?: number; atts?: { kind: 'eventfd' | 'memfd' | 'generic'; role?: 0 | 1 }[]; payload?: Buffer; inMemfd?: boolean; payloadLength?: number },
+) {
   const atts = (o.atts ?? []).map((a, i) => ({ kind: a.kind, role: a.role ?? 0, name: `a${i}`, meta: null }));
   const payload = o.payload ?? Buffer.alloc(0);
-  const prefix = encodeSectionPrefix(type, { sectionId: o.sectionId ?? 1, instanceId: 0, versionId: o.version ?? 1, idstr: o.id ?? 'dev', attachments: atts, payloadLength: o.payloadLength ?? payload.length, payloadCrc: 0 }, o.inMemfd ?? false);
+  const prefix = encodeSectionPrefix(
+    type,
+    { sectionId: o.sectionId ?? 1, instanceId: 0, versionId: o.version ?? 1, idstr: o.id ?? 'dev', attachments: atts, payloadLength: o.payloadLength ?? payload.length, payloadCrc: 0 },
+    o.inMemfd ?? false,
+  );
   return o.inMemfd ? prefix : Buffer.concat([prefix, payload]);
 }
 
@@ -458,7 +483,15 @@ describe('hardening: each error has its code, and no fd survives it', () => {
       expect(e.message).toMatch(/1\.\.3/);
     }
     // In the handshake: a device offered at version 9 is refused with the reason.
-    const hello = { minVersion: 1, maxVersion: 1, features: 0, canPassFds: false, fdBudget: 0, offers: [{ kind: 'state', id: 'd', instance: 0, version: 9, fdCount: 0, wantsFds: false, required: true }], info: null };
+    const hello = {
+      minVersion: 1,
+      maxVersion: 1,
+      features: 0,
+      canPassFds: false,
+      fdBudget: 0,
+      offers: [{ kind: 'state', id: 'd', instance: 0, version: 9, fdCount: 0, wantsFds: false, required: true }],
+      info: null,
+    };
     const welcome = answerOffers(hello, () => ({ minVersion: 1, maxVersion: 3, acceptFds: false }), { canPassFds: false, features: 0, fdBudget: 0 });
     const e = await expectCode(() => computePlan(hello, welcome), 'ERR_DEVICE_REFUSED');
     expect(e.message).toMatch(/version-too-new \(target window 1\.\.3\)/);
@@ -499,7 +532,15 @@ describe('hardening: each error has its code, and no fd survives it', () => {
     const { run } = await handshakeThen([rawFrame(FrameType.SECTION_FULL, Buffer.alloc(0), { fdCount: 100_000 })]);
     await expectCode(run, 'ERR_STREAM_TOO_LARGE');
     const r = new StreamReader({ role: 'target', limits: { maxDevices: 2 } });
-    const hello = { minVersion: 1, maxVersion: 1, features: 0, canPassFds: false, fdBudget: 0, offers: Array.from({ length: 3 }, (_, i) => ({ kind: 'state', id: `d${i}`, instance: 0, version: 1, fdCount: 0, wantsFds: false, required: false })), info: null };
+    const hello = {
+      minVersion: 1,
+      maxVersion: 1,
+      features: 0,
+      canPassFds: false,
+      fdBudget: 0,
+      offers: Array.from({ length: 3 }, (_, i) => ({ kind: 'state', id: `d${i}`, instance: 0, version: 1, fdCount: 0, wantsFds: false, required: false })),
+      info: null,
+    };
     await expectCode(() => r.feed(Buffer.concat([MAGIC, rawFrame(FrameType.HELLO, encodeHello(hello))])), 'ERR_STREAM_TOO_LARGE');
   });
 });

@@ -68,8 +68,7 @@ async function negotiate(fe: VhostUserFrontend): Promise<{ features: bigint; pro
   await fe.setFeatures(features & want);
   await fe.setOwner();
   const offered = await fe.getProtocolFeatures();
-  const protocolFeatures =
-    offered & (featureBit(VhostUserProtocolFeatureBit.MQ) | featureBit(VhostUserProtocolFeatureBit.CONFIG) | featureBit(VhostUserProtocolFeatureBit.REPLY_ACK));
+  const protocolFeatures = offered & (featureBit(VhostUserProtocolFeatureBit.MQ) | featureBit(VhostUserProtocolFeatureBit.CONFIG) | featureBit(VhostUserProtocolFeatureBit.REPLY_ACK));
   await fe.setProtocolFeatures(protocolFeatures);
   return { features, protocolFeatures };
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # npm run lint: ESLint with type-checked and layer rules over src/ (no CLI import
 # from the library, the addon only through the system layer, no import cycles),
-# prettier --check and clang-format --dry-run -Werror on the files listed in
-# scripts/formatted-files.txt. clang-format comes from Debian (installed here when
+# prettier --check on every tracked TypeScript/JavaScript file and
+# clang-format --dry-run -Werror on native/. clang-format comes from Debian (installed here when
 # missing and this runs as root; without it the native/ format is not checked).
 # Cost: about 15 s on the 2-core machine (plus about 20 s once for apt-get).
 set -uo pipefail

@@ -12,7 +12,11 @@ import type { Case, Scale } from './types.js';
 const MiB = 1 << 20;
 
 /** Runs two bench peers on the two ends of a socketpair and returns their JSON lines. */
-async function pairOfPeers(a: { script: string; args: (string | number)[] }, b: { script: string; args: (string | number)[] }, nofile?: number): Promise<[Record<string, unknown>, Record<string, unknown>]> {
+async function pairOfPeers(
+  a: { script: string; args: (string | number)[] },
+  b: { script: string; args: (string | number)[] },
+  nofile?: number,
+): Promise<[Record<string, unknown>, Record<string, unknown>]> {
   const [x, y] = native.socketpair(native.SOCK_STREAM);
   const start = (p: { script: string; args: (string | number)[] }, fd: number) => {
     let argv = ['--import', TSX, join(BENCH, 'peers', p.script), ...p.args.map(String)];
@@ -25,7 +29,9 @@ async function pairOfPeers(a: { script: string; args: (string | number)[] }, b: 
     let out = '';
     proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     return new Promise<Record<string, unknown>>((resolve, reject) =>
-      proc.on('close', (code) => (code === 0 ? resolve(out.trim() ? (JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>) : {}) : reject(new Error(`${p.script} exited ${code}: ${out}`)))),
+      proc.on('close', (code) =>
+        code === 0 ? resolve(out.trim() ? (JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>) : {}) : reject(new Error(`${p.script} exited ${code}: ${out}`)),
+      ),
     );
   };
   const pa = start(a, x);
@@ -103,7 +109,12 @@ export function handoverCases(s: Scale): Case[] {
             const v = parts.map((p) => p[k]!).sort((a, b) => a - b);
             return v.length ? Number(v[Math.floor(v.length / 2)]!.toFixed(3)) : null;
           };
-          return { vhostNet: 'not on this machine (no /dev/vhost-net)', medianBreakdownMs: { freeze: med('freezeMs'), switchOverState: med('switchOverMs'), adoptAndAck: med('adoptMs') }, switchOverBytes, last: typical.detail };
+          return {
+            vhostNet: 'not on this machine (no /dev/vhost-net)',
+            medianBreakdownMs: { freeze: med('freezeMs'), switchOverState: med('switchOverMs'), adoptAndAck: med('adoptMs') },
+            switchOverBytes,
+            last: typical.detail,
+          };
         },
       },
       {
@@ -138,11 +149,7 @@ export function handoverCases(s: Scale): Case[] {
   }
   const daemonRun = async (mode: string) => {
     const devices = daemonFds / fdsEach;
-    const [src, dst] = await pairOfPeers(
-      { script: 'handover-source.ts', args: [devices, fdsEach, s.daemonState, 'crc', mode] },
-      { script: 'handover-target.ts', args: [devices] },
-      nofile,
-    );
+    const [src, dst] = await pairOfPeers({ script: 'handover-source.ts', args: [devices, fdsEach, s.daemonState, 'crc', mode] }, { script: 'handover-target.ts', args: [devices] }, nofile);
     if (dst.state !== s.daemonState || dst.fds !== devices * fdsEach) throw new Error(`daemon handover incomplete: ${JSON.stringify(dst)}`);
     return src;
   };

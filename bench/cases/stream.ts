@@ -1,14 +1,6 @@
 // Stream benchmarks: the codec alone, and device state through the full stack
 // (sections, CRC, FdSocket) between two processes, inline and by sealed memfd.
-import {
-  Features,
-  StreamReader,
-  StreamWriter,
-  fdSocketChannel,
-  type Hello,
-  type Plan,
-  type StreamChannel,
-} from '../../src/index.js';
+import { Features, StreamReader, StreamWriter, fdSocketChannel, type Hello, type Plan, type StreamChannel } from '../../src/index.js';
 import { writeSync } from 'node:fs';
 import { closeFd, native } from '../../src/index.js';
 import { startPeer } from '../lib/harness.js';
@@ -151,8 +143,21 @@ export function streamCases(s: Scale): Case[] {
     { group: G1, name: 'migration stream, 1 MiB parts, no CRC', unit: 'GB/s', target: 0.9, run: () => fullStack(s.bulkBytes, MiB, { crc: false }), extra: copies(1, 1, 0) },
     // By memfd: the writer's buffer -> a new memfd (one pwrite); the target maps it.
     { group: G1, name: 'migration stream, 1 MiB parts by sealed memfd, CRC', unit: 'GB/s', target: 1.0, run: () => fullStack(s.bulkBytes, MiB, { crc: true, memfd: true }), extra: copies(1, 0, 1) },
-    { group: G1, name: 'migration stream, 1 MiB parts by sealed memfd, no CRC', unit: 'GB/s', target: 1.0, run: () => fullStack(s.bulkBytes, MiB, { crc: false, memfd: true }), extra: copies(1, 0, 0) },
-    { group: G1, name: 'migration stream, 1 MiB parts by sealed memfd, no CRC, target reads them', unit: 'GB/s', run: () => fullStack(s.bulkBytes, MiB, { crc: false, memfd: true, sink: 'read' }), extra: copies(1, 1, 0) },
+    {
+      group: G1,
+      name: 'migration stream, 1 MiB parts by sealed memfd, no CRC',
+      unit: 'GB/s',
+      target: 1.0,
+      run: () => fullStack(s.bulkBytes, MiB, { crc: false, memfd: true }),
+      extra: copies(1, 0, 0),
+    },
+    {
+      group: G1,
+      name: 'migration stream, 1 MiB parts by sealed memfd, no CRC, target reads them',
+      unit: 'GB/s',
+      run: () => fullStack(s.bulkBytes, MiB, { crc: false, memfd: true, sink: 'read' }),
+      extra: copies(1, 1, 0),
+    },
     { group: G1, name: 'migration stream, all in one sealed memfd, target keeps the fd', unit: 'GB/s', run: () => oneMemfd(s.bulkBytes, 'keep'), extra: copies(0, 0, 0) },
     { group: G1, name: 'migration stream, all in one sealed memfd, target maps it', unit: 'GB/s', target: 1.5, run: () => oneMemfd(s.bulkBytes, 'map'), extra: copies(0, 0, 0) },
     { group: G1, name: 'migration stream, all in one sealed memfd, target maps it and reads every byte (CRC-32)', unit: 'GB/s', run: () => oneMemfd(s.bulkBytes, 'map-touch'), extra: copies(0, 0, 0) },

@@ -195,13 +195,34 @@ export function transportCases(s: Scale): Case[] {
     { group: 'bulk: stream socket, 1 MiB writes', name: 'Node net (unix socket)', unit: 'GB/s', run: () => netBulk(s.bulkBytes, MiB) },
     { group: 'bulk: stream socket, 1 MiB writes', name: 'usocket', unit: 'GB/s', run: async () => (await usocketRun(s.bulkBytes / 4, MiB, 0)).rate },
     // bulk, stream, 64 KiB writes
-    { group: 'bulk: stream socket, 64 KiB writes', name: 'C write/read', unit: 'GB/s', baseline: true, run: async () => s.bulkBytes / runC('bulk', ['stream', s.bulkBytes, 64 * KiB])['seconds']! / 1e9 },
+    {
+      group: 'bulk: stream socket, 64 KiB writes',
+      name: 'C write/read',
+      unit: 'GB/s',
+      baseline: true,
+      run: async () => s.bulkBytes / runC('bulk', ['stream', s.bulkBytes, 64 * KiB])['seconds']! / 1e9,
+    },
     { group: 'bulk: stream socket, 64 KiB writes', name: 'FdSocket', unit: 'GB/s', target: 0.9, run: () => fdsocketBulk('stream', s.bulkBytes, 64 * KiB) },
     // bulk, seqpacket, 64 KiB records
-    { group: 'bulk: seqpacket socket, 64 KiB records', name: 'C write/read', unit: 'GB/s', baseline: true, run: async () => s.bulkBytes / runC('bulk', ['seqpacket', s.bulkBytes, 64 * KiB])['seconds']! / 1e9 },
+    {
+      group: 'bulk: seqpacket socket, 64 KiB records',
+      name: 'C write/read',
+      unit: 'GB/s',
+      baseline: true,
+      run: async () => s.bulkBytes / runC('bulk', ['seqpacket', s.bulkBytes, 64 * KiB])['seconds']! / 1e9,
+    },
     { group: 'bulk: seqpacket socket, 64 KiB records', name: 'FdSocket', unit: 'GB/s', target: 0.9, run: () => fdsocketBulk('seqpacket', s.bulkBytes, 64 * KiB) },
     // fds, 1 per message
-    { group: 'fd passing: 1 fd per message, pipelined', name: 'C sendmsg/recvmsg', unit: 'fds/s', baseline: true, run: async () => { const r = runC('fdpass', ['pipelined', s.fdMessages1, 1]); return r['fds']! / r['seconds']!; } },
+    {
+      group: 'fd passing: 1 fd per message, pipelined',
+      name: 'C sendmsg/recvmsg',
+      unit: 'fds/s',
+      baseline: true,
+      run: async () => {
+        const r = runC('fdpass', ['pipelined', s.fdMessages1, 1]);
+        return r['fds']! / r['seconds']!;
+      },
+    },
     { group: 'fd passing: 1 fd per message, pipelined', name: 'FdSocket', unit: 'fds/s', target: 0.6, run: () => fdsocketFds(s.fdMessages1, 1) },
     { group: 'fd passing: 1 fd per message, pipelined', name: 'Node IPC handle passing', unit: 'fds/s', run: () => ipcHandles(s.ipcHandles) },
     {
@@ -217,14 +238,40 @@ export function transportCases(s: Scale): Case[] {
       extra: () => ({ fdsSent: usocketFds.sent, fdsDelivered: usocketFds.delivered, fdsLost: usocketFds.sent - usocketFds.delivered }),
     },
     // fds, 253 per message
-    { group: 'fd passing: 253 fds per message, pipelined', name: 'C sendmsg/recvmsg', unit: 'fds/s', baseline: true, run: async () => { const r = runC('fdpass', ['pipelined', s.fdMessages253, 253]); return r['fds']! / r['seconds']!; } },
+    {
+      group: 'fd passing: 253 fds per message, pipelined',
+      name: 'C sendmsg/recvmsg',
+      unit: 'fds/s',
+      baseline: true,
+      run: async () => {
+        const r = runC('fdpass', ['pipelined', s.fdMessages253, 253]);
+        return r['fds']! / r['seconds']!;
+      },
+    },
     { group: 'fd passing: 253 fds per message, pipelined', name: 'FdSocket', unit: 'fds/s', target: 0.8, run: () => fdsocketFds(s.fdMessages253, 253) },
     // the C program with close_range per batch: what closeFds does, done in C
-    { group: 'fd passing: 253 fds per message, pipelined', name: 'C, close_range per batch', unit: 'fds/s', run: async () => { const r = runC('fdpass', ['pipelined', s.fdMessages253, 253, 'range']); return r['fds']! / r['seconds']!; } },
+    {
+      group: 'fd passing: 253 fds per message, pipelined',
+      name: 'C, close_range per batch',
+      unit: 'fds/s',
+      run: async () => {
+        const r = runC('fdpass', ['pipelined', s.fdMessages253, 253, 'range']);
+        return r['fds']! / r['seconds']!;
+      },
+    },
     // the same, with the receiver closing each fd by itself (closeFd per fd, as the C program does) instead of closeFds (close_range over runs)
     { group: 'fd passing: 253 fds per message, pipelined', name: 'FdSocket, closeFd per fd', unit: 'fds/s', run: () => fdsocketFds(s.fdMessages253, 253, 'each') },
     // ping-pong
-    { group: 'ping-pong: 1 byte + 1 fd each way', name: 'C sendmsg/recvmsg', unit: 'round trips/s', baseline: true, run: async () => { const r = runC('fdpass', ['pingpong', s.pingpongs]); return r['fds']! / r['seconds']!; } },
+    {
+      group: 'ping-pong: 1 byte + 1 fd each way',
+      name: 'C sendmsg/recvmsg',
+      unit: 'round trips/s',
+      baseline: true,
+      run: async () => {
+        const r = runC('fdpass', ['pingpong', s.pingpongs]);
+        return r['fds']! / r['seconds']!;
+      },
+    },
     { group: 'ping-pong: 1 byte + 1 fd each way', name: 'FdSocket', unit: 'round trips/s', run: () => fdsocketPingPong(s.pingpongs) },
   ];
 }

@@ -36,6 +36,17 @@ const r = await sendHandover({
   timeouts: { stage: 120_000, verify: 120_000, adopt: 120_000, commit: 120_000 },
 });
 const wall = performance.now() - t0;
-process.stdout.write(JSON.stringify({ downtimeMs: r.timings.downtimeMs, totalMs: r.timings.totalMs, wallMs: wall, fds: r.fds, stateBytes, staged: r.staged, phases: r.timings.phases, breakdown: r.timings.breakdown ?? null }) + '\n');
+process.stdout.write(
+  JSON.stringify({
+    downtimeMs: r.timings.downtimeMs,
+    totalMs: r.timings.totalMs,
+    wallMs: wall,
+    fds: r.fds,
+    stateBytes,
+    staged: r.staged,
+    phases: r.timings.phases,
+    breakdown: r.timings.breakdown ?? null,
+  }) + '\n',
+);
 closeFds(owned);
 sock.close();

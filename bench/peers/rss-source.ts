@@ -11,7 +11,15 @@ const sock = FdSocket.fromFd(3);
 const memfd = process.argv[3] === 'memfd';
 const w = new StreamWriter(fdSocketChannel(sock), { partSize: 1 << 20, memfdThreshold: memfd ? 1 : Number.MAX_SAFE_INTEGER });
 const features = Features.BODY_CRC | (memfd ? Features.MEMFD_PAYLOAD | Features.FDS : 0);
-await w.hello({ minVersion: 1, maxVersion: 1, features, canPassFds: true, fdBudget: 0xffffffff, offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }], info: null });
+await w.hello({
+  minVersion: 1,
+  maxVersion: 1,
+  features,
+  canPassFds: true,
+  fdBudget: 0xffffffff,
+  offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
+  info: null,
+});
 await w.plan({ version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] });
 const before = rss();
 let peak = before;

@@ -100,7 +100,8 @@ export function jsonDepthOver(b: Uint8Array, limit: number): number | null {
   for (let i = 0; i < b.length; i++) {
     const c = b[i]!;
     if (inString) {
-      if (c === 0x5c) i++; // a backslash escapes the next byte
+      if (c === 0x5c)
+        i++; // a backslash escapes the next byte
       else if (c === 0x22) inString = false;
     } else if (c === 0x22) inString = true;
     else if (c === 0x7b || c === 0x5b) {

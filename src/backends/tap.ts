@@ -220,7 +220,7 @@ export class TapBackend {
 /** Opens a TAP queue by queue (O_NONBLOCK: these fds are ours from the start). */
 export function openTap(name: string, options: { queues?: number; vnetHdr?: boolean } = {}): TapBackend {
   const n = options.queues ?? 1;
-  const flags = native.IFF_TAP | native.IFF_NO_PI | (options.vnetHdr ?? true ? native.IFF_VNET_HDR : 0) | (n > 1 ? native.IFF_MULTI_QUEUE : 0);
+  const flags = native.IFF_TAP | native.IFF_NO_PI | ((options.vnetHdr ?? true) ? native.IFF_VNET_HDR : 0) | (n > 1 ? native.IFF_MULTI_QUEUE : 0);
   const fds: number[] = [];
   try {
     for (let i = 0; i < n; i++) {

@@ -56,7 +56,6 @@ export class VhostUserSource extends SourceBase<VhostUserSourceOptions> {
     return [o.socket, ...(o.backendChannel !== undefined ? [o.backendChannel] : []), ...(o.kickFds ?? []), ...(o.callFds ?? []), ...(o.inflight ? [o.inflight.fd] : [])];
   }
 
-
   check(): void {
     this.meta(); // every count and size a whole number
     const info = inspectFd(this.o.socket);
@@ -134,7 +133,9 @@ export class VhostUserBackend {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    closeFds([this.#socket, ...(this.backendChannel !== null ? [this.backendChannel] : []), ...this.kickFds, ...this.callFds, ...(this.inflightFd !== null ? [this.inflightFd] : [])].filter((fd) => fd >= 0));
+    closeFds(
+      [this.#socket, ...(this.backendChannel !== null ? [this.backendChannel] : []), ...this.kickFds, ...this.callFds, ...(this.inflightFd !== null ? [this.inflightFd] : [])].filter((fd) => fd >= 0),
+    );
   }
 }
 
@@ -199,15 +200,7 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
     const m = checkedMeta(this.id, arrival.state, arrival.jsonLimits);
     const atts = byName(arrival);
     const list = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => atts.get(`${prefix}${i}`)!.fd);
-    return new VhostUserBackend(
-      m,
-      atts.get('socket')!.fd,
-      atts.get('backend-channel')?.fd ?? null,
-      list('kick', m.kick),
-      list('call', m.call),
-      atts.get('inflight')?.fd ?? null,
-      blob,
-    );
+    return new VhostUserBackend(m, atts.get('socket')!.fd, atts.get('backend-channel')?.fd ?? null, list('kick', m.kick), list('call', m.call), atts.get('inflight')?.fd ?? null, blob);
   }
 }
 
@@ -232,7 +225,7 @@ function checkedMeta(id: string, state: Buffer, limits?: StateJsonLimits): Vhost
   if (meta.backendChannel !== undefined && typeof meta.backendChannel !== 'boolean') throw verifyError(id, 'metadata backendChannel is not a boolean', { key: 'backendChannel' });
   if (meta.socketPath !== undefined && typeof meta.socketPath !== 'string') throw verifyError(id, 'metadata socketPath is not a string', { key: 'socketPath' });
   return {
-    socketPath: (meta.socketPath) ?? '',
+    socketPath: meta.socketPath ?? '',
     features: u64('features'),
     protocolFeatures: u64('protocolFeatures'),
     numQueues: requireCount(id, meta, 'numQueues'),

@@ -35,15 +35,25 @@ export function formatDemo(r: DemoReport): string {
   const parts = b
     ? `freeze ${b.freezeMs.toFixed(2)}, switch-over state ${b.switchOverMs.toFixed(2)}, adopt and ACK ${b.adoptMs.toFixed(2)}`
     : [part('freeze'), part('transfer'), part('verify')].filter(Boolean).join(', ');
-  out.push(`  downtime      ${r.downtimeMs === null ? '-' : `${r.downtimeMs.toFixed(2)} ms`} (freeze to adopted${parts ? `: ${parts} ms` : ''})   total ${r.totalMs === null ? '-' : `${r.totalMs.toFixed(1)} ms`}`);
-  if (r.staged !== undefined) out.push(`  staging       ${r.staged ? `on: the backends were staged and verified before the freeze${typeof ph.stage === 'number' ? ` (${ph.stage.toFixed(1)} ms, no downtime)` : ''}` : 'off: the old order (fds moved and verified inside the downtime)'}`);
+  out.push(
+    `  downtime      ${r.downtimeMs === null ? '-' : `${r.downtimeMs.toFixed(2)} ms`} (freeze to adopted${parts ? `: ${parts} ms` : ''})   total ${r.totalMs === null ? '-' : `${r.totalMs.toFixed(1)} ms`}`,
+  );
+  if (r.staged !== undefined)
+    out.push(
+      `  staging       ${r.staged ? `on: the backends were staged and verified before the freeze${typeof ph.stage === 'number' ? ` (${ph.stage.toFixed(1)} ms, no downtime)` : ''}` : 'off: the old order (fds moved and verified inside the downtime)'}`,
+    );
   if (r.throughputMBps !== null) out.push(`  throughput    ${r.throughputMBps.toFixed(0)} MB/s of state during the ${r.staged ? 'switch-over' : 'transfer phase'}`);
   for (const x of r.reconnects) out.push(`  reconnects    ${String(x.reconnects)} seen by ${x.peer}: ${x.detail}`);
   out.push('');
   out.push('  traffic after the handover (new owner):');
   for (const [name, s] of Object.entries(r.traffic.afterLater)) {
     const t = s as Record<string, number>;
-    const desc = t.echoed !== undefined ? `${size(t.echoed)} echoed in order` : t.requests !== undefined ? `${t.requests} vhost-user requests answered` : `${t.answered}/${t.flows} TCP SYNs answered by the kernel`;
+    const desc =
+      t.echoed !== undefined
+        ? `${size(t.echoed)} echoed in order`
+        : t.requests !== undefined
+          ? `${t.requests} vhost-user requests answered`
+          : `${t.answered}/${t.flows} TCP SYNs answered by the kernel`;
     out.push(`    ${name.padEnd(10)} ${desc}`);
   }
   if (r.skipped.length) {

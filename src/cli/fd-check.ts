@@ -34,7 +34,7 @@ export function eventLoopFds(): Map<number, string> {
       continue; // closed meanwhile (the directory fd of readdir itself)
     }
     if (link === 'anon_inode:[eventpoll]') {
-      owned.set(fd, 'an epoll fd of this process\'s event loop');
+      owned.set(fd, "an epoll fd of this process's event loop");
       try {
         for (const m of readFileSync(`/proc/self/fdinfo/${name}`, 'utf8').matchAll(/^tfd:\s*(\d+)/gm)) {
           const t = Number(m[1]);
@@ -47,7 +47,8 @@ export function eventLoopFds(): Map<number, string> {
       pipes.set(link, [...(pipes.get(link) ?? []), fd]);
     }
   }
-  for (const [link, fds] of pipes) if (fds.length > 1) for (const fd of fds) if (!owned.has(fd)) owned.set(fd, `one end of ${link}, a pipe whose both ends are in this process (a self-pipe of the event loop)`);
+  for (const [link, fds] of pipes)
+    if (fds.length > 1) for (const fd of fds) if (!owned.has(fd)) owned.set(fd, `one end of ${link}, a pipe whose both ends are in this process (a self-pipe of the event loop)`);
   return owned;
 }
 

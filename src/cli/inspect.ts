@@ -142,7 +142,11 @@ export function formatReport(r: InspectReport): string {
     ]);
     const head = ['id', 'device', 'kind', 'ver', 'frames', 'payload', 'fd attachments', 'crc'];
     const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-    const line = (cols: string[]) => cols.map((c, i) => (i === 6 || i === 7 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();
+    const line = (cols: string[]) =>
+      cols
+        .map((c, i) => (i === 6 || i === 7 ? c : c.padEnd(widths[i]!)))
+        .join('  ')
+        .trimEnd();
     out.push(line(head));
     for (const row of rows) out.push(line(row));
   }
@@ -159,7 +163,9 @@ export const inspectCommand: Command = {
   async run(argv) {
     const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
     if (values.help || positionals.length !== 1) {
-      console.log('usage: backend-transfer inspect FILE [--json]\n\nPrints each section of a recorded migration stream: id, device, version, sizes,\nfd attachments by kind and name, and CRC status. Exit status 1 when the stream is damaged,\n2 when FILE cannot be read.');
+      console.log(
+        'usage: backend-transfer inspect FILE [--json]\n\nPrints each section of a recorded migration stream: id, device, version, sizes,\nfd attachments by kind and name, and CRC status. Exit status 1 when the stream is damaged,\n2 when FILE cannot be read.',
+      );
       return values.help ? 0 : 2;
     }
     const file = positionals[0]!;
@@ -176,4 +182,3 @@ export const inspectCommand: Command = {
     return report.error || !report.complete || report.sections.some((s) => s.crc === 'bad') ? 1 : 0;
   },
 };
-

@@ -49,7 +49,12 @@ export async function run(argv: string[]): Promise<number> {
   } catch (err) {
     const e = err as { code?: string; message?: string };
     // Messages can carry peer text (reasons, ids): escaped, multi-line layout kept.
-    console.error(`backend-transfer ${name}: ${String(e.message ?? err).split('\n').map(escapeText).join('\n')}`);
+    console.error(
+      `backend-transfer ${name}: ${String(e.message ?? err)
+        .split('\n')
+        .map(escapeText)
+        .join('\n')}`,
+    );
     return e.code === 'ERR_INVALID_ARGUMENT' || e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' ? 2 : 1;
   }
 }

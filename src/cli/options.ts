@@ -19,9 +19,9 @@ export const handoverOptionsUsage = [
   '  --timeout NAME=SECONDS   a phase time limit (repeatable; 0 = no limit). NAME is a field of the',
   `                           library's timeouts: ${Object.keys(DEFAULT_TIMEOUTS).join(', ')}`,
   '  --timeouts JSON          several at once, e.g. \'{"connect": 60, "commit": 120}\' (seconds)',
-  '  --peer-uid UID           allow only peers with this uid (repeatable; default: this process\'s uid)',
+  "  --peer-uid UID           allow only peers with this uid (repeatable; default: this process's uid)",
   '  --peer-pid PID           allow only peers with this pid (repeatable; with --peer-uid both must match)',
-  '  --peer-any               allow every peer (the socket\'s permissions decide who can connect)',
+  "  --peer-any               allow every peer (the socket's permissions decide who can connect)",
   '  --option NAME=JSON       any other option of sendHandover/receiveHandover, e.g. --option warmUp=false',
 ].join('\n');
 
@@ -61,14 +61,7 @@ export interface HandoverCliOptions {
 }
 
 /** The shared options from parseArgs values; bad values throw ERR_INVALID_ARGUMENT. */
-export function handoverOptions(values: {
-  timeout?: string[];
-  timeouts?: string;
-  'peer-uid'?: string[];
-  'peer-pid'?: string[];
-  'peer-any'?: boolean;
-  option?: string[];
-}): HandoverCliOptions {
+export function handoverOptions(values: { timeout?: string[]; timeouts?: string; 'peer-uid'?: string[]; 'peer-pid'?: string[]; 'peer-any'?: boolean; option?: string[] }): HandoverCliOptions {
   const timeouts: Record<string, number> = {};
   if (values.timeouts !== undefined) {
     let obj: unknown;
@@ -102,5 +95,5 @@ export function handoverOptions(values: {
       throw bad(`--option ${name}: the value is not JSON (${(err as Error).message}); a string needs quotes, e.g. ${name}='"text"'`);
     }
   }
-  return { timeouts: Object.keys(timeouts).length ? (timeouts) : undefined, peer, extra };
+  return { timeouts: Object.keys(timeouts).length ? timeouts : undefined, peer, extra };
 }

@@ -89,7 +89,17 @@ export const sendCommand: Command = {
   async run(argv) {
     const { values } = parseArgs({
       args: argv,
-      options: { devices: { type: 'string' }, socket: { type: 'string' }, state: { type: 'string' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, 'no-staging': { type: 'boolean' }, record: { type: 'string' }, ...handoverOptionSpecs, help: { type: 'boolean', short: 'h' } },
+      options: {
+        devices: { type: 'string' },
+        socket: { type: 'string' },
+        state: { type: 'string' },
+        json: { type: 'boolean' },
+        'no-backend-transfer': { type: 'boolean' },
+        'no-staging': { type: 'boolean' },
+        record: { type: 'string' },
+        ...handoverOptionSpecs,
+        help: { type: 'boolean', short: 'h' },
+      },
     });
     if (values.help || !values.devices) {
       console.log(
@@ -99,9 +109,9 @@ export const sendCommand: Command = {
           'FILE.json: { "socket": "/run/vmm/handover.sock", "backendTransfer": true, "devices": [',
           '  { "kind": "tap", "id": "net0", "transfer": true, "queues": [3, 4], "vhostFds": [] },',
           '  { "kind": "chardev-socket", "id": "serial0", "transfer": true, "fd": 5, "role": "client", "address": "/run/s.sock" }, ... ] }',
-          'fd numbers are fds this process inherited; each is checked (open, not the event loop\'s own, of its',
+          "fd numbers are fds this process inherited; each is checked (open, not the event loop's own, of its",
           'declared kind) before connecting. npx passes only fds 0-2: run node_modules/.bin/backend-transfer.',
-          'The README lists every kind\'s fields.',
+          "The README lists every kind's fields.",
           'With --record FILE, no handover: the state-only stream is written to FILE (for backend-transfer inspect).',
           '',
           handoverOptionsUsage,
@@ -117,7 +127,11 @@ export const sendCommand: Command = {
     const state = values.state ? readFileSync(values.state) : typeof desc.state === 'string' ? Buffer.from(desc.state, 'base64') : undefined;
     if (values.record) {
       const r = await recordHandover({ to: values.record, devices, state });
-      console.log(values.json ? safeJson({ file: values.record, bytes: r.bytes, sections: r.sections, payloadBytes: Number(r.payloadBytes), plan: r.plan }) : `${escapeText(values.record)}: ${r.bytes} bytes, ${r.sections} section(s), ${r.payloadBytes} bytes of state (state only, no fds)`);
+      console.log(
+        values.json
+          ? safeJson({ file: values.record, bytes: r.bytes, sections: r.sections, payloadBytes: Number(r.payloadBytes), plan: r.plan })
+          : `${escapeText(values.record)}: ${r.bytes} bytes, ${r.sections} section(s), ${r.payloadBytes} bytes of state (state only, no fds)`,
+      );
       return 0;
     }
     const socket = values.socket ?? (desc.socket as string | undefined);
@@ -146,7 +160,9 @@ export const sendCommand: Command = {
         for (const d of r.devices) console.log(`${escapeText(d.id).padEnd(12)} ${escapeText(d.kind).padEnd(15)} ${d.outcome.padEnd(11)} ${d.fds} fd(s)`);
         const b = r.timings.breakdown;
         const parts = b ? ` (freeze ${b.freezeMs.toFixed(2)}, switch-over state ${b.switchOverMs.toFixed(2)}, adopt and ACK ${b.adoptMs.toFixed(2)})` : '';
-        console.log(`state ${r.stateBytes} bytes, ${r.fds} fds, ${r.staged ? 'staged' : 'not staged'}, downtime ${r.timings.downtimeMs?.toFixed(2) ?? '-'} ms${parts}, total ${r.timings.totalMs.toFixed(1)} ms`);
+        console.log(
+          `state ${r.stateBytes} bytes, ${r.fds} fds, ${r.staged ? 'staged' : 'not staged'}, downtime ${r.timings.downtimeMs?.toFixed(2) ?? '-'} ms${parts}, total ${r.timings.totalMs.toFixed(1)} ms`,
+        );
       }
       return 0;
     } catch (err) {
@@ -162,7 +178,15 @@ export const receiveCommand: Command = {
     const { values, positionals } = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { listen: { type: 'string' }, accept: { type: 'string' }, exec: { type: 'boolean' }, json: { type: 'boolean' }, 'no-backend-transfer': { type: 'boolean' }, ...handoverOptionSpecs, help: { type: 'boolean', short: 'h' } },
+      options: {
+        listen: { type: 'string' },
+        accept: { type: 'string' },
+        exec: { type: 'boolean' },
+        json: { type: 'boolean' },
+        'no-backend-transfer': { type: 'boolean' },
+        ...handoverOptionSpecs,
+        help: { type: 'boolean', short: 'h' },
+      },
     });
     if (values.help || !values.listen || !values.accept) {
       console.log(
@@ -170,9 +194,9 @@ export const receiveCommand: Command = {
           'usage: backend-transfer receive --listen PATH --accept FILE.json [--json] [shared options] [--exec -- CMD ARGS...]',
           '',
           'FILE.json: { "backendTransfer": true, "devices": [ { "kind": "tap", "id": "net0" }, { "kind": "chardev-socket", "id": "serial0" } ] }',
-          'Prints what came (each backend\'s fds, in order, with its metadata). With --exec, CMD runs with those',
+          "Prints what came (each backend's fds, in order, with its metadata). With --exec, CMD runs with those",
           'fds inherited as 3, 4, ..., BT_HANDOVER_FD naming one more inherited fd (a sealed memfd) that holds',
-          'the same description with the child\'s fd numbers as JSON, and BT_HANDOVER set to that JSON when it',
+          "the same description with the child's fd numbers as JSON, and BT_HANDOVER set to that JSON when it",
           'fits in the environment (128 KiB). CMD is checked (found, executable, arguments within limits)',
           'before a source is accepted. Without --exec the fds are closed when this command exits.',
           '',

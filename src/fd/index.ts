@@ -246,14 +246,22 @@ const VHOST_NET_MINOR = 238;
 
 function fileTypeOf(type: number): FdInfo['fileType'] {
   switch (type) {
-    case native.S_IFSOCK: return 'socket';
-    case native.S_IFCHR: return 'char';
-    case native.S_IFBLK: return 'block';
-    case native.S_IFIFO: return 'fifo';
-    case native.S_IFREG: return 'file';
-    case native.S_IFDIR: return 'directory';
-    case native.S_IFLNK: return 'symlink';
-    default: return 'none';
+    case native.S_IFSOCK:
+      return 'socket';
+    case native.S_IFCHR:
+      return 'char';
+    case native.S_IFBLK:
+      return 'block';
+    case native.S_IFIFO:
+      return 'fifo';
+    case native.S_IFREG:
+      return 'file';
+    case native.S_IFDIR:
+      return 'directory';
+    case native.S_IFLNK:
+      return 'symlink';
+    default:
+      return 'none';
   }
 }
 

@@ -45,7 +45,9 @@ export function mapSealedMemfd(fd: number, length: number): Buffer {
     throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_KIND, `fd ${fd} is not a memfd (F_GET_SEALS: ${(err as { code?: string }).code ?? String(err)})`, { details: { fd } });
   }
   if ((seals & SEALS_REQUIRED) !== SEALS_REQUIRED) {
-    throw new BackendTransferError(ErrorCodes.ERR_STREAM_MEMFD_UNSEALED, `memfd lacks seals: has 0x${seals.toString(16)}, needs F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE before it is mapped`, { details: { fd, seals } });
+    throw new BackendTransferError(ErrorCodes.ERR_STREAM_MEMFD_UNSEALED, `memfd lacks seals: has 0x${seals.toString(16)}, needs F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE before it is mapped`, {
+      details: { fd, seals },
+    });
   }
   const size = native.fstat(fd).size;
   if (size !== length) throw new BackendTransferError(ErrorCodes.ERR_STREAM_MEMFD_SIZE, `memfd holds ${size} bytes, expected ${length}`, { details: { fd, size, length } });

@@ -117,7 +117,8 @@ export class ItemQueue {
   #ping(token: bigint, o: ItemQueueOptions, refuse: (e: BackendTransferError) => never): void {
     o.onNoise?.(PING_FRAME_BYTES);
     if (this.#pongBusy || this.quiet || !o.pong) {
-      if (++this.#dropped > MAX_UNANSWERED_PINGS) refuse(flood(`more than ${MAX_UNANSWERED_PINGS} PINGs in a row that could not be answered (it does not read the PONGs, or pings faster than they go out)`));
+      if (++this.#dropped > MAX_UNANSWERED_PINGS)
+        refuse(flood(`more than ${MAX_UNANSWERED_PINGS} PINGs in a row that could not be answered (it does not read the PONGs, or pings faster than they go out)`));
       return;
     }
     this.#dropped = 0;

@@ -291,7 +291,11 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       if (p.withFds) moved.push(d);
     }
     writes.push(w.endOfState());
-    await bounded(Promise.all(writes).then(() => undefined), timeouts.transfer, 'sending the sections');
+    await bounded(
+      Promise.all(writes).then(() => undefined),
+      timeouts.transfer,
+      'sending the sections',
+    );
     tEos = now();
     bytesAtEos = bytes;
 
@@ -367,11 +371,10 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       // leave, so that the target never reads a whole COMMIT. Not committed: thaw.
       commitPending = false;
       sock?.destroy();
-      e = new BackendTransferError(
-        ErrorCodes.ERR_COMMIT_NOT_SENT,
-        `COMMIT could not be written (${e.message}): the target cannot have committed. The source thawed and keeps its backends.`,
-        { cause: e, details: { cause: e.code } },
-      );
+      e = new BackendTransferError(ErrorCodes.ERR_COMMIT_NOT_SENT, `COMMIT could not be written (${e.message}): the target cannot have committed. The source thawed and keeps its backends.`, {
+        cause: e,
+        details: { cause: e.code },
+      });
     }
     // A send failed because the target hung up: it may have said why first.
     if (e.code === ErrorCodes.ERR_PEER_CLOSED && queue && !commitSent) {
@@ -468,9 +471,13 @@ function checkDeviceFds(d: SourceDevice): void {
       });
     }
     if (!kindMatches(a.kind, info)) {
-      throw new BackendTransferError(ErrorCodes.ERR_BACKEND_INVALID, `device ${d.id}: fd ${a.fd} (${a.name}) is declared ${a.kind} but is ${info.kind}${info.link ? ` (${info.link})` : ''}; nothing was sent`, {
-        details: { device: d.id, attachment: a.name, fd: a.fd, declared: a.kind, actual: info.kind },
-      });
+      throw new BackendTransferError(
+        ErrorCodes.ERR_BACKEND_INVALID,
+        `device ${d.id}: fd ${a.fd} (${a.name}) is declared ${a.kind} but is ${info.kind}${info.link ? ` (${info.link})` : ''}; nothing was sent`,
+        {
+          details: { device: d.id, attachment: a.name, fd: a.fd, declared: a.kind, actual: info.kind },
+        },
+      );
     }
   }
 }

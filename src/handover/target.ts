@@ -370,7 +370,11 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
       for (const t of o.accept) {
         const key = deviceKey(t);
         const p = plannedByKey.get(key);
-        if (!p) o.onEvent({ type: 'warning', message: `device ${t.id}: ${offeredKeys.has(key) ? 'offered by the source but not planned (kind or version does not match)' : 'the source did not offer it (under another id?)'}: nothing of it arrives` });
+        if (!p)
+          o.onEvent({
+            type: 'warning',
+            message: `device ${t.id}: ${offeredKeys.has(key) ? 'offered by the source but not planned (kind or version does not match)' : 'the source did not offer it (under another id?)'}: nothing of it arrives`,
+          });
         else if (!p.withFds && t.acceptFds) o.onEvent({ type: 'warning', message: `device ${t.id}: only its state arrives, not its backend's fds` });
       }
       for (const x of hello.offers) {
@@ -379,7 +383,15 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
     }
     for (const p of planItem.plan.devices) {
       const target = byKey.get(deviceKey(p)) ?? null;
-      pending.set(`${p.id}\0${p.instance}`, { planned: p, target, arrival: { device: p, attachments: [], state: Buffer.alloc(0), jsonLimits }, parts: new Parts(), complete: false, staged: false, dropped: false });
+      pending.set(`${p.id}\0${p.instance}`, {
+        planned: p,
+        target,
+        arrival: { device: p, attachments: [], state: Buffer.alloc(0), jsonLimits },
+        parts: new Parts(),
+        complete: false,
+        staged: false,
+        dropped: false,
+      });
     }
 
     stagedMode = (planItem.plan.features & Features.STAGED) !== 0;
@@ -489,11 +501,9 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
           ? await next('sections', timeouts.transfer)
           : await next('sections', stallFirst ? firstWait : timeouts.transfer, false).catch((err: unknown) => {
               if (!stallFirst || (err as BackendTransferError).code !== ErrorCodes.ERR_TIMEOUT) throw err;
-              throw new BackendTransferError(
-                ErrorCodes.ERR_HANDOVER_STALLED,
-                `no section within ${firstWait} ms of PLAN (timeouts.freeze + timeouts.stall): the source stopped after the handshake`,
-                { details: { phase: clock.phase, ms: firstWait } },
-              );
+              throw new BackendTransferError(ErrorCodes.ERR_HANDOVER_STALLED, `no section within ${firstWait} ms of PLAN (timeouts.freeze + timeouts.stall): the source stopped after the handshake`, {
+                details: { phase: clock.phase, ms: firstWait },
+              });
             });
         if (first) session.watchStall(timeouts.stall);
         if (it.type === 'end-of-state') {

@@ -11,21 +11,7 @@ import type { SectionPayload } from '../stream/writer.js';
  * switch-over → adopt → commit → done. Without it (a 0.1.0 peer, staging: false):
  * freeze → transfer → verify on the source, transfer → verify → adopt on the target.
  */
-export type SourcePhase =
-  | 'prepare'
-  | 'connect'
-  | 'authenticate'
-  | 'handshake'
-  | 'stage'
-  | 'freeze'
-  | 'switch-over'
-  | 'transfer'
-  | 'verify'
-  | 'adopt'
-  | 'commit'
-  | 'release'
-  | 'done'
-  | 'aborted';
+export type SourcePhase = 'prepare' | 'connect' | 'authenticate' | 'handshake' | 'stage' | 'freeze' | 'switch-over' | 'transfer' | 'verify' | 'adopt' | 'commit' | 'release' | 'done' | 'aborted';
 export type TargetPhase = 'prepare' | 'accept' | 'authenticate' | 'handshake' | 'stage' | 'switch-over' | 'transfer' | 'verify' | 'adopt' | 'commit' | 'done' | 'aborted';
 
 export interface PhaseTimeouts {

@@ -345,11 +345,7 @@ export async function attachChardevSocketToQemu(qmp: QmpClient, options: AttachC
   try {
     passed = true;
     await qmp.getfd(name, fd, { timeout });
-    await qmp.execute(
-      'chardev-add',
-      { id, backend: { type: 'socket', data: { ...socketOptions, addr: { type: 'fd', data: { str: name } }, server: false } } },
-      { timeout },
-    );
+    await qmp.execute('chardev-add', { id, backend: { type: 'socket', data: { ...socketOptions, addr: { type: 'fd', data: { str: name } }, server: false } } }, { timeout });
   } catch (err) {
     const report = newReport();
     if (!qmp.closed) await closeNames(qmp, passed ? [name] : [], report, timeout);

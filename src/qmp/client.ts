@@ -158,10 +158,12 @@ export class QmpClient extends EventEmitter {
     this.#wantOob = options.oob ?? false;
     this.#idPrefix = `bt${process.pid.toString(36)}.${(clientCounter++).toString(36)}.`;
     this.#peerPid = sock.peer?.pid;
-    sock.consume((chunk) => this.#onChunk(chunk.data, chunk.fds)).then(
-      () => this.#shutdown(qmpError(QmpErrorCodes.ERR_QMP_CLOSED, 'the QMP server closed the connection')),
-      (err: unknown) => this.#shutdown(qmpError(QmpErrorCodes.ERR_QMP_CLOSED, `the QMP connection broke (QEMU gone?): ${(err as Error).message}`, { cause: err })),
-    );
+    sock
+      .consume((chunk) => this.#onChunk(chunk.data, chunk.fds))
+      .then(
+        () => this.#shutdown(qmpError(QmpErrorCodes.ERR_QMP_CLOSED, 'the QMP server closed the connection')),
+        (err: unknown) => this.#shutdown(qmpError(QmpErrorCodes.ERR_QMP_CLOSED, `the QMP connection broke (QEMU gone?): ${(err as Error).message}`, { cause: err })),
+      );
   }
 
   /**
@@ -539,7 +541,7 @@ export class QmpClient extends EventEmitter {
     this.#releaseLane(p);
     if ('error' in msg) {
       const e = isObject(msg.error) ? msg.error : {};
-      const cls = (typeof e.class === 'string' ? e.class : 'GenericError');
+      const cls = typeof e.class === 'string' ? e.class : 'GenericError';
       const desc = typeof e.desc === 'string' ? e.desc : JSON.stringify(msg.error);
       this.#settle(p, qmpError(QmpErrorCodes.ERR_QMP_ERROR, `${p.command}: ${cls}: ${desc}`, { details: { class: cls, desc, command: p.command, id: p.id } }));
     } else {

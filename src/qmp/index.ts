@@ -4,14 +4,6 @@ export { QmpClient, checkFdName } from './client.js';
 export type { QmpClientOptions, QmpConnectOptions, ExecuteOptions, QmpEvent, QmpGreeting, QmpVersion, QmpFdsetInfo } from './client.js';
 export { QmpErrorCodes, isQmpCommandError } from './errors.js';
 export type { QmpErrorCode, QmpErrorClass } from './errors.js';
-export {
-  attachTapToQemu,
-  detachTapFromQemu,
-  attachChardevSocketToQemu,
-  detachChardevFromQemu,
-  readNetworkInfo,
-  parseNetworkInfo,
-  queryChardevs,
-} from './backends.js';
+export { attachTapToQemu, detachTapFromQemu, attachChardevSocketToQemu, detachChardevFromQemu, readNetworkInfo, parseNetworkInfo, queryChardevs } from './backends.js';
 export type { AttachTapOptions, AttachedTap, AttachChardevSocketOptions, AttachedChardev, NetworkInfoEntry, ChardevInfo, CleanupReport } from './backends.js';
 export { JsonObjectSplitter, JsonStreamError } from './json-stream.js';

@@ -10,7 +10,7 @@ const QSD = 'qemu-storage-daemon';
 
 /** null when qemu-storage-daemon can run here, else why not. */
 export function qsdUnavailable(): string | null {
-  if (!hasCommand(QSD)) return "qemu-storage-daemon is not installed (Debian package qemu-system-common)";
+  if (!hasCommand(QSD)) return 'qemu-storage-daemon is not installed (Debian package qemu-system-common)';
   return null;
 }
 

@@ -34,7 +34,7 @@ function run(role, root, label) {
 const mode = process.env.BT_XVER_MODE === 'refuse' ? 'refuse' : 'handover';
 const target = run(mode === 'refuse' ? 'target-refusing' : 'target', targetRoot, targetLabel);
 // The target listens first (its socket file appears); then the source connects.
-for (const t0 = Date.now(); !existsSync(sock) && Date.now() - t0 < 30_000; ) await new Promise((r) => setTimeout(r, 20));
+for (const t0 = Date.now(); !existsSync(sock) && Date.now() - t0 < 30_000;) await new Promise((r) => setTimeout(r, 20));
 const source = run(mode === 'refuse' ? 'source-refused' : 'source', sourceRoot, sourceLabel);
 const results = await Promise.all([source, target]);
 rmSync(dir, { recursive: true, force: true });

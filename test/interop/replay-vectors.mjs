@@ -42,7 +42,21 @@ const OLD = {
 // type) and an ACK(STAGED) (unknown stage). A source never sends them to it:
 // 0.1.0 does not negotiate the feature.
 const STAGED_VECTOR = /stage/;
-const TYPES = { hello: 'HELLO', welcome: 'WELCOME', plan: 'PLAN', stage: 'STAGE', freeze: 'FREEZE', 'end-of-state': 'END_OF_STATE', ack: 'ACK', nack: 'NACK', ping: 'PING', pong: 'PONG', commit: 'COMMIT', abort: 'ABORT', eof: 'EOF' };
+const TYPES = {
+  hello: 'HELLO',
+  welcome: 'WELCOME',
+  plan: 'PLAN',
+  stage: 'STAGE',
+  freeze: 'FREEZE',
+  'end-of-state': 'END_OF_STATE',
+  ack: 'ACK',
+  nack: 'NACK',
+  ping: 'PING',
+  pong: 'PONG',
+  commit: 'COMMIT',
+  abort: 'ABORT',
+  eof: 'EOF',
+};
 const SECTIONS = { start: 'SECTION_START', part: 'SECTION_PART', end: 'SECTION_END', full: 'SECTION_FULL' };
 
 function frameStarts(bytes) {

@@ -89,7 +89,12 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
     const vOut = o.without?.includes('vhost-user') || o.vhostDevices === 0;
     const vReason = vOut ? (o.vhostDevices === 0 ? 'left out (--vhost-devices 0)' : 'left out (--without vhost-user)') : vhostUnavailable();
     if (vReason === null) for (let i = 0; i < (o.vhostDevices ?? 1); i++) qsds.push(await StorageDaemon.start({ sizeBytes: 64 * 1024 * 1024, numQueues: 2 }));
-    else skipped.push({ backend: 'vhost-user (qemu-storage-daemon)', reason: vReason, enable: vOut ? (o.vhostDevices === 0 ? 'give --vhost-devices 1 or more' : 'leave out --without vhost-user') : 'apt-get install qemu-system-common' });
+    else
+      skipped.push({
+        backend: 'vhost-user (qemu-storage-daemon)',
+        reason: vReason,
+        enable: vOut ? (o.vhostDevices === 0 ? 'give --vhost-devices 1 or more' : 'leave out --without vhost-user') : 'apt-get install qemu-system-common',
+      });
     const tOut = o.without?.includes('tap') === true;
     let tReason = tOut ? 'left out (--without tap)' : tapUnavailable();
     let tEnable = tOut ? 'leave out --without tap' : 'run as root (sudo) with iproute2 installed';
@@ -188,7 +193,13 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoReport> {
     }
 
     const result = done.result as
-      | { devices: { id: string; kind: string; outcome: string; fds: number }[]; fds: number; stateBytes: number; staged?: boolean; timings: { downtimeMs: number | null; totalMs: number; breakdown?: DemoReport['breakdown'] } }
+      | {
+          devices: { id: string; kind: string; outcome: string; fds: number }[];
+          fds: number;
+          stateBytes: number;
+          staged?: boolean;
+          timings: { downtimeMs: number | null; totalMs: number; breakdown?: DemoReport['breakdown'] };
+        }
       | undefined;
     const rec = received.devices as { id: string; kind: string; how: string }[] | undefined;
     const timings = result?.timings;

@@ -304,7 +304,11 @@ async function oldOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
     cleanups.push(() => t.close());
   }
   const state = makeState(c.stateBytes ?? 256 * 1024);
-  emit('ready', { pid: process.pid, tap: tap ? { ifname: tap.ifname, ifindex: tap.meta.ifindex, mac: tapMac, queues: tap.queues.length } : null, devices: devices.map((d) => ({ id: d.id, kind: d.kind, fds: d.fdCount() })) });
+  emit('ready', {
+    pid: process.pid,
+    tap: tap ? { ifname: tap.ifname, ifindex: tap.meta.ifindex, mac: tapMac, queues: tap.queues.length } : null,
+    devices: devices.map((d) => ({ id: d.id, kind: d.kind, fds: d.fdCount() })),
+  });
 
   commands.set('start-tap', () => {
     if (tap && !tapT) {
@@ -360,10 +364,7 @@ async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
   let timer: NodeJS.Timeout | undefined;
   let sock: FdSocket;
   try {
-    sock = await Promise.race([
-      server.accept(),
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(BackendTransferError.timeout('waiting for the old owner to connect', ms)), ms))),
-    ]);
+    sock = await Promise.race([server.accept(), new Promise<never>((_, reject) => (timer = setTimeout(() => reject(BackendTransferError.timeout('waiting for the old owner to connect', ms)), ms)))]);
   } catch (err) {
     emit('receive-failed', errInfo(err));
     return;

@@ -18,7 +18,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hasCommand, run } from './process.js';
 
-
 const QSD = 'qemu-storage-daemon';
 const SO_ACCEPTCON = 0x10000;
 const SS_CONNECTED = 3;
@@ -127,14 +126,7 @@ export class StorageDaemon {
     this.socketPath = join(dir, 'vhost-user-blk.sock');
     this.qmpPath = options.qmp ? join(dir, 'qmp.sock') : null;
     this.sizeBytes = options.sizeBytes ?? 64 * 1024 * 1024;
-    const exp = [
-      'type=vhost-user-blk',
-      'id=exp0',
-      'node-name=disk0',
-      'addr.type=unix',
-      `addr.path=${this.socketPath}`,
-      `writable=${options.writable === false ? 'off' : 'on'}`,
-    ];
+    const exp = ['type=vhost-user-blk', 'id=exp0', 'node-name=disk0', 'addr.type=unix', `addr.path=${this.socketPath}`, `writable=${options.writable === false ? 'off' : 'on'}`];
     if (options.numQueues !== undefined) exp.push(`num-queues=${options.numQueues}`);
     if (options.logicalBlockSize !== undefined) exp.push(`logical-block-size=${options.logicalBlockSize}`);
     const args = [
@@ -299,18 +291,26 @@ export class StorageDaemon {
 
   /** Waits until the daemon holds exactly `n` export connections. */
   waitForConnections(n: number, timeout = 5000): Promise<ExportConnection[]> {
-    return this.waitFor(`${n} export connection(s) (have ${this.connections().length})`, () => {
-      const c = this.connections();
-      return c.length === n ? c : undefined;
-    }, timeout);
+    return this.waitFor(
+      `${n} export connection(s) (have ${this.connections().length})`,
+      () => {
+        const c = this.connections();
+        return c.length === n ? c : undefined;
+      },
+      timeout,
+    );
   }
 
   /** Waits until the trace shows `n` accepted export connections. */
   waitForAccepted(n: number, timeout = 5000): Promise<AcceptEvent[]> {
-    return this.waitFor(`${n} accepted export connection(s) (have ${this.acceptedCount()})`, () => {
-      const a = this.accepted();
-      return a.length >= n ? a : undefined;
-    }, timeout);
+    return this.waitFor(
+      `${n} accepted export connection(s) (have ${this.acceptedCount()})`,
+      () => {
+        const a = this.accepted();
+        return a.length >= n ? a : undefined;
+      },
+      timeout,
+    );
   }
 
   /** SIGTERM (SIGKILL after 3 s), wait for it, remove the temp dir. */
