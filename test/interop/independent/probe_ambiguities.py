@@ -5,6 +5,7 @@ bt_stream's encoder, decode them with bt_stream and with the library's public CL
 import json
 import os
 import struct
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,13 @@ def node(path):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="btprobe-")
+    try:
+        return _main(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _main(tmp):
     rows = []
     for i, (name, data) in enumerate(c for c in cases() if c[1] is not None):
         p = os.path.join(tmp, "c%02d.bin" % i)

@@ -5,6 +5,7 @@
 Prints a JSON summary; exit 0 when both pass."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,13 @@ NODE = os.environ.get("BT_NODE", "node")
 
 def main():
     tmp = tempfile.mkdtemp(prefix="btrec-")
+    try:
+        return _main(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _main(tmp):
     state = os.urandom(200000)
     open(os.path.join(tmp, "state.bin"), "wb").write(state)
     json.dump({"backendTransfer": False, "devices": [
