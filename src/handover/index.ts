@@ -9,6 +9,6 @@ import type { TargetDevice } from '../backends/types.js';
  */
 export const receiveHandover: <const A extends readonly TargetDevice[]>(o: ReceiveHandoverOptions<A>) => Promise<ReceiveHandoverResult<A>> = receive as never;
 export * from './types.js';
-export { warmUpHandover } from './warmup.js';
+export { warmUpHandover, warmUpStarted } from './warmup.js';
 export { recordHandover } from './record.js';
 export type { RecordHandoverOptions, RecordHandoverResult } from './record.js';

@@ -41,3 +41,8 @@ export function warmUpHandover(): Promise<void> {
   })().catch(() => undefined); // a failed warm-up costs speed, nothing else
   return warm;
 }
+
+/** Whether this process has started its warm-up (warmUpHandover() was called, by a handover or by hand). */
+export function warmUpStarted(): boolean {
+  return warm !== null;
+}
