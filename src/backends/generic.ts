@@ -10,7 +10,7 @@ import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase 
 import { num, type Json } from './json.js';
 import type { BackendKindEntry } from './types.js';
 import type { AttachmentKind as WireAttachmentKind } from '../stream/wire.js';
-import { native } from '../native.js';
+import { createEventfd } from '../fd/create.js';
 
 export interface GenericFd {
   name: string;
@@ -119,7 +119,7 @@ export const genericKind: BackendKindEntry<'generic', GenericBackend> = {
   targetFromJson: (d, common) => new GenericTarget({ ...common, expect: d.expect as Record<string, never> | undefined }),
   describe: (b) => ({ fds: [...b.fds].map(([name, fd]) => ({ name, fd })), meta: b.metadata }),
   warmUp: (own) => {
-    const e = native.eventfd(0);
+    const e = createEventfd();
     own.push(e);
     return {
       source: new GenericSource({ id: 'warm-generic', transfer: true, required: true, fds: [{ name: 'e', fd: e, kind: 'eventfd' }], closeOnRelease: false }),

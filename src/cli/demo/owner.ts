@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { BackendTransferError, ErrorCodes } from '../../errors.js';
 import { closeFds } from '../../fd/index.js';
-import { native } from '../../native.js';
+import { createEventfd, createMemfd } from '../../fd/create.js';
 import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../../backends/chardev-socket.js';
 import { TapSource, TapTarget, openTap, type TapBackend } from '../../backends/tap.js';
 import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../../backends/vhost-user.js';
@@ -232,11 +232,11 @@ async function openVhost(path: string, queues: number): Promise<VhostConn> {
     0n,
   );
   await fe.setProtocolFeatures(protocolFeatures);
-  const callFds = Array.from({ length: queues }, () => native.eventfd(0, native.EFD_NONBLOCK));
+  const callFds = Array.from({ length: queues }, () => createEventfd({ nonBlocking: true }));
   for (let i = 0; i < queues; i++) await fe.setVringCall(i, callFds[i]!);
   // The inflight region a front-end would share with the back-end (this daemon
   // offers no INFLIGHT_SHMFD, so the front-end's own memfd stands in).
-  const fd = native.memfd_create('inflight');
+  const fd = createMemfd('inflight');
   const { ftruncateSync } = await import('node:fs');
   ftruncateSync(fd, 16384);
   return { fe, callFds, inflight: { fd, size: 16384, offset: 0, queueSize: 128 }, features, protocolFeatures };
