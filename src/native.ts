@@ -45,6 +45,17 @@ export interface IfReq {
  * and options integers in their C type's range. A bad value (a fraction, NaN,
  * Infinity, a negative or too large number, 2^32 + n) throws a TypeError with
  * .code ERR_INVALID_ARGUMENT before any syscall; nothing is ever wrapped or truncated.
+ *
+ * Names (each the string native/*.cc exports, listed here in the same groups): a
+ * call is named by its C name in lower case: the syscall or libc function
+ * (socketpair, accept4, memfd_create, close_range, if_nametoindex), the ioctl
+ * request (tunsetiff = TUNSETIFF), fcntl_<command> (fcntl_getfl = F_GETFL,
+ * fcntl_get_seals = F_GET_SEALS), get<option> for a getsockopt of one option
+ * (getpeercred = SO_PEERCRED, getpeerpidfd = SO_PEERPIDFD, like getpeername).
+ * One exception, kept for compatibility (this is the 'backend-transfer/native'
+ * subpath): dup is fcntl(F_DUPFD_CLOEXEC). What is not one syscall is snake_case
+ * for what it does (fstat_mode(s), close_deferred, closer_stats, mmap_memfd,
+ * munmap_buffer, mapping_stats); constants keep their C names; Poller is a class.
  */
 export interface NativeBinding {
   // fdpass.cc

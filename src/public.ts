@@ -7,9 +7,13 @@
 export { BackendTransferError, ErrorCodes, VhostUserErrorCodes, isBackendTransferError, isErrorCode } from './errors.js';
 export type { ErrorCode, QmpErrorCode, VhostUserErrorCode } from './errors.js';
 export * from './transport/index.js';
-export { closeFd, closeFds, dupFd, findSameFile, inspectFd, sameFileMethod } from './fd/index.js';
+export { FD_KINDS, closeFd, closeFds, dupFd, findSameFile, inspectFd, sameFileMethod } from './fd/index.js';
 export { mapSealedMemfd, releaseMapping, isReleased, mappingStats } from './fd/mapping.js';
 export type { FdInfo, FdKind, SameFileMethod } from './fd/index.js';
+// One name for what kind an fd is: FdKind (inspectFd, `expect`); an fd's attachment kind on the wire is
+// its FdKind's name where the wire knows it (FdAttachmentKind), else a role (docs/architecture.md, "Kinds of fd").
+export { attachmentKindOf, isFdAttachmentKind } from './stream/wire.js';
+export type { AttachmentKind, FdAttachmentKind, RoleAttachmentKind } from './stream/wire.js';
 export type { PeerCred } from './native.js';
 export * from './backends/index.js';
 export * from './handover/index.js';

@@ -11,7 +11,7 @@ import type { Arrival, Captured } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 import { num, text, type Json } from './json.js';
 import type { BackendKindEntry } from './types.js';
-import { native } from '../native.js';
+import { streamSocketPair } from '../fd/create.js';
 
 export type ChardevRole = 'client' | 'server' | 'listener';
 
@@ -165,7 +165,7 @@ export const chardevSocketKind: BackendKindEntry<'chardev-socket', ChardevBacken
   describe: (b) => ({ fds: [{ name: 'socket', fd: b.fd }], meta: b.meta }),
   warmUp: (own) => {
     // A socketpair stands in for the connection.
-    const [c1, c2] = native.socketpair(native.SOCK_STREAM);
+    const [c1, c2] = streamSocketPair();
     own.push(c1, c2);
     return {
       source: new ChardevSocketSource({ id: 'warm-chardev', transfer: true, required: true, fd: c1, role: 'client', address: 'warm-up', closeOnRelease: false }),

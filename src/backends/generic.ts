@@ -9,13 +9,17 @@ import type { Arrival, Captured } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 import { num, type Json } from './json.js';
 import type { BackendKindEntry } from './types.js';
-import type { AttachmentKind as WireAttachmentKind } from '../stream/wire.js';
-import { native } from '../native.js';
+import { createEventfd } from '../fd/create.js';
 
 export interface GenericFd {
   name: string;
   fd: number;
-  /** The attachment kind (checked by the stream reader). Default 'generic'. */
+  /**
+   * What the fd is declared as on the wire, checked by the target's stream reader.
+   * For an eventfd, a memfd, a TAP queue or a vhost-net fd the FdKind's own name
+   * ('eventfd', 'memfd', 'tap', 'vhost-net': an FdAttachmentKind);
+   * `attachmentKindOf(inspectFd(fd).kind)` gives it for any fd. Default 'generic' (any fd).
+   */
   kind?: AttachmentKind;
   meta?: Record<string, unknown>;
 }
@@ -111,7 +115,7 @@ export const genericKind: BackendKindEntry<'generic', GenericBackend> = {
     const fds = (d.fds as Json[] | undefined) ?? [];
     return new GenericSource({
       ...common,
-      fds: fds.map((f) => ({ name: String(f.name), fd: num(f, 'fd'), kind: (f.kind as WireAttachmentKind | undefined) ?? 'generic', meta: f.meta as Json | undefined })),
+      fds: fds.map((f) => ({ name: String(f.name), fd: num(f, 'fd'), kind: (f.kind as AttachmentKind | undefined) ?? 'generic', meta: f.meta as Json | undefined })),
       metadata: d.metadata as Json | undefined,
       state,
     });
@@ -119,7 +123,7 @@ export const genericKind: BackendKindEntry<'generic', GenericBackend> = {
   targetFromJson: (d, common) => new GenericTarget({ ...common, expect: d.expect as Record<string, never> | undefined }),
   describe: (b) => ({ fds: [...b.fds].map(([name, fd]) => ({ name, fd })), meta: b.metadata }),
   warmUp: (own) => {
-    const e = native.eventfd(0);
+    const e = createEventfd();
     own.push(e);
     return {
       source: new GenericSource({ id: 'warm-generic', transfer: true, required: true, fds: [{ name: 'e', fd: e, kind: 'eventfd' }], closeOnRelease: false }),

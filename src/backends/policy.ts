@@ -3,7 +3,7 @@
 // moves an fd. What moves is the intersection of the source's offer and the
 // target's answer.
 import { existsSync } from 'node:fs';
-import { native } from '../native.js';
+import { memfdAvailable, peerPidfdAvailable } from '../fd/probe.js';
 import { crcImplementation, type CrcImplementation } from '../stream/crc.js';
 import type { AcceptFn, DeviceSupport } from '../stream/negotiate.js';
 import type { Offer } from '../stream/wire.js';
@@ -21,27 +21,8 @@ export interface Supported {
 
 /** The kinds this build can transfer, and what this machine has for them. */
 export function supported(): Supported {
-  let peerPidfd = false;
-  try {
-    const [a, b] = native.socketpair(native.SOCK_STREAM);
-    try {
-      native.close(native.getpeerpidfd(a));
-      peerPidfd = true;
-    } catch {
-      peerPidfd = false;
-    } finally {
-      native.close(a);
-      native.close(b);
-    }
-  } catch {
-    peerPidfd = false;
-  }
-  let memfd = true;
-  try {
-    native.close(native.memfd_create('bt-supported'));
-  } catch {
-    memfd = false;
-  }
+  const peerPidfd = peerPidfdAvailable();
+  const memfd = memfdAvailable();
   return { kinds: [...BACKEND_KINDS], machine: { tun: existsSync('/dev/net/tun'), vhostNet: existsSync('/dev/vhost-net'), memfd, peerPidfd }, crc: crcImplementation() };
 }
 

@@ -4,9 +4,9 @@
 // device before adopting it. Neither side ever touches a queue fd's file status
 // flags: they are shared with the other owner.
 import { constants as fsc, openSync, readSync, readlinkSync, writeSync } from 'node:fs';
-import { native } from '../native.js';
 import { BackendTransferError } from '../errors.js';
-import { closeFd, closeFds, inspectFd } from '../fd/index.js';
+import { closeFds, inspectFd } from '../fd/index.js';
+import { ifIndexOf, tapFlagMask, tapHasVnetHdr, tapNetnsIno, tapOpenFlags, tapQueueEnabled, tapVnetHdrSize, tunSetIff } from '../fd/tap.js';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, decodeState, encodeState, expectFd, invalid, checkCount, requireCount, requireString, verifyError, stateOf } from './common.js';
@@ -14,14 +14,6 @@ import type { Arrival, Captured } from './types.js';
 import { SourceBase, TargetBase, type SourceOptionsBase, type TargetOptionsBase } from './base.js';
 import { nums, type Json } from './json.js';
 import type { BackendKindEntry } from './types.js';
-
-/** The TUNSETIFF flags that define a TAP (TUNGETIFF also reports queue state bits). */
-/** The TAP flags compared on both sides (read from the addon on first use, so that importing loads nothing). */
-let flagMask: number | null = null;
-function tapFlagMask(): number {
-  flagMask ??= native.IFF_TAP | native.IFF_TUN | native.IFF_NO_PI | native.IFF_VNET_HDR | native.IFF_MULTI_QUEUE;
-  return flagMask;
-}
 
 export interface TapMeta {
   ifname: string;
@@ -34,19 +26,6 @@ export interface TapMeta {
   vhost: number;
   /** Inode of the device's network namespace (TUNGETDEVNETNS), when the kernel tells. */
   netnsIno: number | null;
-}
-
-function netnsInoOf(queueFd: number): number | null {
-  try {
-    const ns = native.tungetdevnetns(queueFd);
-    try {
-      return native.fstat(ns).ino;
-    } finally {
-      closeFd(ns);
-    }
-  } catch {
-    return null;
-  }
 }
 
 function ownNetnsIno(): number | null {
@@ -76,22 +55,22 @@ export function describeTap(queues: readonly number[], vhostFds: readonly number
     } else if (info.tun.name !== ifname || (info.tun.flags & tapFlagMask()) !== flags) {
       throw invalid(dev, `queue ${i} belongs to ${info.tun.name} (flags 0x${info.tun.flags.toString(16)}), queue 0 to ${ifname}`);
     }
-    enabled.push((info.tun.flags & native.IFF_DETACH_QUEUE) === 0);
+    enabled.push(tapQueueEnabled(info.tun.flags));
   });
   for (const [i, fd] of vhostFds.entries()) {
     if (inspectFd(fd).kind !== 'vhost-net') throw invalid(dev, `vhost fd ${i} (fd ${fd}) is not /dev/vhost-net`);
   }
-  const netnsIno = netnsInoOf(queues[0]!);
+  const netnsIno = tapNetnsIno(queues[0]!);
   let ifindex: number | null = known.ifindex ?? null;
   if (ifindex === null && netnsIno !== null && netnsIno === ownNetnsIno()) {
-    const idx = native.if_nametoindex(ifname);
+    const idx = ifIndexOf(ifname);
     ifindex = idx > 0 ? idx : null;
   }
   return {
     ifname,
     ifindex,
     flags,
-    vnetHdrSize: (flags & native.IFF_VNET_HDR) !== 0 ? native.tungetvnethdrsz(queues[0]!) : 0,
+    vnetHdrSize: tapHasVnetHdr(flags) ? tapVnetHdrSize(queues[0]!) : 0,
     offloads: known.offloads ?? null,
     queues: queues.length,
     enabled,
@@ -220,13 +199,13 @@ export class TapBackend {
 /** Opens a TAP queue by queue (O_NONBLOCK: these fds are ours from the start). */
 export function openTap(name: string, options: { queues?: number; vnetHdr?: boolean } = {}): TapBackend {
   const n = options.queues ?? 1;
-  const flags = native.IFF_TAP | native.IFF_NO_PI | ((options.vnetHdr ?? true) ? native.IFF_VNET_HDR : 0) | (n > 1 ? native.IFF_MULTI_QUEUE : 0);
+  const flags = tapOpenFlags({ vnetHdr: options.vnetHdr ?? true, multiQueue: n > 1 });
   const fds: number[] = [];
   try {
     for (let i = 0; i < n; i++) {
       const fd = openSync('/dev/net/tun', fsc.O_RDWR | fsc.O_NONBLOCK);
       fds.push(fd);
-      native.tunsetiff(fd, name, flags);
+      tunSetIff(fd, name, flags);
     }
   } catch (err) {
     closeFds(fds);
@@ -265,14 +244,14 @@ export class TapTarget extends TargetBase<TapMeta, TapBackend> {
       if ((tun.flags & tapFlagMask()) !== flags) {
         throw verifyError(id, `queue${i} has TAP flags 0x${(tun.flags & tapFlagMask()).toString(16)}, the source declared 0x${flags.toString(16)}`, { attachment: a.name });
       }
-      const on = (tun.flags & native.IFF_DETACH_QUEUE) === 0;
+      const on = tapQueueEnabled(tun.flags);
       if (enabled[i] !== undefined && enabled[i] !== on) throw verifyError(id, `queue${i} is ${on ? 'enabled' : 'detached'}, the source declared it ${on ? 'detached' : 'enabled'}`);
-      if ((flags & native.IFF_VNET_HDR) !== 0) {
-        const sz = native.tungetvnethdrsz(a.fd);
+      if (tapHasVnetHdr(flags)) {
+        const sz = tapVnetHdrSize(a.fd);
         if (sz !== vnetHdrSize) throw verifyError(id, `queue${i} has a ${sz}-byte vnet header, the source declared ${vnetHdrSize}`);
       }
       if (typeof meta.netnsIno === 'number') {
-        const ns = netnsInoOf(a.fd);
+        const ns = tapNetnsIno(a.fd);
         if (ns !== null && ns !== meta.netnsIno) throw verifyError(id, `queue${i} is a ${ifname} of another network namespace (${ns}, declared ${meta.netnsIno})`);
       }
     }
@@ -285,7 +264,7 @@ export class TapTarget extends TargetBase<TapMeta, TapBackend> {
     if (arrival.attachments.length !== expected) throw verifyError(id, `${arrival.attachments.length} fds arrived, the TAP has ${expected}`);
     // The ifindex can be checked from inside the device's namespace only.
     if (typeof meta.ifindex === 'number' && typeof meta.netnsIno === 'number' && meta.netnsIno === ownNetnsIno()) {
-      const idx = native.if_nametoindex(ifname);
+      const idx = ifIndexOf(ifname);
       if (idx !== meta.ifindex) throw verifyError(id, `${ifname} has ifindex ${idx} here, the source declared ${meta.ifindex}`);
     }
   }

@@ -3,7 +3,8 @@
 // with the negotiated features and an opaque device state. The target proves the
 // socket is a connected AF_UNIX stream (to the declared backend socket, when the
 // kernel can tell), the eventfds are eventfds and the memfd has the declared size.
-import { native } from '../native.js';
+import { createEventfd, createMemfd, streamSocketPair } from '../fd/create.js';
+import { peerName } from '../fd/socket-info.js';
 import { closeFds, inspectFd } from '../fd/index.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, checkCount, decodeState, encodeState, expectFd, invalid, requireCount, verifyError, stateOf } from './common.js';
@@ -159,7 +160,7 @@ export class VhostUserTarget extends TargetBase<VhostUserMeta, VhostUserBackend>
     if (meta.socketPath) {
       let peer: string | null = null;
       try {
-        peer = native.getpeername(sock.fd);
+        peer = peerName(sock.fd);
       } catch {
         peer = null;
       }
@@ -270,11 +271,11 @@ export const vhostUserKind: BackendKindEntry<'vhost-user', VhostUserBackend> = {
   }),
   warmUp: (own) => {
     // A socketpair stands in for the connection; eventfds and an inflight memfd as QEMU has them.
-    const [v1, v2] = native.socketpair(native.SOCK_STREAM);
+    const [v1, v2] = streamSocketPair();
     own.push(v1, v2);
-    const kick = native.eventfd(0);
-    const call = native.eventfd(0);
-    const inflight = native.memfd_create('bt-warm-up');
+    const kick = createEventfd();
+    const call = createEventfd();
+    const inflight = createMemfd('bt-warm-up');
     own.push(kick, call, inflight);
     writeSync(inflight, Buffer.alloc(4096), 0, 4096, 0);
     return {

@@ -5,7 +5,7 @@ import { accessSync, constants, readFileSync, statSync, writeSync } from 'node:f
 import { delimiter, join } from 'node:path';
 import { BackendTransferError } from '../errors.js';
 import { closeFd } from '../fd/index.js';
-import { native } from '../native.js';
+import { createMemfd, sealMemfd } from '../fd/create.js';
 
 /** Linux's limit on one argv or environment string, its NUL included (MAX_ARG_STRLEN, 32 pages). */
 export const MAX_ARG_STRLEN = 128 * 1024;
@@ -97,13 +97,13 @@ export function execEnv(program: string, args: string[], base: NodeJS.ProcessEnv
 
 /** A memfd holding `text`, sealed against any change. The caller closes it. */
 export function descriptionMemfd(text: string): number {
-  const fd = native.memfd_create('bt-handover');
+  const fd = createMemfd('bt-handover');
   try {
     const b = Buffer.from(text);
     let off = 0;
     // pwrite: the file offset stays 0, so the program reads from the start.
     while (off < b.length) off += writeSync(fd, b, off, b.length - off, off);
-    native.fcntl_add_seals(fd, native.F_SEAL_SHRINK | native.F_SEAL_GROW | native.F_SEAL_WRITE | native.F_SEAL_SEAL);
+    sealMemfd(fd);
     return fd;
   } catch (err) {
     closeFd(fd);

@@ -2,7 +2,7 @@
 // what this machine offers for them.
 import { parseArgs } from 'node:util';
 import { supported } from '../backends/policy.js';
-import { native } from '../native.js';
+import { scmMaxFd } from '../fd/probe.js';
 import type { Command } from './main.js';
 
 export const supportedCommand: Command = {
@@ -14,13 +14,13 @@ export const supportedCommand: Command = {
       return 0;
     }
     const s = supported();
-    const facts = { ...s, scmMaxFd: native.SCM_MAX_FD, socketTypes: ['stream', 'seqpacket'] };
+    const facts = { ...s, scmMaxFd: scmMaxFd(), socketTypes: ['stream', 'seqpacket'] };
     if (values.json) console.log(JSON.stringify(facts, null, 2));
     else {
       console.log(`kinds        ${s.kinds.join(', ')}`);
       for (const [k, v] of Object.entries(s.machine)) console.log(`${k.padEnd(12)} ${v ? 'yes' : 'no'}`);
       console.log(`crc32        ${s.crc.impl}${s.crc.fallbackReason ? ` (${s.crc.fallbackReason})` : ''}`);
-      console.log(`scmMaxFd     ${native.SCM_MAX_FD} fds per sendmsg (more are split over pieces)`);
+      console.log(`scmMaxFd     ${facts.scmMaxFd} fds per sendmsg (more are split over pieces)`);
     }
     return 0;
   },

@@ -7,7 +7,8 @@
 import { randomBytes } from 'node:crypto';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { inspectFd, type FdInfo } from '../fd/index.js';
-import { native } from '../native.js';
+import { peerName } from '../fd/socket-info.js';
+import { tapIsMultiQueue } from '../fd/tap.js';
 import type { QmpClient } from './client.js';
 import { QmpErrorCodes, qmpError } from './errors.js';
 
@@ -182,7 +183,7 @@ export async function attachTapToQemu(qmp: QmpClient, options: AttachTapOptions)
   queueFds.forEach((fd, i) => {
     const info = inspect(fd, `queueFds[${i}]`);
     if (info.kind !== 'tap' || !info.tun) throw BackendTransferError.invalidArgument(`queueFds[${i}] (fd ${fd}) is ${info.kind}, not a TAP queue`);
-    if (queueFds.length > 1 && !(info.tun.flags & native.IFF_MULTI_QUEUE)) {
+    if (queueFds.length > 1 && !tapIsMultiQueue(info.tun.flags)) {
       throw BackendTransferError.invalidArgument(`queueFds[${i}] (fd ${fd}): ${queueFds.length} queues need a TAP opened with IFF_MULTI_QUEUE`);
     }
     if (i === 0) ifname = info.tun.name;
@@ -331,7 +332,7 @@ export async function attachChardevSocketToQemu(qmp: QmpClient, options: AttachC
   if (info.socket.listening) throw BackendTransferError.invalidArgument(`fd ${fd} is a listening socket; attachChardevSocketToQemu takes a connected one`);
   if (info.socket.type !== 'stream') throw BackendTransferError.invalidArgument(`fd ${fd} is a ${info.socket.type} socket; a chardev needs a stream socket`);
   try {
-    native.getpeername(fd);
+    peerName(fd);
   } catch (err) {
     throw new BackendTransferError(ErrorCodes.ERR_INVALID_ARGUMENT, `fd ${fd} is not a connected socket: ${(err as Error).message}`, { cause: err });
   }

@@ -1,4 +1,5 @@
 // Wire constants and types of the migration stream (docs/stream-format.md).
+import type { FdKind } from '../fd/kind.js';
 
 export const STREAM_VERSION = 1;
 export const MAGIC = Buffer.from([0x89, 0x42, 0x54, 0x4d, 0x0d, 0x0a, 0x1a, 0x0a]);
@@ -80,9 +81,41 @@ export const AckStage = {
 } as const;
 export type AckStageCode = (typeof AckStage)[keyof typeof AckStage];
 
-/** Attachment kinds (one fd each). */
+/**
+ * Attachment kinds (one fd each): what the source declares an fd to be on the
+ * wire; its code is its position here + 1 (docs/stream-format.md: never reorder).
+ * Two families (docs/architecture.md, "Kinds of fd"): the fd kinds of FdKind that
+ * the wire knows, by the same name and meaning (FdAttachmentKind: 'tap',
+ * 'vhost-net', 'eventfd', 'memfd'), and roles ('vhost-user': a unix stream
+ * socket, 'chardev-socket': a connected socket, 'listener': a listening socket,
+ * 'generic': any fd). The reader checks each fd against its kind (kindMatches).
+ */
 export const ATTACHMENT_KINDS = ['tap', 'vhost-net', 'vhost-user', 'eventfd', 'memfd', 'chardev-socket', 'listener', 'generic'] as const;
 export type AttachmentKind = (typeof ATTACHMENT_KINDS)[number];
+/** The attachment kinds that are fd kinds (FdKind, as inspectFd names them) by the same name and meaning. */
+export type FdAttachmentKind = Extract<AttachmentKind, FdKind>;
+/** The attachment kinds that name a role, not an fd kind: what the fd is for ('generic': anything). */
+export type RoleAttachmentKind = Exclude<AttachmentKind, FdKind>;
+/** FdAttachmentKind as a list (checked against the type: a new FdKind that is also an attachment kind's name must be added here). */
+export const FD_ATTACHMENT_KINDS = ['tap', 'vhost-net', 'eventfd', 'memfd'] as const satisfies readonly FdAttachmentKind[];
+// Compile-time: FD_ATTACHMENT_KINDS lists every FdAttachmentKind (the `satisfies` above checks the other direction).
+const _everyFdAttachmentKind: Exclude<FdAttachmentKind, (typeof FD_ATTACHMENT_KINDS)[number]> extends never ? true : never = true;
+void _everyFdAttachmentKind;
+
+/** Whether an fd kind is one the wire knows by the same name. */
+export function isFdAttachmentKind(kind: FdKind): kind is FdAttachmentKind {
+  return (FD_ATTACHMENT_KINDS as readonly string[]).includes(kind);
+}
+
+/**
+ * The attachment kind to declare for an fd of this kind when nothing more is known
+ * of its role: its own name when the wire knows it ('tap', 'vhost-net', 'eventfd',
+ * 'memfd'), else 'generic'. `attachmentKindOf(inspectFd(fd).kind)` always passes
+ * the reader's check of that fd.
+ */
+export function attachmentKindOf(kind: FdKind): AttachmentKind {
+  return isFdAttachmentKind(kind) ? kind : 'generic';
+}
 export function attachmentKindCode(kind: AttachmentKind): number {
   return ATTACHMENT_KINDS.indexOf(kind) + 1;
 }

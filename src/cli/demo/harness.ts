@@ -7,7 +7,7 @@ import { FdServer } from '../../transport/server.js';
 import type { FdSocket } from '../../transport/fd-socket.js';
 import type { OwnerConfig } from './owner.js';
 import { createNetns, deleteNetns, ip } from './netns.js';
-import { peerMac } from './owner.js';
+import { peerMac } from './traffic.js';
 
 export interface OwnerEvent {
   event: string;

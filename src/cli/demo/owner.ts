@@ -1,14 +1,13 @@
 // An "old" or "new" owner of real backends, as a process: the demo's two sides,
-// and the processes the fault tests kill. It keeps traffic flowing through every
-// backend it owns (chardev bytes echoed by a peer, vhost-user requests to a
-// qemu-storage-daemon, TCP SYN/RST exchanges through a TAP), hands them over or
-// takes them over, and reports. Commands arrive as JSON lines on stdin, events
+// and the processes the fault tests kill. It opens or adopts the backends, keeps
+// traffic flowing through each (traffic.ts), hands them over or takes them over,
+// and reports. Commands arrive as JSON lines on stdin, events
 // leave as JSON lines on stdout.
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { BackendTransferError, ErrorCodes } from '../../errors.js';
 import { closeFds } from '../../fd/index.js';
-import { native } from '../../native.js';
+import { createEventfd, createMemfd } from '../../fd/create.js';
 import { ChardevSocketSource, ChardevSocketTarget, type ChardevBackend } from '../../backends/chardev-socket.js';
 import { TapSource, TapTarget, openTap, type TapBackend } from '../../backends/tap.js';
 import { VhostUserSource, VhostUserTarget, type VhostUserBackend } from '../../backends/vhost-user.js';
@@ -20,7 +19,7 @@ import { warmUpHandover } from '../../handover/warmup.js';
 import type { HandoverEvent, PhaseTimeouts } from '../../handover/types.js';
 import { FdServer } from '../../transport/server.js';
 import { FdSocket } from '../../transport/fd-socket.js';
-import { parseRst, tcpSyn } from './frames.js';
+import { chardevTraffic, tapTraffic, vhostTraffic, type Traffic } from './traffic.js';
 
 export interface OwnerConfig {
   role: 'old' | 'new';
@@ -55,10 +54,6 @@ export interface OwnerConfig {
   silentAfterStages?: number;
 }
 
-export const TAP_IP = '10.9.0.1';
-export const peerIp = (q: number): string => `10.9.0.${10 + q}`;
-export const peerMac = (q: number): string => `02:00:00:00:00:${(0x10 + q).toString(16).padStart(2, '0')}`;
-
 function emit(event: string, data: Record<string, unknown> = {}): void {
   process.stdout.write(JSON.stringify({ event, ...data }, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) + '\n');
 }
@@ -66,150 +61,6 @@ function emit(event: string, data: Record<string, unknown> = {}): void {
 function errInfo(err: unknown): Record<string, unknown> {
   const e = err as BackendTransferError;
   return { code: e.code ?? 'ERR_UNKNOWN', message: e.message, details: e.details ?? null };
-}
-
-// ---------------------------------------------------------------- traffic
-
-interface Traffic {
-  /** Stops using the backend (at freeze). */
-  stop(): Promise<void>;
-  /** Uses it again (after a failed handover), from where it stopped. */
-  resume(): void;
-  stats(): Record<string, unknown>;
-}
-
-/** Writes the byte sequence (byte i = i & 0xff) and checks the echoes come back in order. */
-function chardevTraffic(sock: FdSocket, start: { sent: number; echoed: number }): Traffic & { st: { sent: number; echoed: number; bad: number } } {
-  const st = { sent: start.sent, echoed: start.echoed, bad: 0 };
-  const chunk = 61;
-  const write = () => {
-    const b = Buffer.alloc(chunk);
-    for (let i = 0; i < chunk; i++) b[i] = (st.sent + i) & 0xff;
-    st.sent += chunk;
-    void sock.send(b).catch(() => undefined);
-  };
-  let timer = setInterval(write, 2);
-  sock
-    .consume((c) => {
-      closeFds(c.fds);
-      for (let i = 0; i < c.data.length; i++) if (c.data[i] !== ((st.echoed + i) & 0xff)) st.bad++;
-      st.echoed += c.data.length;
-    })
-    .catch(() => undefined);
-  return {
-    st,
-    stop: async () => {
-      clearInterval(timer);
-      sock.pause();
-    },
-    resume: () => {
-      sock.resume();
-      timer = setInterval(write, 2);
-    },
-    stats: () => ({ ...st }),
-  };
-}
-
-/** vhost-user control traffic: GET_CONFIG every few ms (the device's capacity, answered by the back-end). */
-function vhostTraffic(fe: VhostUserFrontend): Traffic {
-  const st = { requests: 0, errors: 0, capacity: '' };
-  let inFlight: Promise<unknown> = Promise.resolve();
-  let running = true;
-  // Each run loop has its own generation, so a stopped loop never restarts itself.
-  let generation = 0;
-  const tick = (gen: number) => {
-    if (!running || gen !== generation) return;
-    inFlight = fe.getBlkConfig().then(
-      (c) => {
-        st.requests++;
-        st.capacity = c.capacity.toString();
-      },
-      () => void st.errors++,
-    );
-    void inFlight.then(() => running && setTimeout(() => tick(gen), 5));
-  };
-  tick(generation);
-  return {
-    stop: async () => {
-      running = false;
-      generation++;
-      await inFlight;
-    },
-    resume: () => {
-      running = true;
-      tick(generation);
-    },
-    stats: () => ({ ...st }),
-  };
-}
-
-/** TAP traffic: rounds of TCP SYNs written round robin on the queues, RSTs read back on whatever queue they come. */
-function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number): Traffic {
-  const st = { rounds: 0, flows: 0, answered: 0, written: new Array<number>(tap.queues.length).fill(0), read: new Array<number>(tap.queues.length).fill(0) };
-  let running = true;
-  let round = firstRound;
-  // Stopping aborts the waits, so that the freeze does not wait for a poll to time out.
-  let abort = new AbortController();
-  const sleep = (ms: number, signal: AbortSignal) =>
-    new Promise<void>((r) => {
-      if (signal.aborted) return r();
-      const onAbort = () => {
-        clearTimeout(t);
-        r();
-      };
-      const t = setTimeout(() => {
-        signal.removeEventListener('abort', onAbort);
-        r();
-      }, ms);
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
-  const run = async (signal: AbortSignal): Promise<void> => {
-    while (running) {
-      const flows = 16;
-      const want = new Set<number>();
-      for (let i = 0; i < flows; i++) {
-        const q = i % tap.queues.length;
-        const srcPort = 10000 + ((round * flows + i) % 50000);
-        want.add(srcPort);
-        try {
-          tap.writeFrame(q, tcpSyn({ vnetHdrSize: tap.meta.vnetHdrSize, srcMac: peerMac(q), dstMac: tapMac, srcIp: peerIp(q), dstIp: TAP_IP, srcPort, dstPort: 9, seq: round }));
-          st.written[q]!++;
-        } catch {
-          /* a full queue drops a frame, like a NIC would */
-        }
-      }
-      st.flows += flows;
-      const deadline = Date.now() + 1000;
-      while (want.size > 0 && Date.now() < deadline && running) {
-        const got = await Promise.all(tap.queues.map((_, q) => tap.readFrame(q, 20, undefined, signal).catch(() => null)));
-        got.forEach((f, q) => {
-          if (!f) return;
-          const r = parseRst(f, tap.meta.vnetHdrSize);
-          if (r && want.delete(r.dstPort)) {
-            st.answered++;
-            st.read[q]!++;
-          }
-        });
-      }
-      st.rounds++;
-      round++;
-      await sleep(10, signal);
-    }
-  };
-  let loop = run(abort.signal);
-  return {
-    stop: async () => {
-      running = false;
-      abort.abort();
-      await loop;
-    },
-    resume: () => {
-      running = true;
-      abort = new AbortController();
-      loop = run(abort.signal);
-    },
-    stats: () => ({ ...st, nextRound: round }),
-  };
 }
 
 // ---------------------------------------------------------------- the owners
@@ -232,11 +83,11 @@ async function openVhost(path: string, queues: number): Promise<VhostConn> {
     0n,
   );
   await fe.setProtocolFeatures(protocolFeatures);
-  const callFds = Array.from({ length: queues }, () => native.eventfd(0, native.EFD_NONBLOCK));
+  const callFds = Array.from({ length: queues }, () => createEventfd({ nonBlocking: true }));
   for (let i = 0; i < queues; i++) await fe.setVringCall(i, callFds[i]!);
   // The inflight region a front-end would share with the back-end (this daemon
   // offers no INFLIGHT_SHMFD, so the front-end's own memfd stands in).
-  const fd = native.memfd_create('inflight');
+  const fd = createMemfd('inflight');
   const { ftruncateSync } = await import('node:fs');
   ftruncateSync(fd, 16384);
   return { fe, callFds, inflight: { fd, size: 16384, offset: 0, queueSize: 128 }, features, protocolFeatures };
