@@ -20,7 +20,7 @@ import { checkPeer } from '../transport/peer.js';
 import { ItemQueue } from './items.js';
 import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type DeviceOutcome, type SendHandoverOptions, type SendHandoverResult, type SourcePhase } from './types.js';
 import { PeerWatch, PhaseClock, SessionGuard, abortedError, byDevice, deviceKey, collectGarbage, limited, now, randomProbe } from './util.js';
-import { native } from '../native.js';
+import { S_IFMT, S_IFREG, S_IFSOCK, fileIdentity, fileMode, sendBufferSize } from '../fd/handover-io.js';
 import { warmUpHandover } from './warmup.js';
 
 function payloadSize(p: unknown): number | null {
@@ -36,7 +36,7 @@ const MAX_AUTO_SNDBUF = 4 * 1024 * 1024;
 function growSendBuffer(sock: FdSocket, bytes: number): void {
   if (!(bytes > 0)) return;
   // Linux reports twice what was set (its bookkeeping overhead).
-  if (native.getsockopt(sock.fd, native.SOL_SOCKET, native.SO_SNDBUF) / 2 < bytes) sock.setBufferSizes({ send: bytes });
+  if (sendBufferSize(sock.fd) / 2 < bytes) sock.setBufferSizes({ send: bytes });
 }
 
 export async function sendHandover(o: SendHandoverOptions): Promise<SendHandoverResult> {
@@ -515,14 +515,11 @@ function fingerprint(atts: readonly OutgoingAttachment[]): Print {
   const ids = new Map<number, string>();
   for (let i = 0; i < atts.length; i++) {
     const fd = atts[i]!.fd;
-    const mode = native.fstat_mode(fd);
+    const mode = fileMode(fd);
     fds[i] = fd;
     modes[i] = mode;
-    const type = mode & 0o170000;
-    if (type === 0o140000 || type === 0o100000) {
-      const st = native.fstat(fd);
-      ids.set(i, `${st.devMajor}:${st.devMinor}:${st.ino}`);
-    }
+    const type = mode & S_IFMT;
+    if (type === S_IFSOCK || type === S_IFREG) ids.set(i, fileIdentity(fd));
   }
   return { fds, modes, atts, ids };
 }
