@@ -14,7 +14,7 @@ import type { StreamWriter } from '../stream/writer.js';
 import type { Session } from './session.js';
 import { isVmmState, type Parts, type StateIntake } from './target-intake.js';
 import type { ReceiveHandoverOptions, TargetPhase } from './types.js';
-import { abortedError, deviceKey, now } from './util.js';
+import { deviceKey, now } from './util.js';
 
 /** A planned device on its way in. */
 export interface Pending {
@@ -126,7 +126,7 @@ export async function receiveStaged(r: TargetRun): Promise<void> {
       stage(it, false);
       progress(r, stagedCount);
       // An abort heard by now refuses this device rather than acknowledging it.
-      if (o.signal?.aborted) throw abortedError(s.phase, o.signal);
+      s.checkAborted();
       await s.bounded(w.ack(AckStage.STAGED, '', it.sectionId), timeouts.stage, 'sending ACK(STAGED)');
       continue;
     }

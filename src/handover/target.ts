@@ -25,7 +25,7 @@ import { Session } from './session.js';
 import { Parts, StateIntake, isVmmState } from './target-intake.js';
 import { checkDistinctFiles, receiveInOrder, receiveStaged, type Pending, type TargetRun } from './target-transfer.js';
 import { DEFAULT_HANDOVER_LIMITS, type ReceiveHandoverOptions, type ReceiveHandoverResult, type TargetPhase } from './types.js';
-import { abortedError, byDevice, collectGarbage, deviceKey, now } from './util.js';
+import { byDevice, collectGarbage, deviceKey, now } from './util.js';
 import { warmUpHandover } from './warmup.js';
 
 export async function receiveHandover(o: ReceiveHandoverOptions): Promise<ReceiveHandoverResult> {
@@ -64,7 +64,7 @@ export async function receiveHandover(o: ReceiveHandoverOptions): Promise<Receiv
 
   let listener: FdServer | null = null;
   try {
-    if (o.signal?.aborted) throw abortedError('prepare', o.signal);
+    s.checkAborted();
     // Listen first, so that a source can connect (into the backlog) while this side warms up.
     if (typeof o.socket === 'string') listener = FdServer.listen(o.socket, { peer: o.peer });
     if (o.warmUp !== false) await s.bounded(warmUpHandover(), 0, 'warming up');
