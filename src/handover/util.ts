@@ -3,7 +3,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import { closeFd, closeFds } from '../fd/index.js';
-import { native } from '../native.js';
+import { disconnectEvent, dupOrNull, pidfdOf } from '../fd/handover-io.js';
 import type { FdSocket } from '../transport/fd-socket.js';
 import { HEADER_SIZE, TRAILER_SIZE } from '../stream/wire.js';
 import type { StreamItem } from '../stream/reader.js';
@@ -107,7 +107,15 @@ export function abortReason(signal: AbortSignal | undefined): string | null {
   const r: unknown = signal?.reason;
   if (r === undefined || r === null) return null;
   if (r instanceof Error) return r.name === 'AbortError' && (r as { code?: unknown }).code === 20 ? null : r.message || r.name;
-  return String(r);
+  if (typeof r === 'string' || typeof r === 'number' || typeof r === 'boolean' || typeof r === 'bigint' || typeof r === 'symbol') return String(r);
+  // An object: its own toString's text if it has one, else its JSON (not "[object Object]").
+  const own = (r as { toString?: unknown }).toString;
+  if (typeof own === 'function' && own !== Object.prototype.toString) return String(own.call(r));
+  try {
+    return JSON.stringify(r) ?? Object.prototype.toString.call(r);
+  } catch {
+    return Object.prototype.toString.call(r);
+  }
 }
 
 export function abortedError(phase: string, signal?: AbortSignal): BackendTransferError {
@@ -289,21 +297,11 @@ export class PeerWatch {
     } catch {
       pidfd = null; // the peer may already be gone (ESRCH): then it cannot be known
     }
-    if (pidfd === null && pid !== null && pid > 0) {
-      try {
-        pidfd = native.pidfd_open(pid);
-      } catch {
-        pidfd = null;
-      }
-    }
+    if (pidfd === null && pid !== null && pid > 0) pidfd = pidfdOf(pid);
     if (pidfd === null) return;
     this.#pidfd = pidfd;
-    try {
-      this.#dup = native.dup(sock.fd);
-    } catch {
-      this.#dup = null;
-      return;
-    }
+    this.#dup = dupOrNull(sock.fd);
+    if (this.#dup === null) return;
     this.#pidPoller = new FdPoller(pidfd, () => {
       this.#pidPoller?.set(0);
       this.#diedAt ??= now();
@@ -316,7 +314,7 @@ export class PeerWatch {
       this.#hupAt ??= now();
       this.#notify();
     });
-    this.#hupPoller.set(native.UV_DISCONNECT);
+    this.#hupPoller.set(disconnectEvent());
     this.#hupPoller.unref();
   }
 
