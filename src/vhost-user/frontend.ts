@@ -106,7 +106,7 @@ export interface VhostUserReply {
   fds: number[];
 }
 
-function vuError<C extends VhostUserErrorCode>(code: C, message: string, details: ErrorDetails<C> = {} as ErrorDetails<C>, cause?: unknown): BackendTransferError<C> {
+function vuError<C extends VhostUserErrorCode>(code: C, message: string, details: ErrorDetails<C> = {}, cause?: unknown): BackendTransferError<C> {
   return new BackendTransferError(code, message, cause === undefined ? { details } : { details, cause });
 }
 
