@@ -338,9 +338,11 @@ type IsOneCode<C, All = C> = [C] extends [never] ? false : C extends unknown ? (
 /**
  * What `.details` holds for code C: its own fields (ErrorDetailsMap) and the
  * context fields the handover and attach helpers add. For a union of codes (an
- * error not narrowed to one code), a plain record.
+ * error not narrowed to one code), a plain record. (A new code needs its entry in
+ * ErrorDetailsMap: test/error-details.test.ts fails `npm run typecheck` without it.)
  */
-export type ErrorDetails<C extends ErrorCode = ErrorCode> = IsOneCode<C> extends true ? ErrorDetailsMap[C] & ErrorContextDetails : Record<string, unknown>;
+export type ErrorDetails<C extends ErrorCode = ErrorCode> =
+  IsOneCode<C> extends true ? (C extends keyof ErrorDetailsMap ? ErrorDetailsMap[C] : NoOwnDetails) & ErrorContextDetails : Record<string, unknown>;
 
 export interface BackendTransferErrorOptions<C extends ErrorCode = ErrorCode> {
   cause?: unknown;
