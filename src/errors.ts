@@ -300,6 +300,8 @@ export interface ErrorDetailsMap {
   ERR_COMMIT_NOT_SENT: { cause: ErrorCode };
   /** `errno`: SO_ERROR of the socket, when the error was found that way. */
   ERR_SYSTEM: { errno?: number };
+  /** A Node-API call inside the addon failed (the code comes with branch datapath; an entry without its code is harmless). */
+  ERR_NATIVE: NoOwnDetails;
   /** The QMP error `class`, QEMU's `desc`, the `command` and its `id`. */
   ERR_QMP_ERROR: { class: string; desc: string; command: string; id: string };
   /** `ms`; a command's `command`, `id`, and whether it was `sent`; or the awaited `event`. */
