@@ -300,7 +300,7 @@ export interface ErrorDetailsMap {
   ERR_COMMIT_NOT_SENT: { cause: ErrorCode };
   /** `errno`: SO_ERROR of the socket, when the error was found that way. */
   ERR_SYSTEM: { errno?: number };
-  /** A Node-API call inside the addon failed (the code comes with branch datapath; an entry without its code is harmless). */
+  /** A Node-API call inside the addon failed (not an errno). */
   ERR_NATIVE: NoOwnDetails;
   /** The QMP error `class`, QEMU's `desc`, the `command` and its `id`. */
   ERR_QMP_ERROR: { class: string; desc: string; command: string; id: string };
