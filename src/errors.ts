@@ -454,7 +454,7 @@ export function withoutCode(text: string, code?: string): string {
  * `if (isBackendTransferError(e, 'ERR_HANDOVER_REFUSED')) e.details?.code`.
  */
 export function isBackendTransferError<C extends ErrorCode>(err: unknown, code: C): err is BackendTransferError<C>;
-export function isBackendTransferError(err: unknown): err is BackendTransferError;
+export function isBackendTransferError(err: unknown, code?: ErrorCode): err is BackendTransferError;
 export function isBackendTransferError(err: unknown, code?: ErrorCode): err is BackendTransferError {
   return err instanceof BackendTransferError && (code === undefined || err.code === code);
 }

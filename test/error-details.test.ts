@@ -57,6 +57,8 @@ describe('typed details (compile time)', () => {
         expectTypeOf(e.details).toEqualTypeOf<Record<string, unknown> | undefined>();
       }
       if (isBackendTransferError(e)) expectTypeOf(e.code).toEqualTypeOf<ErrorCode>();
+      const maybe = Math.random() > 0.5 ? ErrorCodes.ERR_TIMEOUT : undefined; // a code that may be absent still compiles (as before)
+      if (isBackendTransferError(e, maybe)) expectTypeOf(e.code).toEqualTypeOf<ErrorCode>();
 
       // The guard with a code narrows .code and .details.
       if (isBackendTransferError(e, 'ERR_HANDOVER_REFUSED')) {
