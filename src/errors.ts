@@ -2,6 +2,8 @@
 // factories, the code in both the message and the property. System errors keep
 // their errno/syscall and travel as .cause.
 
+import type { CleanupReport } from './qmp/backends.js';
+
 export const ErrorCodes = {
   /** An argument is of the wrong type or out of range. */
   ERR_INVALID_ARGUMENT: 'ERR_INVALID_ARGUMENT',
@@ -170,16 +172,200 @@ export interface SystemErrorLike extends Error {
   syscall?: string;
 }
 
-export class BackendTransferError extends Error {
-  readonly code: ErrorCode;
+// ---- typed details: what `.details` holds for each code
+
+/**
+ * Fields that the handover and the QEMU attach helpers add to the error that ends
+ * them, whatever its code: sendHandover adds `phase`, `commitSent` and (after
+ * COMMIT) `targetGone`; receiveHandover adds `phase` and `committed`; the attach
+ * helpers of src/qmp add `cleanup` (what they undid in QEMU).
+ */
+export type ErrorContextDetails = {
+  /** The handover phase the error happened in ('handshake', 'freeze', 'stage', 'switch-over' ...). */
+  phase?: string;
+  /** sendHandover: whether COMMIT had been sent. */
+  commitSent?: boolean;
+  /** sendHandover after COMMIT: whether the target's process died holding the connection. */
+  targetGone?: boolean;
+  /** receiveHandover: whether COMMIT had been received. */
+  committed?: boolean;
+  /** The QEMU attach helpers (src/qmp/backends.ts): what the cleanup after the failure did. */
+  cleanup?: CleanupReport;
+};
+
+/** The details of a code that carries none of its own (only the context fields, if any). */
+export type NoOwnDetails = Record<never, never>;
+
+/**
+ * The fields of `.details` per code: one entry for every code of ErrorCode (codes
+ * without fields of their own map to NoOwnDetails). Field names and meanings are
+ * part of the API, like the codes. Optional fields are those only some throw
+ * sites set. Read them through isBackendTransferError(err, code), which narrows
+ * `err.details` to ErrorDetails<code>.
+ */
+export interface ErrorDetailsMap {
+  /** `command`, `fd`: a QMP command whose fd could not be sent. */
+  ERR_INVALID_ARGUMENT: { command?: string; fd?: number | undefined };
+  ERR_SOCKET_CLOSED: NoOwnDetails;
+  /** `errno`: SO_ERROR of the socket, when the loss was found that way. */
+  ERR_PEER_CLOSED: { errno?: number };
+  /** `fdSeq`: the fd sequence number of the batch; `arrived`: fds that did arrive; `offset`: its stream byte offset. */
+  ERR_FDS_TRUNCATED: { fdSeq: number; arrived: number; offset: number };
+  ERR_RECORD_TRUNCATED: NoOwnDetails;
+  ERR_TOO_MANY_REFS: NoOwnDetails;
+  ERR_FD_LIMIT: NoOwnDetails;
+  /** The refused peer's credentials (SO_PEERCRED). */
+  ERR_PEER_REJECTED: { pid: number; uid: number; gid: number };
+  /** `domain`: the socket's address family, when it is a socket. */
+  ERR_NOT_UNIX_SOCKET: { domain?: number };
+  /** `fds` batches for `bytes` bytes. */
+  ERR_FDS_NEED_BYTES: { fds: number; bytes: number };
+  ERR_CONNECT_FAILED: NoOwnDetails;
+  ERR_ADDRESS_IN_USE: NoOwnDetails;
+  /** `ms`: the time limit that passed. */
+  ERR_TIMEOUT: { ms: number };
+  ERR_MESSAGE_INCOMPLETE: NoOwnDetails;
+  ERR_MESSAGE_INVALID: NoOwnDetails;
+  /** `offset`: where the stream ended. */
+  ERR_STREAM_TRUNCATED: { offset?: number };
+  ERR_STREAM_BAD_MAGIC: NoOwnDetails;
+  /** From negotiation: `peer` and `ours` ([min, max]); from a PLAN: its `version` and HELLO's `minVersion`..`maxVersion`. */
+  ERR_STREAM_VERSION: { peer?: [number, number]; ours?: [number, number]; version?: number; minVersion?: number; maxVersion?: number };
+  ERR_STREAM_UNKNOWN_FRAME: NoOwnDetails;
+  /** `what` is `value`, over `limit`. */
+  ERR_STREAM_TOO_LARGE: { what: string; value: number; limit: number };
+  /** `where` ('header' or 'body', at `offset`): `stored` and `computed` CRC; a memfd payload's mismatch has its `length` instead. */
+  ERR_STREAM_CRC: { where?: 'header' | 'body'; offset?: number; stored?: number; computed?: number; length?: number };
+  /**
+   * A frame's fds: `declared`, `arrived` (`late`: arrived past the frame, `frameEnd`, `chunkEnd`);
+   * a device's: `id`, `planned`, `seen`; at END_OF_STATE: `unstaged` device ids.
+   */
+  ERR_STREAM_FD_MISSING: {
+    declared?: number;
+    arrived?: number;
+    late?: number;
+    frameEnd?: number;
+    chunkEnd?: number;
+    id?: string;
+    planned?: number;
+    seen?: number;
+    unstaged?: string[];
+  };
+  /** A frame's: `declared`, `extra`; a device's: `id`, `planned`, `seen`. */
+  ERR_STREAM_FD_EXTRA: { declared?: number; extra?: number; id?: string; planned?: number; seen?: number };
+  /** `declared`: the frame's first fd sequence number; `reader`: where the reader's fd queue is. */
+  ERR_STREAM_FD_SEQUENCE: { declared: number; reader: number };
+  /** An attachment `name` `declared` one kind, the fd is `actual`; or the memfd `fd` / payload of `length` bytes is not a memfd. */
+  ERR_STREAM_FD_KIND: { name?: string; declared?: string; actual?: string; fd?: number; length?: number };
+  /** The section's device (`idstr`, `instanceId`). */
+  ERR_STREAM_NOT_NEGOTIATED: { idstr?: string; instanceId?: number };
+  ERR_STREAM_DUPLICATE_SECTION: NoOwnDetails;
+  /** `plan` and `expected` when a PLAN differs from the negotiated layout; `length` for a memfd payload. */
+  ERR_STREAM_PROTOCOL: { plan?: unknown; expected?: unknown; length?: number };
+  /** The memfd (`fd`, its `seals`) or the payload's `length`. */
+  ERR_STREAM_MEMFD_UNSEALED: { fd?: number; seals?: number; length?: number };
+  /** The memfd's `size` and the declared `length`. */
+  ERR_STREAM_MEMFD_SIZE: { fd?: number; size?: number; length: number };
+  /** The section's device `idstr` and `version`, and the device's window `minVersion`..`maxVersion`. */
+  ERR_DEVICE_VERSION_TOO_NEW: { idstr?: string; version: number; minVersion: number; maxVersion: number };
+  /** As ERR_DEVICE_VERSION_TOO_NEW. */
+  ERR_DEVICE_VERSION_TOO_OLD: { idstr?: string; version: number; minVersion: number; maxVersion: number };
+  ERR_CHANNEL_CANNOT_PASS_FDS: NoOwnDetails;
+  /** `totalFds` planned, the target's `fdBudget`, the `reserve` kept free. */
+  ERR_FD_BUDGET: { totalFds: number; fdBudget: number; reserve: number };
+  /** The refused device `id`, the target's `reason` ('version-too-new' ...) and its window. */
+  ERR_DEVICE_REFUSED: { id: string; reason: string | undefined; minVersion: number; maxVersion: number };
+  ERR_STREAM_WRITER_FAILED: NoOwnDetails;
+  /**
+   * The `device`; as it applies, the `attachment`, the metadata `key`, the fd kinds
+   * `expected` and the `actual` one, or the two fds that are one open file (`sameFile`).
+   */
+  ERR_BACKEND_VERIFY: { device: string; attachment?: string; key?: string; expected?: string[]; actual?: string; sameFile?: { device: string; name: string }[] };
+  /** The device `id`; `layers`: the protocol layers that keep it here ('TLS', 'telnet', 'websocket'). */
+  ERR_BACKEND_NOT_MOVABLE: { id: string; layers?: string[] };
+  /** The `device`, its `attachment` and `fd`; the `declared` kind and the `actual` one. */
+  ERR_BACKEND_INVALID: { device?: string; attachment?: string; fd?: number; declared?: string; actual?: string };
+  /** The target's NACK: its `code` (a string from the peer, not necessarily an ErrorCode) and `reason`. */
+  ERR_HANDOVER_REFUSED: { phase: string; code: string; reason: string };
+  /** The source's ABORT (`code`, `reason`), or the caller's abort (`reason` when it gave one). */
+  ERR_HANDOVER_ABORTED: { phase: string; code?: string; reason?: string };
+  ERR_COMMIT_UNCERTAIN: { phase: string; commitSent: true; targetGone: false };
+  /** `probe`: what the fd probe found ('missing'). */
+  ERR_CHANNEL_DROPS_FDS: { probe: string };
+  /** No progress for `ms` in `phase`. */
+  ERR_HANDOVER_STALLED: { phase: string; ms: number };
+  /** `limit`: which bound the peer ran into. */
+  ERR_PEER_FLOOD: { limit: string };
+  /** `cause`: the code of the write's failure. */
+  ERR_COMMIT_NOT_SENT: { cause: ErrorCode };
+  /** `errno`: SO_ERROR of the socket, when the error was found that way. */
+  ERR_SYSTEM: { errno?: number };
+  /** A Node-API call inside the addon failed (not an errno). */
+  ERR_NATIVE: NoOwnDetails;
+  /** The QMP error `class`, QEMU's `desc`, the `command` and its `id`. */
+  ERR_QMP_ERROR: { class: string; desc: string; command: string; id: string };
+  /** `ms`; a command's `command`, `id`, and whether it was `sent`; or the awaited `event`. */
+  ERR_QMP_TIMEOUT: { ms: number; command?: string; id?: string; sent?: boolean; event?: string };
+  ERR_QMP_NOT_QMP: NoOwnDetails;
+  /** The `command` that got no reply, its `id`, whether it was `sent`. */
+  ERR_QMP_CLOSED: { command?: string; id?: string; sent?: boolean };
+  ERR_QMP_PROTOCOL: NoOwnDetails;
+  /** The object's `id`; what reading it back `found` (and the `expected` queue count for a netdev). */
+  ERR_QMP_VERIFY_FAILED: { id: string; expected?: number; found: unknown };
+  /** The `request` and, as they apply, the reply's header (`replyRequest`, `replyFlags`, `replySize`), sizes and counts. */
+  ERR_VHOST_USER_PROTOCOL: {
+    request?: string;
+    replyRequest?: number;
+    replyFlags?: number;
+    replySize?: number;
+    size?: number;
+    got?: number;
+    value?: string;
+    bytes?: number;
+    fds?: number;
+  };
+  /** The `request` and the `ms` it had. */
+  ERR_VHOST_USER_TIMEOUT: { request: string; ms: number };
+  /** The `request`; mid-message the bytes `received` of `expected`; the transport's `transportCode`. */
+  ERR_VHOST_USER_CLOSED: { request?: string; received?: number; expected?: number; transportCode?: ErrorCode };
+  /** The `request`; its REPLY_ACK `status` (a u64 in decimal), or the GET_CONFIG `offset` and `size`. */
+  ERR_VHOST_USER_REJECTED: { request: string; status?: string; offset?: number; size?: number };
+  /** Requests `inFlight`, received bytes and fds still unread. */
+  ERR_VHOST_USER_BUSY: { inFlight: number; unreadBytes: number; unreadFds: number };
+}
+
+/** Whether C is exactly one code (not a union of several, not never). */
+type IsOneCode<C, All = C> = [C] extends [never] ? false : C extends unknown ? ([All] extends [C] ? true : false) : never;
+
+/**
+ * What `.details` holds for code C: its own fields (ErrorDetailsMap) and the
+ * context fields the handover and attach helpers add. For a union of codes (an
+ * error not narrowed to one code), a plain record. (A new code needs its entry in
+ * ErrorDetailsMap: test/error-details.test.ts fails `npm run typecheck` without it.)
+ */
+export type ErrorDetails<C extends ErrorCode = ErrorCode> =
+  IsOneCode<C> extends true ? (C extends keyof ErrorDetailsMap ? ErrorDetailsMap[C] : NoOwnDetails) & ErrorContextDetails : Record<string, unknown>;
+
+export interface BackendTransferErrorOptions<C extends ErrorCode = ErrorCode> {
+  cause?: unknown;
+  details?: ErrorDetails<C>;
+}
+
+/**
+ * A library error. `BackendTransferError<C>` is one of code C, whose `.details`
+ * has that code's type (ErrorDetails<C>); plain `BackendTransferError` is one of
+ * any code, as `instanceof` gives it. isBackendTransferError(err, code) narrows.
+ */
+export class BackendTransferError<C extends ErrorCode = ErrorCode> extends Error {
+  readonly code: C;
   /** errno of the underlying system error (negative, as in Node), when there is one. */
   readonly errno?: number;
   /** The syscall that failed, when there is one. */
   readonly syscall?: string;
-  /** Extra structured facts (counts, names, the phase it happened in) for callers and logs. */
-  details?: Record<string, unknown>;
+  /** Extra structured facts (counts, names, the phase it happened in) for callers and logs: ErrorDetails<C>. */
+  details?: ErrorDetails<C>;
 
-  constructor(code: ErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+  constructor(code: C, message: string, options: BackendTransferErrorOptions<C> = {}) {
     super(`${code}: ${withoutCode(message, code)}`, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'BackendTransferError';
     this.code = code;
@@ -191,15 +377,24 @@ export class BackendTransferError extends Error {
     if (options.details) this.details = options.details;
   }
 
-  static invalidArgument(message: string): BackendTransferError {
+  /**
+   * The ordinary instanceof test; declared only so that TypeScript narrows
+   * `err instanceof BackendTransferError` to an error of any code (ErrorCode),
+   * not to BackendTransferError<any>.
+   */
+  static override [Symbol.hasInstance](value: unknown): value is BackendTransferError {
+    return Function.prototype[Symbol.hasInstance].call(this, value);
+  }
+
+  static invalidArgument(message: string): BackendTransferError<'ERR_INVALID_ARGUMENT'> {
     return new BackendTransferError(ErrorCodes.ERR_INVALID_ARGUMENT, message);
   }
 
-  static socketClosed(what = 'socket'): BackendTransferError {
+  static socketClosed(what = 'socket'): BackendTransferError<'ERR_SOCKET_CLOSED'> {
     return new BackendTransferError(ErrorCodes.ERR_SOCKET_CLOSED, `${what} is closed`);
   }
 
-  static timeout(what: string, ms: number): BackendTransferError {
+  static timeout(what: string, ms: number): BackendTransferError<'ERR_TIMEOUT'> {
     return new BackendTransferError(ErrorCodes.ERR_TIMEOUT, `${what} did not finish within ${ms} ms`, { details: { ms } });
   }
 
@@ -253,6 +448,13 @@ export function withoutCode(text: string, code?: string): string {
   }
 }
 
+/**
+ * Whether `err` is a BackendTransferError (of `code`, when given). With a code it
+ * narrows `err.details` to that code's fields:
+ * `if (isBackendTransferError(e, 'ERR_HANDOVER_REFUSED')) e.details?.code`.
+ */
+export function isBackendTransferError<C extends ErrorCode>(err: unknown, code: C): err is BackendTransferError<C>;
+export function isBackendTransferError(err: unknown, code?: ErrorCode): err is BackendTransferError;
 export function isBackendTransferError(err: unknown, code?: ErrorCode): err is BackendTransferError {
   return err instanceof BackendTransferError && (code === undefined || err.code === code);
 }

@@ -5,7 +5,7 @@
 // is 'backend-transfer/vhost-user' (src/vhost-user/index.ts). See package.json
 // "exports" and docs/architecture.md.
 export { BackendTransferError, ErrorCodes, VhostUserErrorCodes, isBackendTransferError, isErrorCode } from './errors.js';
-export type { ErrorCode, QmpErrorCode, VhostUserErrorCode } from './errors.js';
+export type { BackendTransferErrorOptions, ErrorCode, ErrorContextDetails, ErrorDetails, ErrorDetailsMap, NoOwnDetails, QmpErrorCode, VhostUserErrorCode } from './errors.js';
 export * from './transport/index.js';
 export { FD_KINDS, closeFd, closeFds, dupFd, findSameFile, inspectFd, sameFileMethod } from './fd/index.js';
 export { mapSealedMemfd, releaseMapping, isReleased, mappingStats } from './fd/mapping.js';

@@ -3,7 +3,7 @@
 // (npm run typecheck covers this file; a wrong type fails it); the function below
 // is type-checked, not run.
 import { describe, expect, expectTypeOf, it } from 'vitest';
-import { GenericTarget, TapTarget, receiveHandover, type GenericBackend, type TapBackend } from '../src/public.js';
+import { ChardevSocketTarget, GenericTarget, TapTarget, VhostUserTarget, receiveHandover, type ChardevBackend, type GenericBackend, type TapBackend, type VhostUserBackend } from '../src/public.js';
 
 describe('ReceiveHandoverResult.devices', () => {
   it('is typed from the accept list', () => {
@@ -16,6 +16,15 @@ describe('ReceiveHandoverResult.devices', () => {
       // @ts-expect-error: without the test on kind it may be a GenericBackend
       const tap: TapBackend | null = d.backend;
       void tap;
+      // Every kind, from an accept list held in a variable (not a literal in the call).
+      const accept = [new TapTarget({ id: 't' }), new ChardevSocketTarget({ id: 'c' }), new VhostUserTarget({ id: 'v' }), new GenericTarget({ id: 'g' })];
+      const all = await receiveHandover({ socket: 3, accept, backendTransfer: true });
+      for (const r of all.devices.values()) {
+        if (r.kind === 'tap') expectTypeOf(r.backend).toEqualTypeOf<TapBackend | null>();
+        else if (r.kind === 'chardev-socket') expectTypeOf(r.backend).toEqualTypeOf<ChardevBackend | null>();
+        else if (r.kind === 'vhost-user') expectTypeOf(r.backend).toEqualTypeOf<VhostUserBackend | null>();
+        else expectTypeOf(r.backend).toEqualTypeOf<GenericBackend | null>();
+      }
     };
     expect(typeof typed).toBe('function');
   });

@@ -48,7 +48,7 @@ export class ChardevSocketSource extends SourceBase<ChardevSourceOptions> {
   check(): void {
     const o = this.o;
     if (o.transfer) {
-      const layers = [o.tls && 'TLS', o.telnet && 'telnet', o.websocket && 'websocket'].filter(Boolean);
+      const layers = [o.tls && 'TLS', o.telnet && 'telnet', o.websocket && 'websocket'].filter((l): l is string => typeof l === 'string');
       if (layers.length) {
         throw new BackendTransferError(
           ErrorCodes.ERR_BACKEND_NOT_MOVABLE,

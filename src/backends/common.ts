@@ -1,11 +1,11 @@
 // Shared pieces of the backend kinds: verification failures, fd checks, state encoding.
-import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BackendTransferError, ErrorCodes, type ErrorDetails } from '../errors.js';
 import { closeFds, inspectFd, type FdInfo, type FdKind } from '../fd/index.js';
 import { tooLarge } from '../stream/codec.js';
 import { DEFAULT_STATE_JSON_LIMITS, type Arrival, type StateJsonLimits } from './types.js';
 import type { ReceivedAttachment } from '../stream/reader.js';
 
-export function verifyError(deviceId: string, what: string, details: Record<string, unknown> = {}): BackendTransferError {
+export function verifyError(deviceId: string, what: string, details: Omit<ErrorDetails<'ERR_BACKEND_VERIFY'>, 'device'> = {}): BackendTransferError {
   return new BackendTransferError(ErrorCodes.ERR_BACKEND_VERIFY, `device ${deviceId}: ${what}`, { details: { device: deviceId, ...details } });
 }
 

@@ -1,10 +1,10 @@
 // The primitives of every body codec (docs/stream-format.md): a writer that
 // range-checks each field it writes, a bounds-checked reader (Cursor) that checks
 // limits before it allocates, and the errors both raise.
-import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BackendTransferError, ErrorCodes, type ErrorDetails } from '../errors.js';
 import { DEFAULT_LIMITS, type StreamLimits } from './wire.js';
 
-export function protocolError(message: string, details?: Record<string, unknown>): BackendTransferError {
+export function protocolError(message: string, details?: ErrorDetails<'ERR_STREAM_PROTOCOL'>): BackendTransferError {
   return new BackendTransferError(ErrorCodes.ERR_STREAM_PROTOCOL, message, details ? { details } : {});
 }
 

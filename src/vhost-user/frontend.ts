@@ -22,7 +22,7 @@
 // `session` so it knows, e.g., whether REPLY_ACK is on). The sending side calls
 // detach() once idle: it gets a duplicate of the connection's fd and its own
 // reader stops, so no reply meant for the new owner is consumed here.
-import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BackendTransferError, ErrorCodes, type ErrorDetails } from '../errors.js';
 import { closeFds, dupFd } from '../fd/index.js';
 import { FdSocket, type ConnectOptions, type FdSocketOptions, type ReceivedChunk } from '../transport/fd-socket.js';
 import {
@@ -106,7 +106,7 @@ export interface VhostUserReply {
   fds: number[];
 }
 
-function vuError(code: VhostUserErrorCode, message: string, details: Record<string, unknown> = {}, cause?: unknown): BackendTransferError {
+function vuError<C extends VhostUserErrorCode>(code: C, message: string, details: ErrorDetails<C> = {}, cause?: unknown): BackendTransferError<C> {
   return new BackendTransferError(code, message, cause === undefined ? { details } : { details, cause });
 }
 
@@ -548,7 +548,7 @@ export class VhostUserFrontend {
     });
   }
 
-  #protocolFailure(message: string, details: Record<string, unknown>): BackendTransferError {
+  #protocolFailure(message: string, details: ErrorDetails<'ERR_VHOST_USER_PROTOCOL'>): BackendTransferError {
     return this.#fail(vuError(VhostUserErrorCodes.ERR_VHOST_USER_PROTOCOL, message, details));
   }
 
@@ -567,7 +567,7 @@ export class VhostUserFrontend {
         ? vuError(
             VhostUserErrorCodes.ERR_VHOST_USER_CLOSED,
             `${typeof e.details?.request === 'string' ? e.details.request : 'request'}: this front-end was ${this.#detached ? 'detached' : 'closed'} while it waited`,
-            { request: e.details?.request },
+            { request: e.details?.request as string | undefined },
             e,
           )
         : e;
