@@ -2,8 +2,6 @@
 // factories, the code in both the message and the property. System errors keep
 // their errno/syscall and travel as .cause.
 
-import type { CleanupReport } from './qmp/backends.js';
-
 export const ErrorCodes = {
   /** An argument is of the wrong type or out of range. */
   ERR_INVALID_ARGUMENT: 'ERR_INVALID_ARGUMENT',
@@ -192,6 +190,18 @@ export type ErrorContextDetails = {
   /** The QEMU attach helpers (src/qmp/backends.ts): what the cleanup after the failure did. */
   cleanup?: CleanupReport;
 };
+
+/** What the cleanup of a failed QEMU attach (src/qmp/backends.ts) did, on the error's details.cleanup. */
+export interface CleanupReport {
+  /** fd names closed in QEMU with closefd. */
+  closed: string[];
+  /** fd names QEMU no longer had (the failed command had taken, and closed, them). */
+  alreadyGone: string[];
+  /** Objects removed again (netdev_del / chardev-remove). */
+  removed: string[];
+  /** Cleanup steps that failed (a closed connection, say), with why. */
+  failed: { step: string; error: string }[];
+}
 
 /** The details of a code that carries none of its own (only the context fields, if any). */
 export type NoOwnDetails = Record<never, never>;

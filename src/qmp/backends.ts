@@ -5,12 +5,15 @@
 // removes a half-made netdev, before it throws: nothing stays behind in either
 // process. The caller's fds are never closed: QEMU works on duplicates.
 import { randomBytes } from 'node:crypto';
-import { BackendTransferError, ErrorCodes } from '../errors.js';
+import { BackendTransferError, ErrorCodes, type CleanupReport } from '../errors.js';
 import { inspectFd, type FdInfo } from '../fd/index.js';
 import { peerName } from '../fd/socket-info.js';
 import { tapIsMultiQueue } from '../fd/tap.js';
 import type { QmpClient } from './client.js';
 import { QmpErrorCodes, qmpError } from './errors.js';
+
+// Defined with the error codes (its home is the error's details); re-exported here, where it is made.
+export type { CleanupReport } from '../errors.js';
 
 /** Array.isArray without its narrowing (which would turn a readonly number[] into any[]). */
 const isList = (v: unknown): boolean => Array.isArray(v);
@@ -98,18 +101,6 @@ export interface AttachedTap {
   ifname: string;
   /** QEMU's own fd number for each queue, in queue order (from info network). */
   qemuFds: number[];
-}
-
-/** What the cleanup after a failure did, on the error's details.cleanup. */
-export interface CleanupReport {
-  /** fd names closed in QEMU with closefd. */
-  closed: string[];
-  /** fd names QEMU no longer had (the failed command had taken, and closed, them). */
-  alreadyGone: string[];
-  /** Objects removed again (netdev_del / chardev-remove). */
-  removed: string[];
-  /** Cleanup steps that failed (a closed connection, say), with why. */
-  failed: { step: string; error: string }[];
 }
 
 const RESERVED_NETDEV_KEYS = new Set(['type', 'id', 'fd', 'fds', 'vhostfd', 'vhostfds', 'vhost', 'ifname', 'script', 'downscript', 'helper', 'queues', 'br']);
