@@ -9,7 +9,8 @@
 // on: no JavaScript can reach the unmapped pages) or, failing that, when the
 // Buffer is collected. The caller checks the memfd's seals and size first (a
 // memfd that can shrink under a mapping turns reads past its new end into
-// SIGBUS): see src/fd/mapping.ts.
+// SIGBUS): see src/fd/mapping.ts. A failing Node-API call throws code
+// ERR_NATIVE (ErrorCodes.ERR_NATIVE in src/errors.ts, README's table).
 #include <sys/mman.h>
 
 #include <cstdint>

@@ -114,6 +114,11 @@ export const ErrorCodes = {
   ERR_COMMIT_NOT_SENT: 'ERR_COMMIT_NOT_SENT',
   /** Any other system error; .cause has the errno error. */
   ERR_SYSTEM: 'ERR_SYSTEM',
+  /**
+   * A Node-API call inside the addon failed (not an errno: making the Buffer of a
+   * mapping, detaching it; out of memory, say). The addon throws it with this code.
+   */
+  ERR_NATIVE: 'ERR_NATIVE',
 } as const;
 
 // The QMP client's and the vhost-user front-end's codes live here too (their
@@ -420,6 +425,8 @@ export class BackendTransferError<C extends ErrorCode = ErrorCode> extends Error
     switch (sys) {
       case 'ERR_INVALID_ARGUMENT': // the addon's argument checks
         return new BackendTransferError(ErrorCodes.ERR_INVALID_ARGUMENT, `${context}: ${text}`, { cause: err });
+      case 'ERR_NATIVE': // a Node-API call inside the addon failed
+        return new BackendTransferError(ErrorCodes.ERR_NATIVE, `${context}: ${text}`, { cause: err });
       case 'EPIPE':
       case 'ECONNRESET':
       case 'ENOTCONN':

@@ -17,4 +17,15 @@ describe('ErrorCode', () => {
     for (const table of [ErrorCodes, QmpErrorCodes, VhostUserErrorCodes]) for (const c of Object.values(table)) expect(isErrorCode(c)).toBe(true);
     for (const c of ['ERR_TIMEOUTS', 'toString', '__proto__', '', 42, null]) expect(isErrorCode(c)).toBe(false);
   });
+
+  it("the addon's codes that are not errnos are codes of the table, and fromSystem keeps them", () => {
+    // native/mmap.cc throws ERR_NATIVE when a Node-API call fails; argument errors are ERR_INVALID_ARGUMENT.
+    for (const code of ['ERR_NATIVE', 'ERR_INVALID_ARGUMENT'] as const) {
+      expect(isErrorCode(code)).toBe(true);
+      const fromAddon = Object.assign(new Error('napi_detach_arraybuffer failed'), { code });
+      const e = BackendTransferError.fromSystem(fromAddon, 'munmap_buffer');
+      expect(e.code).toBe(code);
+      expect(e.cause).toBe(fromAddon);
+    }
+  });
 });

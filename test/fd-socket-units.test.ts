@@ -311,3 +311,42 @@ describe('ReceiveBuffer with a fake recvmsg', () => {
     await expect(done).rejects.toMatchObject({ code: ErrorCodes.ERR_BACKEND_VERIFY });
   });
 });
+
+describe('ReceiveBuffer reads after a target region', () => {
+  it('the read right after a filled target asks for 16 KiB only (the next frame head), later reads the whole slab; every byte arrives once, in order', async () => {
+    const asked: number[] = [];
+    let fed = 0;
+    const stream = Buffer.alloc(600 * 1024);
+    for (let i = 0; i < stream.length; i++) stream[i] = (i * 13) & 0xff;
+    const sys: RecvSyscalls = {
+      MSG_CTRUNC: native.MSG_CTRUNC,
+      MSG_TRUNC: native.MSG_TRUNC,
+      recvmsg(_fd, buffer, offset, length, meta) {
+        asked.push(length);
+        if (fed === stream.length) return EAGAIN;
+        const n = Math.min(length, stream.length - fed);
+        Buffer.from(buffer.buffer, buffer.byteOffset, buffer.length).set(stream.subarray(fed, fed + n), offset);
+        fed += n;
+        meta[0] = 0;
+        meta[1] = 0;
+        return n;
+      },
+      recvmmsg: () => EAGAIN,
+    };
+    const hooks: ReceiveBufferHooks = { closed: () => false, fail: (e) => expect.fail(e.message), peerGone: () => undefined, updatePoll: () => undefined, ended: () => undefined };
+    const rb = new ReceiveBuffer({ fd: 97, type: 'stream', readBufferSize: 256 * 1024, recycle: false, highWaterMark: 8 << 20, fdHighWaterMark: 1024, syscalls: sys, stats: stats(), hooks });
+    // The consumer wants its first 100 KiB in a region of its own (a frame body), then nothing.
+    const region = Buffer.alloc(100 * 1024);
+    let targets = 0;
+    const got: Buffer[] = [];
+    void rb.consume(
+      (c) => got.push(Buffer.from(c.data)),
+      () => (targets++ === 0 ? region : null),
+    );
+    rb.readLoop();
+    expect(asked[0]).toBe(region.length); // the target
+    expect(asked[1]).toBe(16 * 1024); // the head of what follows it
+    expect(asked[2]).toBe(256 * 1024 - 16 * 1024); // the rest of the slab, as usual
+    expect(Buffer.concat(got).equals(stream)).toBe(true);
+  });
+});

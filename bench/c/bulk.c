@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -70,6 +71,12 @@ int main(int argc, char** argv) {
   if (read(ready[0], &c, 1) != 1) { perror("read ready"); return 1; }
   double t1 = now();
   waitpid(pid, NULL, 0);
-  printf("{\"bytes\":%lld,\"seconds\":%.6f}\n", total, t1 - t0);
+  // CPU time of each side (user + system), start-up included (negligible next to the transfer).
+  struct rusage self, child;
+  getrusage(RUSAGE_SELF, &self);
+  getrusage(RUSAGE_CHILDREN, &child);
+  double cs = self.ru_utime.tv_sec + self.ru_utime.tv_usec / 1e6 + self.ru_stime.tv_sec + self.ru_stime.tv_usec / 1e6;
+  double cr = child.ru_utime.tv_sec + child.ru_utime.tv_usec / 1e6 + child.ru_stime.tv_sec + child.ru_stime.tv_usec / 1e6;
+  printf("{\"bytes\":%lld,\"seconds\":%.6f,\"senderCpu\":%.6f,\"receiverCpu\":%.6f}\n", total, t1 - t0, cs, cr);
   return 0;
 }

@@ -3,7 +3,7 @@
 import { Features, StreamReader, StreamWriter, fdSocketChannel, type Hello, type Plan, type StreamChannel } from '../../src/index.js';
 import { writeSync } from 'node:fs';
 import { closeFd, native } from '../../src/index.js';
-import { startPeer } from '../lib/harness.js';
+import { lastCpu, perfWindow, startPeer } from '../lib/harness.js';
 import type { Case, Scale } from './types.js';
 
 const MiB = 1 << 20;
@@ -111,6 +111,8 @@ async function fullStack(total: number, part: number, opts: { crc: boolean; memf
   const { hello, plan } = stateHandshake(features);
   const peer = await startPeer('stream-sink.ts', [opts.sink ?? 'map'], opts.type ?? 'stream');
   const w = new StreamWriter(fdSocketChannel(peer.sock), { partSize: part, memfdThreshold: opts.memfd ? 1 : Number.MAX_SAFE_INTEGER });
+  perfWindow(true);
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await w.hello(hello);
   await w.plan(plan);
@@ -119,7 +121,11 @@ async function fullStack(total: number, part: number, opts: { crc: boolean; memf
   await w.eof();
   const ack = await peer.sock.read();
   const t1 = performance.now();
-  const got = Number(ack!.data.toString().split(' ')[0]);
+  const cpu = process.cpuUsage(cpu0);
+  perfWindow(false);
+  const answer = ack!.data.toString().trim().split(' ');
+  const got = Number(answer[0]);
+  Object.assign(lastCpu, { source: cpu.user + cpu.system, target: Number(answer[3] ?? 0), bytes: total });
   peer.sock.close();
   await peer.exited;
   if (got !== total) throw new Error(`stream sink got ${got} of ${total} bytes`);

@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { closeFd, native, type SocketType } from '../../src/index.js';
-import { BENCH, TSX, runC, startPeer } from '../lib/harness.js';
+import { BENCH, TSX, lastCpu, perfWindow, runC, startPeer } from '../lib/harness.js';
 import type { Case, Scale } from './types.js';
 
 const require = createRequire(import.meta.url);
@@ -16,10 +16,15 @@ const require = createRequire(import.meta.url);
 async function fdsocketBulk(type: SocketType, total: number, part: number): Promise<number> {
   const peer = await startPeer('fdsocket-sink.ts', [total, 0], type);
   const buf = Buffer.alloc(part, 0x5a);
+  perfWindow(true);
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   for (let sent = 0; sent < total; sent += part) await peer.sock.send(part <= total - sent ? buf : buf.subarray(0, total - sent));
-  await peer.sock.read(); // the sink's ack
+  const ack = await peer.sock.read(); // the sink's ack: its CPU time
   const t1 = performance.now();
+  const cpu = process.cpuUsage(cpu0);
+  perfWindow(false);
+  Object.assign(lastCpu, { source: cpu.user + cpu.system, target: Number(ack!.data.toString()), bytes: total });
   peer.sock.close();
   await peer.exited;
   return total / ((t1 - t0) / 1000) / 1e9;
@@ -31,13 +36,19 @@ async function fdsocketFds(messages: number, k: number, close: 'batch' | 'each' 
   const efd = native.eventfd(0);
   const fds = new Array<number>(k).fill(efd);
   const one = Buffer.from([7]);
+  perfWindow(true);
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   for (let i = 0; i < messages; i++) {
     if (!peer.sock.write(one, fds)) await peer.sock.drain(); // bounded queue
   }
   await peer.sock.drain();
-  await peer.sock.read();
+  const ack = await peer.sock.read(); // the sink's ack: its CPU time
   const t1 = performance.now();
+  const cpu = process.cpuUsage(cpu0);
+  perfWindow(false);
+  // bytes: one per message; pick.ts prints CPU per MiB, i.e. per 1 Mi messages.
+  Object.assign(lastCpu, { source: cpu.user + cpu.system, target: Number(ack!.data.toString()), bytes: messages });
   closeFd(efd);
   peer.sock.close();
   await peer.exited;

@@ -1,10 +1,10 @@
 // Benchmark plumbing: building the C baselines, starting peers, statistics.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FdSocket, closeFd, crcImplementation, native, type SocketType } from '../../src/index.js';
+import { FdSocket, closeFd, crcImplementation, native, type FdSocketOptions, type SocketType } from '../../src/index.js';
 import { withDefaults } from '../../src/transport/fd-socket.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -24,11 +24,20 @@ export function buildC(): void {
   }
 }
 
+/**
+ * SO_SNDBUF of the library's sockets (withDefaults) unless BENCH_SNDBUF says
+ * otherwise (A/B runs); the C baselines get the same.
+ */
+const SNDBUF = Number(process.env.BENCH_SNDBUF ?? withDefaults<FdSocketOptions>({}).sendBufferSize);
+
 /** Runs a C baseline and parses the JSON line it prints. */
 export function runC<T = Record<string, number>>(name: string, args: (string | number)[], env: Record<string, string> = {}): T {
   // The same SO_SNDBUF as the library's own sockets, so both sides of a ratio use the same socket setup.
-  const out = execFileSync(join(BIN, name), args.map(String), { encoding: 'utf8', env: { ...process.env, BT_SNDBUF: String(1 << 20), ...env } });
-  return JSON.parse(out.trim().split('\n').pop()!) as T;
+  const out = execFileSync(join(BIN, name), args.map(String), { encoding: 'utf8', env: { ...process.env, BT_SNDBUF: String(SNDBUF), ...env } });
+  const r = JSON.parse(out.trim().split('\n').pop()!) as T & { senderCpu?: number; receiverCpu?: number; bytes?: number; messages?: number };
+  // bytes, or messages for fdpass (per MiB then reads per Mi messages).
+  if (r.senderCpu !== undefined) Object.assign(lastCpu, { source: r.senderCpu * 1e6, target: (r.receiverCpu ?? 0) * 1e6, bytes: r.bytes ?? r.messages ?? 0 });
+  return r;
 }
 
 export interface TsPeer {
@@ -50,7 +59,7 @@ export async function startPeer(script: string, args: (string | number)[], type:
   });
   closeFd(b);
   const exited = new Promise<number | null>((res) => proc.on('close', (code) => res(code)));
-  const sock = new FdSocket(a, type, withDefaults({})); // as FdSocket.pair() would make it
+  const sock = new FdSocket(a, type, { sendBufferSize: SNDBUF }); // as FdSocket.pair() would make it
   const ready = await sock.read();
   if (!ready || ready.data[0] !== 0x52) throw new Error(`peer ${script} did not start`);
   return { proc, sock, exited };
@@ -105,6 +114,19 @@ function readSysctl(path: string): number | null {
   } catch {
     return null;
   }
+}
+
+/** CPU time (µs, user + system) of each side of the last measured transfer, for bench/pick.ts. */
+export const lastCpu: { source: number; target: number; bytes: number } = { source: 0, target: 0, bytes: 0 };
+
+/**
+ * With BENCH_PERF_CTL=<fifo> (perf record -D -1 --control fifo:<fifo>), turns perf
+ * sampling on at the start of a measured window and off at its end, so a profile
+ * holds the transfer and not the start-up of the processes.
+ */
+export function perfWindow(on: boolean): void {
+  const ctl = process.env.BENCH_PERF_CTL;
+  if (ctl) writeFileSync(ctl, on ? 'enable\n' : 'disable\n');
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -4,6 +4,7 @@
 // payloads: 'keep': they stay fds (counted by their size); 'read': their bytes are
 // read out into a buffer; 'map' (default): mapped (no copy), counted, released;
 // 'map-touch': mapped, every byte read once (a CRC-32 over the mapping), released.
+// Its answer also says how much CPU time it spent (bench/pick.ts prints it per MiB).
 import { closeFd, FdSocket, StreamReader, closeFds, crc32, native, pumpFdSocket, releaseMapping } from '../../src/index.js';
 
 const sock = FdSocket.fromFd(3, { recycleReadBuffers: true });
@@ -17,8 +18,10 @@ const reader = new StreamReader({
 let payload = 0;
 let fds = 0;
 let touched = 0;
+let cpu0: NodeJS.CpuUsage | null = null;
 await sock.send(Buffer.from('R'));
 await pumpFdSocket(sock, reader, (items) => {
+  cpu0 ??= process.cpuUsage();
   for (const it of items) {
     if (it.type === 'section') {
       if (it.payloadFd !== undefined) {
@@ -33,6 +36,8 @@ await pumpFdSocket(sock, reader, (items) => {
   }
 });
 sock.resume();
-await sock.send(Buffer.from(`${payload} ${fds} ${touched}\n`));
+// The fourth number: CPU time (user + system, µs) of this process from the first frame on.
+const cpu = process.cpuUsage(cpu0 ?? undefined);
+await sock.send(Buffer.from(`${payload} ${fds} ${touched} ${cpu.user + cpu.system}\n`));
 await sock.end();
 sock.close();

@@ -96,6 +96,14 @@ export class ReceiveBuffer {
   #batchRecv = false;
   #rxOffset = 0;
   #rxFdSeq = 0;
+  /**
+   * The last read filled the consumer's target region (a large frame body just
+   * ended): the next bytes start a new frame, whose head is parsed from the slab
+   * and whose body, if large, goes to the next target. So that read asks for
+   * minSpace bytes only, not the whole slab: reading 256 KiB there copied the first
+   * quarter of every 1 MiB body out of the slab again.
+   */
+  #afterTarget = false;
   readonly #highWaterMark: number;
   readonly #fdHighWaterMark: number;
   readonly #fd: number;
@@ -384,6 +392,7 @@ export class ReceiveBuffer {
             return;
           }
           if (n < 0) break;
+          this.#afterTarget = n === region.length;
           const buf = Buffer.isBuffer(region) ? region : Buffer.from(region.buffer, region.byteOffset, region.length);
           if (!this.#ingest(null, buf, 0, n, meta, 2, meta[0]!, meta[1]!, region.length)) return;
           continue;
@@ -394,9 +403,12 @@ export class ReceiveBuffer {
         continue;
       }
       let n: number;
+      const space = this.#slabSize - slab.pos;
+      const ask = this.#afterTarget ? Math.min(space, this.#minSpace) : space;
+      this.#afterTarget = false;
       try {
         this.#stats.recvmsgCalls++;
-        n = this.#sys.recvmsg(this.#fd, slab.buf, slab.pos, this.#slabSize - slab.pos, meta);
+        n = this.#sys.recvmsg(this.#fd, slab.buf, slab.pos, ask, meta);
       } catch (e) {
         this.#recvFailed(e, 'recvmsg');
         return;

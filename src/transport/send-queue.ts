@@ -19,7 +19,14 @@ const NOOP = (): void => {};
 const EMPTY_BUF = new Uint8Array(0);
 
 /** The one syscall the queue makes: bytes written, or a negative number for EAGAIN; throws errno errors (.code). */
-export type SendmsgFn = (fd: number, data: Uint8Array | readonly Uint8Array[], fds?: readonly number[]) => number;
+export type SendmsgFn = (fd: number, data: Uint8Array | readonly Uint8Array[], fds?: readonly number[] | Int32Array) => number;
+
+/**
+ * From this many fds on, a batch goes to the addon as an Int32Array: it then reads
+ * them in one go, where an array costs one Node-API element lookup per fd (about
+ * 13 µs of the sender's 19 µs per message of 253 fds, measured).
+ */
+const FDS_AS_INT32 = 8;
 
 /** What the owning socket does for the queue. */
 export interface SendQueueHooks {
@@ -92,6 +99,8 @@ export class SendQueue {
   readonly #sendmsgFn: SendmsgFn;
   readonly #stats: FdSocketStats;
   readonly #hooks: SendQueueHooks;
+  /** One sendmsg's fds, handed to the addon as an Int32Array (see FDS_AS_INT32). */
+  readonly #fdBuf = new Int32Array(SCM_MAX_FD);
 
   constructor(o: SendQueueOptions) {
     this.#fd = o.fd;
@@ -267,7 +276,14 @@ export class SendQueue {
 
   #sendmsg(data: Uint8Array | Uint8Array[], fds: readonly number[] | undefined): number {
     this.#stats.sendmsgCalls++;
-    const n = this.#sendmsgFn(this.#fd, data, fds);
+    let batch: readonly number[] | Int32Array | undefined = fds;
+    if (fds !== undefined && fds.length >= FDS_AS_INT32) {
+      // Checked by validateFds already: integers in [0, 2^31 - 1], so exact in an Int32Array.
+      const buf = this.#fdBuf;
+      buf.set(fds);
+      batch = buf.subarray(0, fds.length);
+    }
+    const n = this.#sendmsgFn(this.#fd, data, batch);
     return n < 0 ? 0 : n; // -EAGAIN: nothing was sent, fds included
   }
 
