@@ -14,7 +14,7 @@ import { computePlan } from '../stream/negotiate.js';
 import { StreamReader, kindMatches, type StreamItem } from '../stream/reader.js';
 import { inspectFd, type FdInfo } from '../fd/index.js';
 import { AckStage, Features, REASON_NAMES, STREAM_VERSION, type Hello, type Plan, type Welcome } from '../stream/wire.js';
-import { StreamWriter, type OutgoingAttachment, type SectionPayload } from '../stream/writer.js';
+import { StreamWriter, type SectionPayload } from '../stream/writer.js';
 import { FdSocket } from '../transport/fd-socket.js';
 import { checkPeer } from '../transport/peer.js';
 import { ItemQueue } from './items.js';
@@ -22,6 +22,7 @@ import { DEFAULT_TIMEOUTS, STATE_DEVICE_ID, type DeviceOutcome, type SendHandove
 import { PeerWatch, PhaseClock, SessionGuard, abortedError, byDevice, deviceKey, collectGarbage, limited, now, randomProbe } from './util.js';
 import { native } from '../native.js';
 import { warmUpHandover } from './warmup.js';
+import { StagedPrints } from './staging-check.js';
 
 function payloadSize(p: unknown): number | null {
   if (p instanceof Uint8Array) return p.length;
@@ -66,6 +67,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
   let droppedOut: { id: string; instance: number; reason: string }[] = [];
   let restagedOut = new Set<SourceDevice>();
   const moved: SourceDevice[] = [];
+  /** With staging: what each staged device sent (to see at the freeze whether it changed). */
+  let stagedPrints: StagedPrints<SourceDevice> | null = null;
 
   // Progress from the writer's frames.
   let bytes = 0;
@@ -192,8 +195,6 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     const staged = (plan.features & Features.STAGED) !== 0;
     const byKey = new Map(o.devices.map((d) => [`${d.id}\0${d.instance}`, d] as const));
     const deviceOf = (p: { id: string; instance: number }) => byKey.get(`${p.id}\0${p.instance}`)!;
-    /** With staging: what each staged device sent (to see at the freeze whether it changed). */
-    const stagedPrints = new Map<SourceDevice, Print>();
     if (staged) {
       // Stage: every backend's fds and static metadata go now, while the VMM still
       // uses them (the target only holds duplicates and must not touch them); the
@@ -206,10 +207,11 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       const firstId = w.nextSectionId;
       stageAcksDue = withFds.length;
       const stageWrites: Promise<unknown>[] = [];
+      stagedPrints = new StagedPrints(withFds.reduce((n, p) => n + p.fdCount, 0));
       for (const p of withFds) {
         const d = deviceOf(p);
         const cap = d.capture(true);
-        stagedPrints.set(d, fingerprint(cap.attachments));
+        stagedPrints.record(d, cap.attachments);
         stageWrites.push(w.stage({ id: d.id, instance: d.instance, version: d.version }, cap.attachments, await payloadBytes(cap.state)));
       }
       const acks = (async () => {
@@ -243,16 +245,16 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     const captured = new Map<SourceDevice, Captured>();
     const dropped: { id: string; instance: number; reason: string }[] = [];
     const restage: SourceDevice[] = [];
-    for (const [d, print] of stagedPrints) {
+    for (const d of stagedPrints?.keys() ?? []) {
       if (d.unplugged) {
         dropped.push({ id: d.id, instance: d.instance, reason: 'unplugged after it was staged' });
         continue;
       }
       try {
         const cap = d.capture(true);
-        const now2 = fingerprint(cap.attachments);
+        const changed = stagedPrints!.changed(d, cap.attachments);
         captured.set(d, cap);
-        if (!samePrint(now2, print)) restage.push(d);
+        if (changed) restage.push(d);
       } catch (err) {
         captured.delete(d);
         dropped.push({ id: d.id, instance: d.instance, reason: `its backend is no longer usable: ${(err as Error).message}` });
@@ -410,6 +412,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     e.details = { ...(e.details ?? {}), phase: failedIn, commitSent, ...(commitSent ? { targetGone } : {}) };
     throw e;
   } finally {
+    stagedPrints?.close();
     guard?.stop();
     watch?.close();
     queue?.drain();
@@ -489,56 +492,6 @@ async function payloadBytes(p: SectionPayload): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   for await (const x of p as AsyncIterable<Uint8Array>) parts.push(x);
   return Buffer.concat(parts);
-}
-
-/**
- * What identifies a staged device's backend: every attachment's fd, kind, name
- * and metadata, and the open file behind each fd as far as it tells files apart
- * cheaply: its file type (fstat's st_mode; an fd closed since is an error), and
- * for a socket or a regular file (a memfd) its device and inode too. A TAP queue
- * or an eventfd replaced under the same fd number by one of the same kind is not
- * seen (they all share one inode). A different print at the freeze means the
- * backend changed after it was staged. Inside the downtime: kept to about 0.5 µs
- * per fd (fstat_mode), a full fstat only for sockets and files, no strings built.
- */
-interface Print {
-  fds: Int32Array;
-  modes: Float64Array;
-  atts: readonly OutgoingAttachment[];
-  /** Inodes of sockets and files, by attachment index. */
-  ids: Map<number, string>;
-}
-
-function fingerprint(atts: readonly OutgoingAttachment[]): Print {
-  const fds = new Int32Array(atts.length);
-  const modes = new Float64Array(atts.length);
-  const ids = new Map<number, string>();
-  for (let i = 0; i < atts.length; i++) {
-    const fd = atts[i]!.fd;
-    const mode = native.fstat_mode(fd);
-    fds[i] = fd;
-    modes[i] = mode;
-    const type = mode & 0o170000;
-    if (type === 0o140000 || type === 0o100000) {
-      const st = native.fstat(fd);
-      ids.set(i, `${st.devMajor}:${st.devMinor}:${st.ino}`);
-    }
-  }
-  return { fds, modes, atts, ids };
-}
-
-function samePrint(a: Print, b: Print): boolean {
-  if (a.fds.length !== b.fds.length) return false;
-  for (let i = 0; i < a.fds.length; i++) {
-    if (a.fds[i] !== b.fds[i] || a.modes[i] !== b.modes[i]) return false;
-    const x = a.atts[i]!;
-    const y = b.atts[i]!;
-    if (x.kind !== y.kind || x.name !== y.name) return false;
-    if ((x.meta ?? null) !== (y.meta ?? null) && JSON.stringify(x.meta ?? null) !== JSON.stringify(y.meta ?? null)) return false;
-  }
-  if (a.ids.size !== b.ids.size) return false;
-  for (const [i, id] of a.ids) if (b.ids.get(i) !== id) return false;
-  return true;
 }
 
 interface Precopy {
