@@ -313,6 +313,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       await expect('ACK(ADOPTED)', timeouts.adopt, (it) => it.type === 'ack' && it.ack.stage === AckStage.ADOPTED, false);
     }
     tAdopted = now();
+    // The duplicates kept for the change check are done with (outside the downtime now).
+    stagedPrints?.close();
     droppedOut = dropped;
     restagedOut = new Set(restage);
 
