@@ -126,6 +126,29 @@ describe('staged, then changed before the freeze', () => {
     expect(await fdsSettleAt(before)).toBe(before);
   });
 
+  it('without kcmp (BACKEND_TRANSFER_NO_KCMP=1 in the source): the inode fallback finds a memfd replaced under the same number (another inode: staged again) and a closed one (dropped)', async () => {
+    for (const change of ['replace-ram-same-number', 'close-ram'] as const) {
+      const { peer, path } = await source({ stateBytes: 1000, change, env: { BACKEND_TRANSFER_NO_KCMP: '1' } });
+      const before = countOpenFds(); // after the child's pipes
+      const t = receive(path);
+      const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+      const r = await t.done;
+      expect(s.event, JSON.stringify(s)).toBe('handover-done');
+      expect(s.leaked).toBe(0);
+      if (change === 'replace-ram-same-number') {
+        expect(s.result.devices).toEqual([{ id: 'vm0', kind: 'generic', outcome: 'moved', fds: 2, restaged: true }]);
+        const back = r.devices.get('vm0')!.backend as GenericBackend;
+        expect(readMemfd(back.fd('ram'), 18).toString()).toBe('fresh memory page '); // the new memfd, not the stale staged one
+        expect((await fdsSettleAt(before + 2)) - before).toBe(2);
+        back.close();
+      } else {
+        expect(s.result.devices[0]).toMatchObject({ id: 'vm0', outcome: 'dropped' });
+        expect(r.dropped.map((d) => d.id)).toEqual(['vm0']);
+      }
+      expect(await fdsSettleAt(before)).toBe(before);
+    }
+  });
+
   it('unplugged: the device is dropped with a clear outcome on both sides, its staged fds closed', async () => {
     const { peer, path } = await source({ stateBytes: 1000, change: 'unplug' });
     const before = countOpenFds(); // after the child's pipes
