@@ -6,7 +6,7 @@
 // alive and owned by the surviving side, or (when the only holder died before any
 // fd moved) gone with it; the peers saw no reconnect; nothing leaked.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -133,6 +133,30 @@ async function expectAliveWith(w: World, owner: OwnerProcess): Promise<void> {
   }
 }
 
+/** A process's open fds as "fd -> link" (a socket's link names its inode: a new socket is a new link). */
+function fdLinks(pid: number): Set<string> {
+  const out = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.add(`${fd} -> ${readlinkSync(`/proc/${pid}/fd/${fd}`)}`);
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  return out;
+}
+
+/** The fds of `pid` that were not open (as the same file) in `before`, once closes in flight are done (up to 2 s). */
+async function fdsOpenedSince(pid: number, before: Set<string>): Promise<string[]> {
+  let extra: string[] = [];
+  for (let i = 0; i < 100; i++) {
+    extra = [...fdLinks(pid)].filter((x) => !before.has(x));
+    if (extra.length === 0) break;
+    await sleep(20);
+  }
+  return extra;
+}
+
 /** The only holder died before any fd moved: the backends went with it, and the peers saw that. */
 async function expectGoneWithSource(w: World): Promise<void> {
   for (let i = 0; i < 100 && w.echo.stats().perConnection.some((c) => c.open); i++) await sleep(20);
@@ -248,16 +272,22 @@ describe.sequential('kill -9 of the target at each phase', () => {
 
 // Staged backends (the default): the fds move and are verified before the freeze.
 describe.sequential('staged: kill -9 of the source at each phase', () => {
+  // 'stage': as staging starts, before any STAGE; 'freeze': staging done, the target
+  // holds a verified duplicate of every backend fd (all ACK(STAGED) read); 'switch-over':
+  // after the caller's freeze(), before FREEZE was written.
   for (const phase of ['stage', 'freeze', 'switch-over']) {
-    it(`at ${phase} (before FREEZE reached the target): nothing was frozen for the target to take over; it closes all it staged, the backends went with their only holder`, async () => {
+    it(`at ${phase} (before FREEZE reached the target): nothing was frozen for the target to take over; it closes all it staged (its fds back to what it had), the backends went with their only holder`, async () => {
       const w = await world({ killAt: phase });
       const t = newOwner(w);
       await t.waitFor('listening');
+      const before = fdLinks(t.pid);
       w.old.command({ cmd: 'handover' });
       expect((await exitOf(w.old)).signal).toBe('SIGKILL');
       const r = await t.waitFor(['received', 'receive-failed'], 15_000);
       expect(r.event, JSON.stringify(r)).toBe('receive-failed');
       expect(String(r.code)).toMatch(/ERR_PEER_CLOSED|ERR_STREAM_TRUNCATED/);
+      // No fd the target opened since it listened is left (the listener and the connection are closed too).
+      expect(await fdsOpenedSince(t.pid, before)).toEqual([]);
       await expectGoneWithSource(w);
     });
   }

@@ -3,8 +3,10 @@
 // backends are staged and verified before freeze(); only mutable state follows.
 // The old order (staging: false), precopy of the VMM state, staged-then-changed
 // (unplugged, fd replaced, fd closed), and the check before connecting.
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { GenericTarget, inspectFd, receiveHandover, type GenericBackend, type HandoverEvent } from '../src/index.js';
+import { sameFileMethod } from '../src/fd/index.js';
 import { countOpenFds, trackFdLeaks } from './helpers/fds.js';
 import { MiB, phasesOf, readMemfd, sessionHarness, sha256 } from './helpers/session.js';
 
@@ -99,6 +101,52 @@ describe('staged, then changed before the freeze', () => {
     expect(inspectFd(back.fd('irq')).kind).toBe('eventfd');
     back.close();
     expect(await fdsSettleAt(before)).toBe(before);
+  });
+
+  it('an eventfd closed and a new one opened under the same fd number (same kind, same inode): found by kcmp against the duplicate kept at staging, staged again; the target adopts the new one and closes the stale one', async () => {
+    const { peer, path } = await source({ stateBytes: 1000, change: 'replace-same-number' });
+    const before = countOpenFds(); // after the child's pipes
+    const t = receive(path);
+    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+    const r = await t.done;
+    expect(s.event, JSON.stringify(s)).toBe('handover-done');
+    if (sameFileMethod() !== 'kcmp') {
+      // Without kcmp the check falls back to inodes, which all eventfds share.
+      console.warn(`skipping the same-number check: kcmp(KCMP_FILE) is not available here`);
+      (r.devices.get('vm0')!.backend as GenericBackend).close();
+      return;
+    }
+    expect(s.result.devices).toEqual([{ id: 'vm0', kind: 'generic', outcome: 'moved', fds: 2, restaged: true }]);
+    expect(s.leaked).toBe(0); // the duplicates kept for the check were closed
+    const back = r.devices.get('vm0')!.backend as GenericBackend;
+    // The irq adopted is the new eventfd (it holds the count 5; the stale one held 0), and only the two adopted fds are open here.
+    expect(readFileSync(`/proc/self/fdinfo/${back.fd('irq')}`, 'utf8')).toMatch(/^eventfd-count:\s*5$/m);
+    expect((await fdsSettleAt(before + 2)) - before).toBe(2);
+    back.close();
+    expect(await fdsSettleAt(before)).toBe(before);
+  });
+
+  it('without kcmp (BACKEND_TRANSFER_NO_KCMP=1 in the source): the inode fallback finds a memfd replaced under the same number (another inode: staged again) and a closed one (dropped)', async () => {
+    for (const change of ['replace-ram-same-number', 'close-ram'] as const) {
+      const { peer, path } = await source({ stateBytes: 1000, change, env: { BACKEND_TRANSFER_NO_KCMP: '1' } });
+      const before = countOpenFds(); // after the child's pipes
+      const t = receive(path);
+      const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+      const r = await t.done;
+      expect(s.event, JSON.stringify(s)).toBe('handover-done');
+      expect(s.leaked).toBe(0);
+      if (change === 'replace-ram-same-number') {
+        expect(s.result.devices).toEqual([{ id: 'vm0', kind: 'generic', outcome: 'moved', fds: 2, restaged: true }]);
+        const back = r.devices.get('vm0')!.backend as GenericBackend;
+        expect(readMemfd(back.fd('ram'), 18).toString()).toBe('fresh memory page '); // the new memfd, not the stale staged one
+        expect((await fdsSettleAt(before + 2)) - before).toBe(2);
+        back.close();
+      } else {
+        expect(s.result.devices[0]).toMatchObject({ id: 'vm0', outcome: 'dropped' });
+        expect(r.dropped.map((d) => d.id)).toEqual(['vm0']);
+      }
+      expect(await fdsSettleAt(before)).toBe(before);
+    }
   });
 
   it('unplugged: the device is dropped with a clear outcome on both sides, its staged fds closed', async () => {

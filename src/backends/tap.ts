@@ -7,6 +7,7 @@ import { constants as fsc, openSync, readSync, readlinkSync, writeSync } from 'n
 import { BackendTransferError } from '../errors.js';
 import { closeFds, inspectFd } from '../fd/index.js';
 import { ifIndexOf, tapFlagMask, tapHasVnetHdr, tapNetnsIno, tapOpenFlags, tapQueueEnabled, tapVnetHdrSize, tunSetIff } from '../fd/tap.js';
+import { tapQueueIff } from '../fd/tun.js';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, decodeState, encodeState, expectFd, invalid, checkCount, requireCount, requireString, verifyError, stateOf } from './common.js';
@@ -47,15 +48,16 @@ export function describeTap(queues: readonly number[], vhostFds: readonly number
   let flags = 0;
   const enabled: boolean[] = [];
   queues.forEach((fd, i) => {
-    const info = inspectFd(fd);
-    if (info.kind !== 'tap' || !info.tun) throw invalid(dev, `queue ${i} (fd ${fd}) is not a TAP queue but ${info.kind}`);
+    // Two syscalls per queue (this runs inside the downtime too); inspectFd() only to say what a wrong fd is.
+    const tun = tapQueueIff(fd);
+    if (!tun) throw invalid(dev, `queue ${i} (fd ${fd}) is not a TAP queue but ${inspectFd(fd).kind}`);
     if (i === 0) {
-      ifname = info.tun.name;
-      flags = info.tun.flags & tapFlagMask();
-    } else if (info.tun.name !== ifname || (info.tun.flags & tapFlagMask()) !== flags) {
-      throw invalid(dev, `queue ${i} belongs to ${info.tun.name} (flags 0x${info.tun.flags.toString(16)}), queue 0 to ${ifname}`);
+      ifname = tun.name;
+      flags = tun.flags & tapFlagMask();
+    } else if (tun.name !== ifname || (tun.flags & tapFlagMask()) !== flags) {
+      throw invalid(dev, `queue ${i} belongs to ${tun.name} (flags 0x${tun.flags.toString(16)}), queue 0 to ${ifname}`);
     }
-    enabled.push(tapQueueEnabled(info.tun.flags));
+    enabled.push(tapQueueEnabled(tun.flags));
   });
   for (const [i, fd] of vhostFds.entries()) {
     if (inspectFd(fd).kind !== 'vhost-net') throw invalid(dev, `vhost fd ${i} (fd ${fd}) is not /dev/vhost-net`);

@@ -1,29 +1,13 @@
 // The few syscalls the handover session makes itself (src/handover/ does not
-// import the addon, see docs/architecture.md): the send buffer's size, a cheap
-// identity of an open file (for "did this staged fd change?"), a pidfd for a
-// peer's pid, and the poll event of a hangup (for "did the peer die holding the
-// connection?"). Each is one call of the addon, its errors as the addon throws them.
+// import the addon, see docs/architecture.md): the send buffer's size, a pidfd
+// for a peer's pid, a duplicate, and the poll event of a hangup (for "did the
+// peer die holding the connection?"). Each is one call of the addon, its errors as
+// the addon throws them. (What identifies a staged fd is fd/identity.ts.)
 import { native } from '../native.js';
 
 /** SO_SNDBUF of a socket as the kernel reports it (Linux: twice what was set, its bookkeeping overhead). */
 export function sendBufferSize(fd: number): number {
   return native.getsockopt(fd, native.SOL_SOCKET, native.SO_SNDBUF);
-}
-
-/** st_mode of an open fd (fstat; throws for an fd that is not open). Cheap: no object is built. */
-export function fileMode(fd: number): number {
-  return native.fstat_mode(fd);
-}
-
-/** The file type bits of an st_mode (S_IFMT). */
-export const S_IFMT = 0o170000;
-export const S_IFSOCK = 0o140000;
-export const S_IFREG = 0o100000;
-
-/** "major:minor:inode" of the file behind an open fd (fstat), to tell files apart. */
-export function fileIdentity(fd: number): string {
-  const st = native.fstat(fd);
-  return `${st.devMajor}:${st.devMinor}:${st.ino}`;
 }
 
 /** pidfd_open(pid): a pidfd the caller owns, or null where it cannot be had (the process is gone, no pidfd_open). */

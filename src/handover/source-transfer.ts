@@ -4,13 +4,13 @@
 // once after the freeze.
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import type { Captured, SourceDevice } from '../backends/types.js';
-import { S_IFMT, S_IFREG, S_IFSOCK, fileIdentity, fileMode } from '../fd/handover-io.js';
 import type { StreamItem } from '../stream/reader.js';
 import { AckStage, type Plan, type PlannedDevice } from '../stream/wire.js';
-import type { OutgoingAttachment, SectionPayload, StreamWriter } from '../stream/writer.js';
+import type { SectionPayload, StreamWriter } from '../stream/writer.js';
 import type { Session } from './session.js';
 import { STATE_DEVICE_ID, type SendHandoverOptions, type SourcePhase } from './types.js';
 import { deviceKey, now } from './util.js';
+import { StagedPrints } from './staging-check.js';
 
 /** What the source's phases share after the handshake. */
 export interface SourceRun {
@@ -40,7 +40,7 @@ export class SourceStaging {
   /** ACK(STAGED)s still to come: the queue does not count them as unasked-for frames. */
   acksDue = 0;
   /** What each staged device sent (to see at the freeze whether it changed). */
-  readonly prints = new Map<SourceDevice, Print>();
+  prints: StagedPrints<SourceDevice> | null = null;
   precopy: Precopy | null = null;
 
   /** For the queue: an ACK(STAGED) while some are due is expected, not a flood. */
@@ -59,10 +59,11 @@ export class SourceStaging {
     const firstId = w.nextSectionId;
     this.acksDue = withFds.length;
     const stageWrites: Promise<unknown>[] = [];
+    this.prints = new StagedPrints(withFds.reduce((n, p) => n + p.fdCount, 0));
     for (const p of withFds) {
       const d = r.deviceOf(p);
       const cap = d.capture(true);
-      this.prints.set(d, fingerprint(cap.attachments));
+      this.prints.record(d, cap.attachments);
       stageWrites.push(w.stage({ id: d.id, instance: d.instance, version: d.version }, cap.attachments, await payloadBytes(cap.state)));
     }
     const acks = (async () => {
@@ -91,22 +92,27 @@ export class SourceStaging {
     const captured = new Map<SourceDevice, Captured>();
     const dropped: Dropped[] = [];
     const restage: SourceDevice[] = [];
-    for (const [d, print] of this.prints) {
+    for (const d of this.prints?.keys() ?? []) {
       if (d.unplugged) {
         dropped.push({ id: d.id, instance: d.instance, reason: 'unplugged after it was staged' });
         continue;
       }
       try {
         const cap = d.capture(true);
-        const now2 = fingerprint(cap.attachments);
+        const changed = this.prints!.changed(d, cap.attachments);
         captured.set(d, cap);
-        if (!samePrint(now2, print)) restage.push(d);
+        if (changed) restage.push(d);
       } catch (err) {
         captured.delete(d);
         dropped.push({ id: d.id, instance: d.instance, reason: `its backend is no longer usable: ${(err as Error).message}` });
       }
     }
     return { captured, dropped, restage };
+  }
+
+  /** Releases the duplicates the change check keeps (after ACK(ADOPTED), or on failure). Idempotent. */
+  close(): void {
+    this.prints?.close();
   }
 }
 
@@ -171,53 +177,6 @@ async function payloadBytes(p: SectionPayload): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   for await (const x of p as AsyncIterable<Uint8Array>) parts.push(x);
   return Buffer.concat(parts);
-}
-
-/**
- * What identifies a staged device's backend: every attachment's fd, kind, name
- * and metadata, and the open file behind each fd as far as it tells files apart
- * cheaply: its file type (fstat's st_mode; an fd closed since is an error), and
- * for a socket or a regular file (a memfd) its device and inode too. A TAP queue
- * or an eventfd replaced under the same fd number by one of the same kind is not
- * seen (they all share one inode). A different print at the freeze means the
- * backend changed after it was staged. Inside the downtime: kept to about 0.5 µs
- * per fd (fstat_mode), a full fstat only for sockets and files, no strings built.
- */
-interface Print {
-  fds: Int32Array;
-  modes: Float64Array;
-  atts: readonly OutgoingAttachment[];
-  /** Inodes of sockets and files, by attachment index. */
-  ids: Map<number, string>;
-}
-
-function fingerprint(atts: readonly OutgoingAttachment[]): Print {
-  const fds = new Int32Array(atts.length);
-  const modes = new Float64Array(atts.length);
-  const ids = new Map<number, string>();
-  for (let i = 0; i < atts.length; i++) {
-    const fd = atts[i]!.fd;
-    const mode = fileMode(fd);
-    fds[i] = fd;
-    modes[i] = mode;
-    const type = mode & S_IFMT;
-    if (type === S_IFSOCK || type === S_IFREG) ids.set(i, fileIdentity(fd));
-  }
-  return { fds, modes, atts, ids };
-}
-
-function samePrint(a: Print, b: Print): boolean {
-  if (a.fds.length !== b.fds.length) return false;
-  for (let i = 0; i < a.fds.length; i++) {
-    if (a.fds[i] !== b.fds[i] || a.modes[i] !== b.modes[i]) return false;
-    const x = a.atts[i]!;
-    const y = b.atts[i]!;
-    if (x.kind !== y.kind || x.name !== y.name) return false;
-    if ((x.meta ?? null) !== (y.meta ?? null) && JSON.stringify(x.meta ?? null) !== JSON.stringify(y.meta ?? null)) return false;
-  }
-  if (a.ids.size !== b.ids.size) return false;
-  for (const [i, id] of a.ids) if (b.ids.get(i) !== id) return false;
-  return true;
 }
 
 interface Precopy {

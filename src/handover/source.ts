@@ -56,6 +56,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
   let commitPending = false;
   const sent: Sent = { bytes: 0, sections: 0, fds: 0, tTransfer: 0, tFreeze: null, tFrozen: null, tEos: null, tAdopted: null, bytesAtFreeze: 0, bytesAtEos: 0 };
   const totalBytes: number | null = payloadSize(o.state);
+  const staging = new SourceStaging();
 
   try {
     s.checkAborted();
@@ -98,7 +99,6 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
         }
       },
     });
-    const staging = new SourceStaging();
     const queue = s.start(sock, new StreamReader({ role: 'source' }), w, undefined, { expected: staging.expected });
     const guard = s.guard!;
     const hello = buildHello(o);
@@ -156,6 +156,8 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
       await s.expect('ack', 'ACK(ADOPTED)', timeouts.adopt, ack(AckStage.ADOPTED), false);
     }
     sent.tAdopted = now();
+    // The duplicates kept for the change check are done with (outside the downtime now).
+    staging.close();
 
     s.enter('commit');
     s.checkAborted();
@@ -217,6 +219,7 @@ export async function sendHandover(o: SendHandoverOptions): Promise<SendHandover
     e.details = { ...(e.details ?? {}), phase: failedIn, commitSent, ...(commitSent ? { targetGone } : {}) };
     throw e;
   } finally {
+    staging.close();
     s.close();
   }
 }

@@ -45,7 +45,9 @@ export function sessionHarness(dirPrefix: string, sockPrefix: string): SessionHa
 
   async function source(spec: Record<string, unknown>): Promise<{ peer: Peer; sha: string; path: string }> {
     const path = String(spec.path ?? sockPath());
-    const peer = peers.spawn('source', [JSON.stringify({ ...spec, path })], { fixture: 'session-peer.ts' });
+    // `env`: extra environment for the source's process (not part of its spec).
+    const { env, ...rest } = spec as { env?: Record<string, string> };
+    const peer = peers.spawn('source', [JSON.stringify({ ...rest, path })], { fixture: 'session-peer.ts', env });
     const ready = await peer.waitFor('ready');
     return { peer, sha: String(ready.sha), path };
   }

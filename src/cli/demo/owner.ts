@@ -291,11 +291,33 @@ async function newOwner(c: OwnerConfig, commands: Map<string, (cmd: Record<strin
   }
 }
 
+/**
+ * Phases inside the downtime (staged): their lines wait for the next phase, so that
+ * the owner does not write to its stdout, and wake the process reading it, while
+ * the VM is frozen (a VMM would not either). Order and content are unchanged.
+ */
+const QUIET_PHASES = new Set(['switch-over', 'adopt']);
+const heldPhases: Record<string, unknown>[] = [];
+
 function onPhase(c: OwnerConfig, e: HandoverEvent): void {
-  if (e.type === 'progress' && c.role === 'old' && c.killAfterSections !== undefined && e.sections >= c.killAfterSections) process.kill(process.pid, 'SIGKILL');
+  if (e.type === 'progress' && c.role === 'old' && c.killAfterSections !== undefined && e.sections >= c.killAfterSections) {
+    flushPhases();
+    process.kill(process.pid, 'SIGKILL');
+  }
   if (e.type !== 'phase') return;
-  emit('phase', { phase: e.phase, atMs: e.atMs });
-  if (c.killAt === e.phase) process.kill(process.pid, 'SIGKILL');
+  if (QUIET_PHASES.has(e.phase)) heldPhases.push({ phase: e.phase, atMs: e.atMs });
+  else {
+    flushPhases();
+    emit('phase', { phase: e.phase, atMs: e.atMs });
+  }
+  if (c.killAt === e.phase) {
+    flushPhases();
+    process.kill(process.pid, 'SIGKILL');
+  }
+}
+
+function flushPhases(): void {
+  for (const p of heldPhases.splice(0)) emit('phase', p);
 }
 
 /** Runs an owner in this process: `backend-transfer _owner '<json config>'`. */

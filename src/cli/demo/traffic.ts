@@ -142,7 +142,8 @@ export function tapTraffic(tap: TapBackend, tapMac: string, firstRound: number):
   return {
     stop: async () => {
       running = false;
-      abort.abort();
+      // A plain reason: abort() without one builds a DOMException (and its stack), inside the downtime.
+      abort.abort('stopped');
       await loop;
     },
     resume: () => {
