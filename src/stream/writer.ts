@@ -1,19 +1,15 @@
-// (Over 450 lines: one class whose methods each write one kind of frame under the
-// same sticky-error and plan checks; the frame rules it shares with the reader are
-// in frames.ts. Its memfd payload path could move out next.)
-//
 // The stream writer: frames to a channel, large payloads streamed in parts (memory
 // stays bounded whatever the state size), optionally by sealed memfd. The first
 // channel error is sticky: every later call reports it (QEMU's qemu-file does the
 // same). A section that would need fds on a channel that cannot carry them fails
-// before anything is written.
-import { writeSync } from 'node:fs';
+// before anything is written. Payloads in a memfd: payload.ts.
 import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd } from '../fd/index.js';
-import { native } from '../native.js';
+import { fillMemfd } from '../fd/memfd.js';
 import type { StreamChannel } from './channel.js';
 import { bodyHasCrc } from './frames.js';
+import { checkMemfdPayload, isMemfdPayload, memfdCrc, type SectionPayload } from './payload.js';
 import { encodeAbort, encodeAck, encodeEndOfState, encodeFreeze, encodeHeader, encodeHello, encodeNack, encodePing, encodePlan, encodeSectionPrefix, encodeWelcome } from './codec.js';
 import {
   AttachmentRole,
@@ -23,7 +19,6 @@ import {
   FrameType,
   MAGIC,
   NO_SECTION,
-  SEALS_REQUIRED,
   type AckStageCode,
   type AttachmentKind,
   type DroppedDevice,
@@ -33,6 +28,9 @@ import {
   type Welcome,
 } from './wire.js';
 
+export type { MemfdPayload, SectionPayload } from './payload.js';
+export { fillMemfd } from '../fd/memfd.js';
+
 export interface OutgoingAttachment {
   kind: AttachmentKind;
   name: string;
@@ -40,16 +38,6 @@ export interface OutgoingAttachment {
   /** Stays the caller's; it must stay open until section() resolves. */
   fd: number;
 }
-
-/** State that already lives in a sealed memfd: sent by descriptor, not copied. */
-export interface MemfdPayload {
-  memfd: number;
-  length: number;
-  /** Add the seals if the memfd lacks them (it must allow sealing). Default false: an unsealed memfd is refused. */
-  seal?: boolean;
-}
-
-export type SectionPayload = Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array> | MemfdPayload;
 
 export interface SectionDevice {
   id: string;
@@ -77,10 +65,6 @@ export interface WriterTotals {
 }
 
 const EMPTY = new Uint8Array(0);
-
-function isMemfdPayload(p: SectionPayload): p is MemfdPayload {
-  return typeof p === 'object' && p !== null && 'memfd' in p && typeof p.memfd === 'number';
-}
 
 export class StreamWriter {
   readonly channel: StreamChannel;
@@ -221,7 +205,7 @@ export class StreamWriter {
       if (device.version !== planned.version) throw BackendTransferError.invalidArgument(`section ${device.id} has version ${device.version}, the plan says ${planned.version}`);
     }
     if (this.#written.has(key)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_DUPLICATE_SECTION, `device ${device.id}/${device.instance} already has a section`);
-    if (isMemfdPayload(payload)) this.#checkMemfd(payload);
+    if (isMemfdPayload(payload)) checkMemfdPayload(payload, this.#features);
     this.#written.add(key);
     this.#writing = device.id;
     const sectionId = this.#nextSectionId++;
@@ -265,28 +249,6 @@ export class StreamWriter {
     const d = this.#plan.devices.find((x) => x.id === device.id && x.instance === device.instance);
     if (!d) throw new BackendTransferError(ErrorCodes.ERR_STREAM_NOT_NEGOTIATED, `device ${device.id}/${device.instance} is not in the plan; nothing was written`);
     return d;
-  }
-
-  #checkMemfd(p: MemfdPayload): void {
-    if ((this.#features & Features.MEMFD_PAYLOAD) === 0) throw BackendTransferError.invalidArgument('a memfd payload needs the negotiated MEMFD_PAYLOAD feature');
-    // payloadLength is a u32: refuse here what no reader could take, before anything is written.
-    if (!(p.length <= MAX_MEMFD_PAYLOAD)) {
-      throw new BackendTransferError(ErrorCodes.ERR_STREAM_TOO_LARGE, `memfd payload is ${p.length} bytes, over the limit of ${MAX_MEMFD_PAYLOAD}; nothing was written`, {
-        details: { what: 'memfd payload', value: p.length, limit: MAX_MEMFD_PAYLOAD },
-      });
-    }
-    let seals: number;
-    try {
-      seals = native.fcntl_get_seals(p.memfd);
-    } catch (err) {
-      throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_KIND, `payload fd ${p.memfd} is not a memfd`, { cause: err });
-    }
-    if ((seals & SEALS_REQUIRED) !== SEALS_REQUIRED) {
-      if (!p.seal) throw new BackendTransferError(ErrorCodes.ERR_STREAM_MEMFD_UNSEALED, `payload memfd ${p.memfd} is not sealed (pass seal: true to seal it)`);
-      native.fcntl_add_seals(p.memfd, SEALS_REQUIRED);
-    }
-    const size = native.fstat(p.memfd).size;
-    if (size !== p.length) throw new BackendTransferError(ErrorCodes.ERR_STREAM_MEMFD_SIZE, `payload memfd holds ${size} bytes, not ${p.length}`);
   }
 
   async #sectionFrame(
@@ -527,35 +489,6 @@ export class StreamWriter {
     this.totals.frames++;
     this.totals.bytes += bytes;
     this.#onFrame?.({ type, bytes, fds: fds.length, payloadBytes });
-  }
-}
-
-/** The largest memfd payload a frame can declare (payloadLength is a u32). */
-const MAX_MEMFD_PAYLOAD = 0xffffffff;
-
-/** A sealed memfd holding `data` (F_SEAL_SHRINK | GROW | WRITE | SEAL). */
-export function fillMemfd(data: Uint8Array, name = 'bt-payload'): number {
-  const fd = native.memfd_create(name);
-  try {
-    let off = 0;
-    // writeSync takes at most 2 GiB - 1 at a time.
-    while (off < data.length) off += writeSync(fd, data, off, Math.min(data.length - off, 1 << 30), off);
-    native.fcntl_add_seals(fd, SEALS_REQUIRED | native.F_SEAL_SEAL);
-    return fd;
-  } catch (err) {
-    closeFd(fd);
-    throw BackendTransferError.fromSystem(err, 'filling a payload memfd');
-  }
-}
-
-/** The CRC of a sealed memfd's `length` bytes (seals and size checked by #checkMemfd), over a mapping: no read loop. */
-function memfdCrc(fd: number, length: number): number {
-  if (length === 0) return 0;
-  const m = native.mmap_memfd(fd, length);
-  try {
-    return crc32(m);
-  } finally {
-    native.munmap_buffer(m);
   }
 }
 
