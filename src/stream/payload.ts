@@ -1,15 +1,30 @@
-// Payloads that travel in a sealed memfd (docs/stream-format.md, "Payload in a
-// memfd"), both sides: the writer's check of a memfd it is given and the CRC of
-// one, the reader's checks of one it received (seals, size, seen once) before it
-// reads, maps or keeps it; and HELLO's probe, a memfd too. The syscalls are
-// src/fd/memfd.ts's.
+// What a section carries (its device, fds and payload) and how its payload goes:
+// an inline payload in parts, and payloads in a sealed memfd (docs/stream-format.md),
+// on both sides: the writer's checks of a memfd it is given, the memfd it makes of
+// a large part, and their CRC; the reader's checks of one it received (seals, size,
+// seen once) before it reads, maps or keeps it; and HELLO's probe, a memfd too.
+// The syscalls are src/fd/memfd.ts's.
 import { readSync } from 'node:fs';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd } from '../fd/index.js';
-import { addSeals, fileStat, getSeals, mapMemfd, unmapBuffer } from '../fd/memfd.js';
+import { addSeals, fileStat, fillMemfd, getSeals, mapMemfd, unmapBuffer } from '../fd/memfd.js';
 import { crc32 } from './crc.js';
 import { hex } from './codec.js';
-import { Features, SEALS_REQUIRED } from './wire.js';
+import { Features, SEALS_REQUIRED, type AttachmentKind } from './wire.js';
+
+export interface OutgoingAttachment {
+  kind: AttachmentKind;
+  name: string;
+  meta?: Record<string, unknown> | null;
+  /** Stays the caller's; it must stay open until section() resolves. */
+  fd: number;
+}
+
+export interface SectionDevice {
+  id: string;
+  instance: number;
+  version: number;
+}
 
 /** State that already lives in a sealed memfd: sent by descriptor, not copied. */
 export interface MemfdPayload {
@@ -26,6 +41,34 @@ export function isMemfdPayload(p: SectionPayload): p is MemfdPayload {
 }
 
 // ---------------------------------------------------------------- writer
+
+const NO_BYTES = new Uint8Array(0);
+
+/**
+ * An inline payload in parts of at most partSize bytes: emit(part, last) for each,
+ * in order (an empty payload is one empty last part). An iterable is pulled one
+ * part ahead (to know which part is last), so memory stays bounded.
+ */
+export async function forEachPart(payload: Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>, partSize: number, emit: (part: Uint8Array, last: boolean) => Promise<void>): Promise<void> {
+  if (payload instanceof Uint8Array) {
+    if (payload.length <= partSize) return emit(payload, true);
+    for (let off = 0; off < payload.length; off += partSize) {
+      await emit(payload.subarray(off, Math.min(payload.length, off + partSize)), off + partSize >= payload.length);
+    }
+    return;
+  }
+  // An iterable: keep one part in hand to know which one is last.
+  let held: Uint8Array | null = null;
+  for await (const chunk of payload as AsyncIterable<Uint8Array>) {
+    for (let off = 0; off < chunk.length || (chunk.length === 0 && off === 0); off += partSize) {
+      const piece = chunk.subarray(off, Math.min(chunk.length, off + partSize));
+      if (piece.length === 0 && chunk.length === 0) break;
+      if (held) await emit(held, false);
+      held = piece;
+    }
+  }
+  await emit(held ?? NO_BYTES, true);
+}
 
 /** The largest memfd payload a frame can declare (payloadLength is a u32). */
 const MAX_MEMFD_PAYLOAD = 0xffffffff;
@@ -54,13 +97,27 @@ export function checkMemfdPayload(p: MemfdPayload, features: number): void {
 }
 
 /** The CRC of a sealed memfd's `length` bytes (seals and size checked by checkMemfdPayload), over a mapping: no read loop. */
-export function memfdCrc(fd: number, length: number): number {
+function memfdCrc(fd: number, length: number): number {
   if (length === 0) return 0;
   const m = mapMemfd(fd, length);
   try {
     return crc32(m);
   } finally {
     unmapBuffer(m);
+  }
+}
+
+/**
+ * send(memfd, payloadCrc) with the memfd a section part travels in: `given`, or a
+ * sealed memfd made here from `inline` (closed once send settles). payloadCrc is
+ * the CRC of its bytes with bodyCrc, else 0.
+ */
+export async function sendByMemfd(inline: Uint8Array | null, given: number | null, length: number, bodyCrc: boolean, send: (memfd: number, payloadCrc: number) => Promise<void>): Promise<void> {
+  const memfd = given ?? fillMemfd(inline!);
+  try {
+    await send(memfd, bodyCrc ? (inline ? crc32(inline) : memfdCrc(memfd, length)) : 0);
+  } finally {
+    if (given === null) closeFd(memfd);
   }
 }
 

@@ -9,7 +9,7 @@ import { closeFd } from '../fd/index.js';
 import { fillMemfd } from '../fd/memfd.js';
 import type { StreamChannel } from './channel.js';
 import { bodyHasCrc } from './frames.js';
-import { checkMemfdPayload, isMemfdPayload, memfdCrc, type SectionPayload } from './payload.js';
+import { checkMemfdPayload, forEachPart, isMemfdPayload, sendByMemfd, type OutgoingAttachment, type SectionDevice, type SectionPayload } from './payload.js';
 import { encodeAbort, encodeAck, encodeEndOfState, encodeFreeze, encodeHeader, encodeHello, encodeNack, encodePing, encodePlan, encodeSectionPrefix, encodeWelcome } from './codec.js';
 import {
   AttachmentRole,
@@ -20,7 +20,7 @@ import {
   MAGIC,
   NO_SECTION,
   type AckStageCode,
-  type AttachmentKind,
+  type AttachmentHeader,
   type DroppedDevice,
   type Hello,
   type Plan,
@@ -28,22 +28,8 @@ import {
   type Welcome,
 } from './wire.js';
 
-export type { MemfdPayload, SectionPayload } from './payload.js';
+export type { MemfdPayload, OutgoingAttachment, SectionDevice, SectionPayload } from './payload.js';
 export { fillMemfd } from '../fd/memfd.js';
-
-export interface OutgoingAttachment {
-  kind: AttachmentKind;
-  name: string;
-  meta?: Record<string, unknown> | null;
-  /** Stays the caller's; it must stay open until section() resolves. */
-  fd: number;
-}
-
-export interface SectionDevice {
-  id: string;
-  instance: number;
-  version: number;
-}
 
 export interface StreamWriterOptions {
   /** Largest payload part per frame. Default 1 MiB. */
@@ -65,6 +51,7 @@ export interface WriterTotals {
 }
 
 const EMPTY = new Uint8Array(0);
+const PAYLOAD_ATTACHMENT: AttachmentHeader = { kind: 'memfd', role: AttachmentRole.PAYLOAD, name: 'payload', meta: null };
 
 export class StreamWriter {
   readonly channel: StreamChannel;
@@ -224,24 +211,7 @@ export class StreamWriter {
       await this.#sectionFrame(type, sectionId, device, first ? atts : [], first ? fds : [], part.length, part, null);
       first = false;
     };
-    if (payload instanceof Uint8Array) {
-      if (payload.length <= this.#partSize) return emit(payload, true);
-      for (let off = 0; off < payload.length; off += this.#partSize) {
-        await emit(payload.subarray(off, Math.min(payload.length, off + this.#partSize)), off + this.#partSize >= payload.length);
-      }
-      return;
-    }
-    // An iterable: keep one part in hand to know which one is last.
-    let held: Uint8Array | null = null;
-    for await (const chunk of payload as AsyncIterable<Uint8Array>) {
-      for (let off = 0; off < chunk.length || (chunk.length === 0 && off === 0); off += this.#partSize) {
-        const piece = chunk.subarray(off, Math.min(chunk.length, off + this.#partSize));
-        if (piece.length === 0 && chunk.length === 0) break;
-        if (held) await emit(held, false);
-        held = piece;
-      }
-    }
-    await emit(held ?? EMPTY, true);
+    await forEachPart(payload, this.#partSize, emit);
   }
 
   #plannedDevice(device: SectionDevice): PlannedDevice | null {
@@ -251,39 +221,30 @@ export class StreamWriter {
     return d;
   }
 
+  /** One frame of a section: its part inline, or by memfd (the given one, or one made of a large part when MEMFD_PAYLOAD is in use). */
   async #sectionFrame(
     type: number,
     sectionId: number,
     device: SectionDevice,
-    atts: { kind: AttachmentKind; role: 0 | 1; name: string; meta: Record<string, unknown> | null }[],
+    atts: AttachmentHeader[],
     fds: number[],
     length: number,
     inline: Uint8Array | null,
     givenMemfd: number | null,
   ): Promise<void> {
-    let memfd = givenMemfd;
-    let ownMemfd = false;
-    const useMemfd = givenMemfd !== null || (inline !== null && inline.length >= this.#memfdThreshold && (this.#features & Features.MEMFD_PAYLOAD) !== 0 && this.channel.canPassFds);
-    let payloadCrc = 0;
-    if (useMemfd && memfd === null) {
-      memfd = fillMemfd(inline!);
-      ownMemfd = true;
-    }
-    try {
-      const frameAtts = useMemfd ? [...atts, { kind: 'memfd' as const, role: AttachmentRole.PAYLOAD as 0 | 1, name: 'payload', meta: null }] : atts;
-      const frameFds = useMemfd ? [...fds, memfd!] : fds;
-      if (useMemfd && (this.#features & Features.BODY_CRC) !== 0) payloadCrc = inline ? crc32(inline) : memfdCrc(memfd!, length);
+    const send = async (memfd: number | null, payloadCrc: number): Promise<void> => {
+      const frameAtts = memfd !== null ? [...atts, PAYLOAD_ATTACHMENT] : atts;
       const prefix = encodeSectionPrefix(
         type,
         { sectionId, instanceId: device.instance, versionId: device.version, idstr: device.id, attachments: frameAtts, payloadLength: length, payloadCrc },
-        useMemfd,
+        memfd !== null,
       );
-      const body = useMemfd || inline === null || inline.length === 0 ? [prefix] : [prefix, inline];
+      const body = memfd !== null || inline === null || inline.length === 0 ? [prefix] : [prefix, inline];
       this.totals.payloadBytes += BigInt(length);
-      await this.#frame(type, useMemfd ? FrameFlags.PAYLOAD_IN_MEMFD : 0, body, frameFds, length);
-    } finally {
-      if (ownMemfd) closeFd(memfd!);
-    }
+      await this.#frame(type, memfd !== null ? FrameFlags.PAYLOAD_IN_MEMFD : 0, body, memfd !== null ? [...fds, memfd] : fds, length);
+    };
+    const useMemfd = givenMemfd !== null || (inline !== null && inline.length >= this.#memfdThreshold && (this.#features & Features.MEMFD_PAYLOAD) !== 0 && this.channel.canPassFds);
+    return useMemfd ? sendByMemfd(inline, givenMemfd, length, (this.#features & Features.BODY_CRC) !== 0, send) : send(null, 0);
   }
 
   // ---------------------------------------------------------------- staged backends (STAGED)
