@@ -22,8 +22,6 @@ const NATIVE_TODO_LIBRARY = [
   'src/handover/source.ts',
   'src/handover/util.ts',
   'src/qmp/backends.ts',
-  'src/stream/reader.ts',
-  'src/stream/writer.ts',
   'src/transport/fd-socket.ts',
   'src/transport/poller.ts',
   'src/transport/server.ts',
