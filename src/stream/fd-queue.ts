@@ -6,7 +6,7 @@
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd, closeFds } from '../fd/index.js';
 import type { FrameHeader } from './codec.js';
-import { FRAME_NAMES, FrameType } from './wire.js';
+import { FRAME_NAMES, FrameType } from './frames.js';
 
 interface QueuedFd {
   fd: number;

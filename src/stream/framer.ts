@@ -8,9 +8,9 @@
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { crc32 } from './crc.js';
 import { decodeHeader, hex, protocolError, tooLarge, type FrameHeader } from './codec.js';
-import { bodyHasCrc, frameDef, type FrameDef } from './frames.js';
+import { bodyHasCrc, frameDef, type FrameDef, FRAME_NAMES, isSectionFrame } from './frames.js';
 import type { StreamItem } from './items.js';
-import { FRAME_NAMES, FrameFlags, HEADER_SIZE, MAGIC, TRAILER_SIZE, isSectionFrame, type StreamLimits } from './wire.js';
+import { FrameFlags, HEADER_SIZE, MAGIC, TRAILER_SIZE, type StreamLimits } from './wire.js';
 
 /** Bodies with at least this much still to come are read in place (readTarget). */
 const TARGET_MIN = 16 * 1024;

@@ -2,7 +2,8 @@
 // received fds in it the caller's from then on.
 import { closeFd, closeFds } from '../fd/index.js';
 import { unmapBuffer } from '../fd/memfd.js';
-import type { Abort, Ack, AttachmentHeader, EndOfState, Freeze, Hello, Nack, Ping, Plan, PlannedDevice, Welcome } from './wire.js';
+import type { TableItem } from './frames.js';
+import type { Ack, AttachmentHeader, EndOfState, Freeze, Hello, Plan, PlannedDevice, Welcome } from './wire.js';
 
 export type ReaderRole = 'target' | 'source' | 'inspect';
 export type ProbeResult = 'none' | 'ok' | 'missing' | 'bad';
@@ -80,11 +81,8 @@ export type StreamItem =
   | { type: 'freeze'; freeze: Freeze }
   | { type: 'end-of-state'; summary: EndOfState }
   | { type: 'ack'; ack: Ack }
-  | { type: 'nack'; nack: Nack }
-  | { type: 'ping'; ping: Ping }
-  | { type: 'pong'; ping: Ping }
-  | { type: 'commit' }
-  | { type: 'abort'; abort: Abort }
+  // NACK, PING, PONG, COMMIT, ABORT: the items the frame table yields (its `item`s).
+  | TableItem
   | { type: 'eof' };
 
 /** Nothing of a failed feed reaches the caller: closes the fds in its items, and unmaps their mapped payloads. */

@@ -14,12 +14,12 @@ import { closeFds } from '../fd/index.js';
 import { Cursor, protocolError, tooLarge, type FrameHeader } from './codec.js';
 import { FdQueue } from './fd-queue.js';
 import { Framer } from './framer.js';
-import { OrderPhase, featureNames, type FrameBodies, type FrameDef, type FrameName } from './frames.js';
+import { OrderPhase, featureNames, type FrameBodies, type FrameDef, type FrameName, type ItemFrameName, FrameType } from './frames.js';
 import { releaseItems, type ReaderRole, type StreamItem } from './items.js';
 import { chooseVersion, computePlan, samePlan } from './negotiate.js';
 import { checkProbe } from './payload.js';
 import { Sections } from './sections.js';
-import { DEFAULT_LIMITS, Features, FrameType, STREAM_VERSION, type Hello, type Plan, type PlannedDevice, type StreamLimits, type Welcome } from './wire.js';
+import { DEFAULT_LIMITS, Features, STREAM_VERSION, type Hello, type Plan, type PlannedDevice, type StreamLimits, type Welcome } from './wire.js';
 
 export type { ProbeResult, ReaderRole, ReceivedAttachment, SectionFrameName, SectionItem, StageItem, StreamItem } from './items.js';
 export { kindMatches } from './sections.js';
@@ -76,7 +76,8 @@ interface FrameInput {
   crcOk: boolean;
 }
 type FrameHandler<T> = (value: T, frame: FrameInput) => StreamItem;
-type FrameHandlers = { readonly [K in FrameName]: FrameHandler<FrameBodies[K]> };
+/** One handler per frame type the table yields no item for: a new entry without one does not compile until handled here. */
+type FrameHandlers = { readonly [K in Exclude<FrameName, ItemFrameName>]: FrameHandler<FrameBodies[K]> };
 
 type Phase = 'handshake' | 'planned' | 'state-done';
 
@@ -322,12 +323,13 @@ export class StreamReader {
     const fds = this.#fds.forFrame(h, this.#framer.frameStart, this.#framer.offset, this.#fdsAbsent);
     try {
       const c = new Cursor(body, this.limits);
-      const handle = this.#handlers[def.name] as FrameHandler<unknown>;
       // The table's codec decodes the body; a frame without one (empty, or decoded with its header) gets undefined.
       let value: unknown;
       if (def.codec) value = def.codec.decode(c);
       else if (def.phase !== OrderPhase.STATE) c.finish(def.name);
-      items.push(handle(value, { h, c, body, fds, crcOk }));
+      // The table's item for a frame that is no more than its body, else the frame's handler.
+      if (def.item) items.push(def.item(value) as StreamItem);
+      else items.push((this.#handlers[def.name as Exclude<FrameName, ItemFrameName>] as FrameHandler<unknown>)(value, { h, c, body, fds, crcOk }));
     } catch (err) {
       // Until its item is returned, the frame's fds are still the reader's to close.
       closeFds(fds);
@@ -336,9 +338,11 @@ export class StreamReader {
   }
 
   /**
-   * One handler per frame type, after its body was decoded by the table's codec:
-   * the checks that need the reader's state, and the item it yields. Typed by
-   * FrameName, so a frame type added to the table needs its handler here.
+   * One handler per frame type that is more than its body (the table yields the
+   * item of the others), after its body was decoded by the table's codec: the
+   * checks that need the reader's state, and the item it yields. Typed by
+   * FrameName, so a frame type added to the table without an `item` needs its
+   * handler here.
    */
   readonly #handlers: FrameHandlers = {
     HELLO: (hello, { h, fds }) => {
@@ -376,11 +380,6 @@ export class StreamReader {
       if (ack.stage === 5 && (this.#features & Features.STAGED) === 0) throw protocolError('ACK(STAGED) without the STAGED feature');
       return { type: 'ack', ack };
     },
-    NACK: (nack) => ({ type: 'nack', nack }),
-    PING: (ping) => ({ type: 'ping', ping }),
-    PONG: (ping) => ({ type: 'pong', ping }),
-    COMMIT: () => ({ type: 'commit' }),
-    ABORT: (abort) => ({ type: 'abort', abort }),
     EOF: () => {
       if (this.pendingFds > 0) {
         throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_EXTRA, `${this.pendingFds} fd(s) arrived that no frame declared (closed)`, { details: { extra: this.pendingFds } });

@@ -8,21 +8,8 @@ import { closeFd, inspectFd, type FdInfo } from '../fd/index.js';
 import { decodeSectionPrefix, protocolError, tooLarge, type Cursor, type FrameHeader } from './codec.js';
 import type { ReceivedAttachment, SectionFrameName, SectionItem, StageItem } from './items.js';
 import { PayloadMemfds } from './payload.js';
-import {
-  AttachmentRole,
-  FRAME_NAMES,
-  Features,
-  FrameFlags,
-  FrameType,
-  opensSection,
-  type AttachmentKind,
-  type EndOfState,
-  type Freeze,
-  type Plan,
-  type PlannedDevice,
-  type StreamLimits,
-  type Welcome,
-} from './wire.js';
+import { FRAME_NAMES, FrameType, opensSection } from './frames.js';
+import { AttachmentRole, Features, FrameFlags, type AttachmentKind, type EndOfState, type Freeze, type Plan, type PlannedDevice, type StreamLimits, type Welcome } from './wire.js';
 
 interface DeviceState {
   device: PlannedDevice;

@@ -8,15 +8,13 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd } from '../fd/index.js';
 import { fillMemfd } from '../fd/memfd.js';
 import type { StreamChannel } from './channel.js';
-import { bodyHasCrc } from './frames.js';
+import { bodyHasCrc, FRAME_NAMES, FrameType } from './frames.js';
 import { checkMemfdPayload, forEachPart, isMemfdPayload, sendByMemfd, type OutgoingAttachment, type SectionDevice, type SectionPayload } from './payload.js';
 import { encodeAbort, encodeAck, encodeEndOfState, encodeFreeze, encodeHeader, encodeHello, encodeNack, encodePing, encodePlan, encodeSectionPrefix, encodeWelcome } from './codec.js';
 import {
   AttachmentRole,
-  FRAME_NAMES,
   Features,
   FrameFlags,
-  FrameType,
   MAGIC,
   NO_SECTION,
   type AckStageCode,
