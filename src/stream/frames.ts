@@ -385,18 +385,21 @@ export type TableItem = { [K in ItemFrameName]: Table[K] extends { item: (v: nev
 export const FRAMES: ReadonlyMap<number, FrameDef> = new Map(
   (Object.keys(FRAME_TABLE) as FrameName[]).map((name) => {
     const e: Entry = FRAME_TABLE[name];
+    // Every entry made into the same shape (one hidden class: the reader's property reads stay monomorphic).
     const def: FrameDef = {
-      crc: 'feature',
-      maxFds: 0,
-      flags: 0,
-      requires: 0,
-      inSection: false,
-      afterEnd: false,
-      afterRefusal: false,
-      ...e,
+      code: e.code,
+      name,
+      receivedOn: e.receivedOn,
+      phase: e.phase,
+      crc: e.crc ?? 'feature',
+      maxFds: e.maxFds ?? 0,
+      flags: e.flags ?? 0,
+      requires: e.requires ?? 0,
+      inSection: e.inSection ?? false,
+      afterEnd: e.afterEnd ?? false,
+      afterRefusal: e.afterRefusal ?? false,
       codec: e.codec as Codec<unknown> | null,
       item: (e.item as FrameDef['item'] | undefined) ?? null,
-      name,
     };
     return [def.code, Object.freeze(def)];
   }),

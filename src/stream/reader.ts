@@ -362,11 +362,11 @@ export class StreamReader {
       this.#acceptPlan(plan);
       return { type: 'plan', plan };
     },
-    SECTION_START: (_, f) => this.#sections.section(this.#context(f)),
-    SECTION_PART: (_, f) => this.#sections.section(this.#context(f)),
-    SECTION_END: (_, f) => this.#sections.section(this.#context(f)),
-    SECTION_FULL: (_, f) => this.#sections.section(this.#context(f)),
-    STAGE: (_, f) => this.#sections.stage(this.#context(f)),
+    SECTION_START: (_, f) => this.#sections.section(f.h, f.c, f.body, f.fds, f.crcOk, this.#features, this.#framer.frameStart),
+    SECTION_PART: (_, f) => this.#sections.section(f.h, f.c, f.body, f.fds, f.crcOk, this.#features, this.#framer.frameStart),
+    SECTION_END: (_, f) => this.#sections.section(f.h, f.c, f.body, f.fds, f.crcOk, this.#features, this.#framer.frameStart),
+    SECTION_FULL: (_, f) => this.#sections.section(f.h, f.c, f.body, f.fds, f.crcOk, this.#features, this.#framer.frameStart),
+    STAGE: (_, f) => this.#sections.stage(f.h, f.c, f.body, f.fds, this.#framer.frameStart),
     FREEZE: (freeze) => {
       this.#sections.freeze(freeze);
       return { type: 'freeze', freeze };
@@ -388,10 +388,6 @@ export class StreamReader {
       return { type: 'eof' };
     },
   };
-
-  #context(f: FrameInput): Parameters<Sections['section']>[0] {
-    return { ...f, features: this.#features, offset: this.#framer.frameStart };
-  }
 
   #acceptPlan(plan: Plan): void {
     // The version the frames use: one this reader speaks, within HELLO's window.

@@ -32,19 +32,6 @@ export interface SectionsOptions {
   onPayload: ((device: PlannedDevice, length: number, inMemfd: boolean) => Buffer | undefined | void) | undefined;
 }
 
-/** What a section or STAGE frame comes with besides its body. */
-export interface FrameContext {
-  h: FrameHeader;
-  c: Cursor;
-  body: Buffer;
-  fds: number[];
-  crcOk: boolean;
-  /** The features in use. */
-  features: number;
-  /** Stream offset of the frame. */
-  offset: number;
-}
-
 const EMPTY = Buffer.alloc(0);
 
 export class Sections {
@@ -115,7 +102,7 @@ export class Sections {
   }
 
   /** A section frame: its device, its place in the section, its fds and its payload. */
-  section({ h, c, body, fds, crcOk, features, offset }: FrameContext): SectionItem {
+  section(h: FrameHeader, c: Cursor, body: Buffer, fds: number[], crcOk: boolean, features: number, offset: number): SectionItem {
     const s = decodeSectionPrefix(c, h.type, h.flags, h.fdCount);
     const inMemfd = (h.flags & FrameFlags.PAYLOAD_IN_MEMFD) !== 0;
     if (inMemfd && (features & Features.MEMFD_PAYLOAD) === 0) throw protocolError('a memfd payload without the MEMFD_PAYLOAD feature');
@@ -238,7 +225,7 @@ export class Sections {
   }
 
   /** A STAGE frame: a planned device with fds, all its fds (of their kinds), a new sectionId. */
-  stage({ h, c, body, fds, offset }: FrameContext): StageItem {
+  stage(h: FrameHeader, c: Cursor, body: Buffer, fds: number[], offset: number): StageItem {
     if (h.flags !== 0) throw protocolError('STAGE frames have no flags');
     const s = decodeSectionPrefix(c, FrameType.STAGE, 0, h.fdCount);
     const key = `${s.idstr}\0${s.instanceId}`;
