@@ -6,8 +6,7 @@
 import { constants as fsc, openSync, readSync, readlinkSync, writeSync } from 'node:fs';
 import { BackendTransferError } from '../errors.js';
 import { closeFds, inspectFd } from '../fd/index.js';
-import { ifIndexOf, tapFlagMask, tapHasVnetHdr, tapNetnsIno, tapOpenFlags, tapQueueEnabled, tapVnetHdrSize, tunSetIff } from '../fd/tap.js';
-import { tapQueueIff } from '../fd/tun.js';
+import { ifIndexOf, tapFlagMask, tapHasVnetHdr, tapNetnsIno, tapOpenFlags, tapQueueEnabled, tapQueueIff, tapVnetHdrSize, tunSetIff } from '../fd/tap.js';
 import { FdPoller, READABLE } from '../transport/poller.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
 import { byName, decodeState, encodeState, expectFd, invalid, checkCount, requireCount, requireString, verifyError, stateOf } from './common.js';

@@ -1,11 +1,12 @@
 // The fds a stream reader received and has not yet handed out, in arrival order,
 // each with the stream offset its chunk ended at: a frame claims exactly its
 // declared fds, numbered from its firstFdSeq, none late and none left behind
-// (docs/stream-format.md, "fds"). Split out of reader.ts.
+// (docs/stream-format.md, "fds"). The reader's fd ledger: every fd it holds is
+// here until a frame claims it, or closed by drop().
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd, closeFds } from '../fd/index.js';
 import type { FrameHeader } from './codec.js';
-import { FRAME_NAMES } from './wire.js';
+import { FRAME_NAMES, FrameType } from './frames.js';
 
 interface QueuedFd {
   fd: number;
@@ -19,6 +20,12 @@ export class FdQueue {
   #head = 0;
   #rxSeq = 0; // seq of the next fd fed
   #claimedSeq = 0; // fds handed out (or consumed) so far
+  #received = 0; // fds fed in all
+
+  /** fds received so far, in all. */
+  get received(): number {
+    return this.#received;
+  }
 
   /** fds received and not yet claimed. */
   get pending(): number {
@@ -28,6 +35,7 @@ export class FdQueue {
   /** The fds that arrived with a chunk ending at stream offset chunkEnd (the queue's from now on). */
   push(fds: readonly number[], chunkEnd: number): void {
     for (const fd of fds) this.#queue.push({ fd, seq: this.#rxSeq++, chunkEnd });
+    this.#received += fds.length;
   }
 
   /** Closes every fd still queued. */
@@ -35,6 +43,18 @@ export class FdQueue {
     for (let i = this.#head; i < this.#queue.length; i++) closeFd(this.#queue[i]!.fd);
     this.#queue = [];
     this.#head = 0;
+  }
+
+  /**
+   * The fds of a whole frame (see claim): HELLO's probe fd may be missing (that is
+   * what the probe finds out); a stream without its fds (fdsAbsent) gives -1 each.
+   */
+  forFrame(h: FrameHeader, frameStart: number, frameEnd: number, fdsAbsent: boolean): number[] {
+    return h.type === FrameType.HELLO && h.fdCount === 1 && this.pending === 0 && !fdsAbsent
+      ? this.skipProbe(h)
+      : fdsAbsent
+        ? new Array<number>(h.fdCount).fill(-1)
+        : this.claim(h, frameStart, frameEnd);
   }
 
   /** HELLO's probe fd did not arrive: the sender counted it, so the numbering moves on. */

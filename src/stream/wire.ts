@@ -1,4 +1,5 @@
-// Wire constants and types of the migration stream (docs/stream-format.md).
+// Wire constants and types of the migration stream (docs/stream-format.md). The
+// frame types (FrameType, FRAME_NAMES) and their body codecs are frames.ts's.
 import type { FdKind } from '../fd/kind.js';
 
 export const STREAM_VERSION = 1;
@@ -8,31 +9,6 @@ export const TRAILER_SIZE = 4;
 export const NO_SECTION = 0xffffffff;
 export const UNKNOWN_BUDGET = 0xffffffff;
 export const PROBE_SIZE = 16;
-
-export const FrameType = {
-  HELLO: 0x01,
-  WELCOME: 0x02,
-  PLAN: 0x03,
-  SECTION_START: 0x10,
-  SECTION_PART: 0x11,
-  SECTION_END: 0x12,
-  SECTION_FULL: 0x13,
-  /** With STAGED: one device's backend fds and static metadata, before the freeze. */
-  STAGE: 0x14,
-  /** With STAGED: the source froze; the switch-over follows (with the devices it dropped). */
-  FREEZE: 0x15,
-  END_OF_STATE: 0x20,
-  ACK: 0x30,
-  NACK: 0x31,
-  PING: 0x32,
-  PONG: 0x33,
-  COMMIT: 0x40,
-  ABORT: 0x41,
-  EOF: 0x7f,
-} as const;
-export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
-
-export const FRAME_NAMES: Record<number, string> = Object.fromEntries(Object.entries(FrameType).map(([k, v]) => [v, k]));
 
 export const FrameFlags = {
   PAYLOAD_IN_MEMFD: 0x01,
@@ -271,12 +247,4 @@ export interface Ping {
 export interface Abort {
   code: string;
   reason: string;
-}
-
-export function isSectionFrame(type: number): boolean {
-  return type >= FrameType.SECTION_START && type <= FrameType.SECTION_FULL;
-}
-
-export function opensSection(type: number): boolean {
-  return type === FrameType.SECTION_START || type === FrameType.SECTION_FULL;
 }

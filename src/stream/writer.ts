@@ -1,31 +1,24 @@
-// (Over 450 lines: one class whose methods each write one kind of frame under the
-// same sticky-error and plan checks; the frame rules it shares with the reader are
-// in frames.ts. Its memfd payload path could move out next.)
-//
 // The stream writer: frames to a channel, large payloads streamed in parts (memory
 // stays bounded whatever the state size), optionally by sealed memfd. The first
 // channel error is sticky: every later call reports it (QEMU's qemu-file does the
 // same). A section that would need fds on a channel that cannot carry them fails
-// before anything is written.
-import { writeSync } from 'node:fs';
+// before anything is written. Payloads in a memfd: payload.ts.
 import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd } from '../fd/index.js';
-import { native } from '../native.js';
+import { fillMemfd } from '../fd/memfd.js';
 import type { StreamChannel } from './channel.js';
-import { bodyHasCrc } from './frames.js';
+import { bodyHasCrc, FRAME_NAMES, FrameType } from './frames.js';
+import { checkMemfdPayload, forEachPart, isMemfdPayload, sendByMemfd, type OutgoingAttachment, type SectionDevice, type SectionPayload } from './payload.js';
 import { encodeAbort, encodeAck, encodeEndOfState, encodeFreeze, encodeHeader, encodeHello, encodeNack, encodePing, encodePlan, encodeSectionPrefix, encodeWelcome } from './codec.js';
 import {
   AttachmentRole,
-  FRAME_NAMES,
   Features,
   FrameFlags,
-  FrameType,
   MAGIC,
   NO_SECTION,
-  SEALS_REQUIRED,
   type AckStageCode,
-  type AttachmentKind,
+  type AttachmentHeader,
   type DroppedDevice,
   type Hello,
   type Plan,
@@ -33,29 +26,8 @@ import {
   type Welcome,
 } from './wire.js';
 
-export interface OutgoingAttachment {
-  kind: AttachmentKind;
-  name: string;
-  meta?: Record<string, unknown> | null;
-  /** Stays the caller's; it must stay open until section() resolves. */
-  fd: number;
-}
-
-/** State that already lives in a sealed memfd: sent by descriptor, not copied. */
-export interface MemfdPayload {
-  memfd: number;
-  length: number;
-  /** Add the seals if the memfd lacks them (it must allow sealing). Default false: an unsealed memfd is refused. */
-  seal?: boolean;
-}
-
-export type SectionPayload = Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array> | MemfdPayload;
-
-export interface SectionDevice {
-  id: string;
-  instance: number;
-  version: number;
-}
+export type { MemfdPayload, OutgoingAttachment, SectionDevice, SectionPayload } from './payload.js';
+export { fillMemfd } from '../fd/memfd.js';
 
 export interface StreamWriterOptions {
   /** Largest payload part per frame. Default 1 MiB. */
@@ -77,10 +49,7 @@ export interface WriterTotals {
 }
 
 const EMPTY = new Uint8Array(0);
-
-function isMemfdPayload(p: SectionPayload): p is MemfdPayload {
-  return typeof p === 'object' && p !== null && 'memfd' in p && typeof p.memfd === 'number';
-}
+const PAYLOAD_ATTACHMENT: AttachmentHeader = { kind: 'memfd', role: AttachmentRole.PAYLOAD, name: 'payload', meta: null };
 
 export class StreamWriter {
   readonly channel: StreamChannel;
@@ -221,7 +190,7 @@ export class StreamWriter {
       if (device.version !== planned.version) throw BackendTransferError.invalidArgument(`section ${device.id} has version ${device.version}, the plan says ${planned.version}`);
     }
     if (this.#written.has(key)) throw new BackendTransferError(ErrorCodes.ERR_STREAM_DUPLICATE_SECTION, `device ${device.id}/${device.instance} already has a section`);
-    if (isMemfdPayload(payload)) this.#checkMemfd(payload);
+    if (isMemfdPayload(payload)) checkMemfdPayload(payload, this.#features);
     this.#written.add(key);
     this.#writing = device.id;
     const sectionId = this.#nextSectionId++;
@@ -240,24 +209,7 @@ export class StreamWriter {
       await this.#sectionFrame(type, sectionId, device, first ? atts : [], first ? fds : [], part.length, part, null);
       first = false;
     };
-    if (payload instanceof Uint8Array) {
-      if (payload.length <= this.#partSize) return emit(payload, true);
-      for (let off = 0; off < payload.length; off += this.#partSize) {
-        await emit(payload.subarray(off, Math.min(payload.length, off + this.#partSize)), off + this.#partSize >= payload.length);
-      }
-      return;
-    }
-    // An iterable: keep one part in hand to know which one is last.
-    let held: Uint8Array | null = null;
-    for await (const chunk of payload as AsyncIterable<Uint8Array>) {
-      for (let off = 0; off < chunk.length || (chunk.length === 0 && off === 0); off += this.#partSize) {
-        const piece = chunk.subarray(off, Math.min(chunk.length, off + this.#partSize));
-        if (piece.length === 0 && chunk.length === 0) break;
-        if (held) await emit(held, false);
-        held = piece;
-      }
-    }
-    await emit(held ?? EMPTY, true);
+    await forEachPart(payload, this.#partSize, emit);
   }
 
   #plannedDevice(device: SectionDevice): PlannedDevice | null {
@@ -267,61 +219,30 @@ export class StreamWriter {
     return d;
   }
 
-  #checkMemfd(p: MemfdPayload): void {
-    if ((this.#features & Features.MEMFD_PAYLOAD) === 0) throw BackendTransferError.invalidArgument('a memfd payload needs the negotiated MEMFD_PAYLOAD feature');
-    // payloadLength is a u32: refuse here what no reader could take, before anything is written.
-    if (!(p.length <= MAX_MEMFD_PAYLOAD)) {
-      throw new BackendTransferError(ErrorCodes.ERR_STREAM_TOO_LARGE, `memfd payload is ${p.length} bytes, over the limit of ${MAX_MEMFD_PAYLOAD}; nothing was written`, {
-        details: { what: 'memfd payload', value: p.length, limit: MAX_MEMFD_PAYLOAD },
-      });
-    }
-    let seals: number;
-    try {
-      seals = native.fcntl_get_seals(p.memfd);
-    } catch (err) {
-      throw new BackendTransferError(ErrorCodes.ERR_STREAM_FD_KIND, `payload fd ${p.memfd} is not a memfd`, { cause: err });
-    }
-    if ((seals & SEALS_REQUIRED) !== SEALS_REQUIRED) {
-      if (!p.seal) throw new BackendTransferError(ErrorCodes.ERR_STREAM_MEMFD_UNSEALED, `payload memfd ${p.memfd} is not sealed (pass seal: true to seal it)`);
-      native.fcntl_add_seals(p.memfd, SEALS_REQUIRED);
-    }
-    const size = native.fstat(p.memfd).size;
-    if (size !== p.length) throw new BackendTransferError(ErrorCodes.ERR_STREAM_MEMFD_SIZE, `payload memfd holds ${size} bytes, not ${p.length}`);
-  }
-
+  /** One frame of a section: its part inline, or by memfd (the given one, or one made of a large part when MEMFD_PAYLOAD is in use). */
   async #sectionFrame(
     type: number,
     sectionId: number,
     device: SectionDevice,
-    atts: { kind: AttachmentKind; role: 0 | 1; name: string; meta: Record<string, unknown> | null }[],
+    atts: AttachmentHeader[],
     fds: number[],
     length: number,
     inline: Uint8Array | null,
     givenMemfd: number | null,
   ): Promise<void> {
-    let memfd = givenMemfd;
-    let ownMemfd = false;
-    const useMemfd = givenMemfd !== null || (inline !== null && inline.length >= this.#memfdThreshold && (this.#features & Features.MEMFD_PAYLOAD) !== 0 && this.channel.canPassFds);
-    let payloadCrc = 0;
-    if (useMemfd && memfd === null) {
-      memfd = fillMemfd(inline!);
-      ownMemfd = true;
-    }
-    try {
-      const frameAtts = useMemfd ? [...atts, { kind: 'memfd' as const, role: AttachmentRole.PAYLOAD as 0 | 1, name: 'payload', meta: null }] : atts;
-      const frameFds = useMemfd ? [...fds, memfd!] : fds;
-      if (useMemfd && (this.#features & Features.BODY_CRC) !== 0) payloadCrc = inline ? crc32(inline) : memfdCrc(memfd!, length);
+    const send = async (memfd: number | null, payloadCrc: number): Promise<void> => {
+      const frameAtts = memfd !== null ? [...atts, PAYLOAD_ATTACHMENT] : atts;
       const prefix = encodeSectionPrefix(
         type,
         { sectionId, instanceId: device.instance, versionId: device.version, idstr: device.id, attachments: frameAtts, payloadLength: length, payloadCrc },
-        useMemfd,
+        memfd !== null,
       );
-      const body = useMemfd || inline === null || inline.length === 0 ? [prefix] : [prefix, inline];
+      const body = memfd !== null || inline === null || inline.length === 0 ? [prefix] : [prefix, inline];
       this.totals.payloadBytes += BigInt(length);
-      await this.#frame(type, useMemfd ? FrameFlags.PAYLOAD_IN_MEMFD : 0, body, frameFds, length);
-    } finally {
-      if (ownMemfd) closeFd(memfd!);
-    }
+      await this.#frame(type, memfd !== null ? FrameFlags.PAYLOAD_IN_MEMFD : 0, body, memfd !== null ? [...fds, memfd] : fds, length);
+    };
+    const useMemfd = givenMemfd !== null || (inline !== null && inline.length >= this.#memfdThreshold && (this.#features & Features.MEMFD_PAYLOAD) !== 0 && this.channel.canPassFds);
+    return useMemfd ? sendByMemfd(inline, givenMemfd, length, (this.#features & Features.BODY_CRC) !== 0, send) : send(null, 0);
   }
 
   // ---------------------------------------------------------------- staged backends (STAGED)
@@ -527,35 +448,6 @@ export class StreamWriter {
     this.totals.frames++;
     this.totals.bytes += bytes;
     this.#onFrame?.({ type, bytes, fds: fds.length, payloadBytes });
-  }
-}
-
-/** The largest memfd payload a frame can declare (payloadLength is a u32). */
-const MAX_MEMFD_PAYLOAD = 0xffffffff;
-
-/** A sealed memfd holding `data` (F_SEAL_SHRINK | GROW | WRITE | SEAL). */
-export function fillMemfd(data: Uint8Array, name = 'bt-payload'): number {
-  const fd = native.memfd_create(name);
-  try {
-    let off = 0;
-    // writeSync takes at most 2 GiB - 1 at a time.
-    while (off < data.length) off += writeSync(fd, data, off, Math.min(data.length - off, 1 << 30), off);
-    native.fcntl_add_seals(fd, SEALS_REQUIRED | native.F_SEAL_SEAL);
-    return fd;
-  } catch (err) {
-    closeFd(fd);
-    throw BackendTransferError.fromSystem(err, 'filling a payload memfd');
-  }
-}
-
-/** The CRC of a sealed memfd's `length` bytes (seals and size checked by #checkMemfd), over a mapping: no read loop. */
-function memfdCrc(fd: number, length: number): number {
-  if (length === 0) return 0;
-  const m = native.mmap_memfd(fd, length);
-  try {
-    return crc32(m);
-  } finally {
-    native.munmap_buffer(m);
   }
 }
 
