@@ -1,3 +1,7 @@
+// (Over 450 lines: two tables meant to be read side by side -- every error code
+// with its meaning, and the details each code carries (ErrorDetailsMap) -- plus
+// the one error class over them.)
+//
 // One error class with stable .code values, after hypercore's lib/errors.js: static
 // factories, the code in both the message and the property. System errors keep
 // their errno/syscall and travel as .cause.
