@@ -1,6 +1,6 @@
 export * from './wire.js';
 export { FrameType, FRAME_NAMES, isSectionFrame, opensSection } from './frames.js';
-export type { FrameTypeCode } from './frames.js';
+export type { FrameBodies, FrameName, FrameTypeCode } from './frames.js';
 export { StreamReader, kindMatches } from './reader.js';
 export type { StreamReaderOptions, StreamItem, SectionItem, ReceivedAttachment, ReaderRole, SectionFrameName } from './reader.js';
 export { StreamWriter, fillMemfd } from './writer.js';
