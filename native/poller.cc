@@ -29,7 +29,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
     if (info.Length() < 2 || !info[1].IsFunction()) ThrowArg(env, "Poller(fd, callback)");
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr)
-      ThrowCode(env, "ERR_NO_LOOP", "no uv loop for this environment");
+      ThrowCode(env, "ERR_NATIVE", "no uv loop for this environment");
     int r = uv_poll_init(loop, &handle_, fd);
     if (r < 0) ThrowErrno(env, -r, "uv_poll_init");
     handle_.data = this;
@@ -40,7 +40,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
 
  private:
   Napi::Value Start(const Napi::CallbackInfo& info) {
-    if (closing_) ThrowCode(info.Env(), "ERR_POLLER_CLOSED", "poller is closed");
+    if (closing_) ThrowCode(info.Env(), "ERR_NATIVE", "poller is closed");
     int events = IntArg(info, 0, UV_READABLE, 0, UV_READABLE | UV_WRITABLE | UV_DISCONNECT | UV_PRIORITIZED, "events");
     int r = uv_poll_start(&handle_, events, &Poller::OnPoll);
     if (r < 0) ThrowErrno(info.Env(), -r, "uv_poll_start");

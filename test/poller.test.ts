@@ -65,6 +65,24 @@ describe('FdPoller', () => {
     expect(calls).toEqual([`start ${R}`, `start ${R | W}`, 'stop']);
   });
 
+  it('the native poller, started after close, throws a documented code (ERR_NATIVE)', () => {
+    const [a, b] = native.socketpair(native.SOCK_STREAM);
+    try {
+      const p = new native.Poller(a, () => {});
+      p.close();
+      let err: unknown;
+      try {
+        p.start(R);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toMatchObject({ code: 'ERR_NATIVE', message: expect.stringContaining('poller is closed') });
+    } finally {
+      closeFd(a);
+      closeFd(b);
+    }
+  });
+
   it('turns a poll error status into a library error', () => {
     let got: unknown;
     const p = new FdPoller(0, (_e, err) => (got = err), FakePoller);
