@@ -49,8 +49,11 @@ echo "test:sanitize: building the addon with $SAN in $OUT"
   { tail -30 "$OUT/build.log"; echo "test:sanitize: the sanitized build failed"; exit 1; }
 ADDON="$OUT/build/Release/backend_transfer.node"
 # Make sure the sanitizers really are in (a flag that did not reach the compiler would pass silently).
+# (ldd's output read whole first: `ldd | grep -q` under pipefail fails when grep
+# exits at the first match and ldd then dies of SIGPIPE, as it did once in CI.)
+LINKED="$(ldd "$ADDON")"
 for lib in libasan libubsan; do
-  ldd "$ADDON" | grep -q "$lib" || { echo "test:sanitize: $ADDON is not linked with $lib: the flags did not reach the build"; exit 1; }
+  grep -q "$lib" <<<"$LINKED" || { echo "test:sanitize: $ADDON is not linked with $lib: the flags did not reach the build"; exit 1; }
 done
 
 export BACKEND_TRANSFER_NATIVE="$ADDON"
