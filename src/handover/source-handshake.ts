@@ -5,7 +5,7 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { offersFor } from '../backends/policy.js';
 import type { SourceDevice } from '../backends/types.js';
 import { sendBufferSize } from '../fd/handover-io.js';
-import { inspectFd, type FdInfo } from '../fd/index.js';
+import { fdKindOf, type FdKindInfo } from '../fd/index.js';
 import { fdBudget } from '../stream/budget.js';
 import { kindMatches } from '../stream/reader.js';
 import { Features, REASON_NAMES, STREAM_VERSION, type Hello, type Plan, type Welcome } from '../stream/wire.js';
@@ -47,9 +47,9 @@ export function checkDevices(o: SendHandoverOptions): void {
 /** ERR_BACKEND_INVALID unless each fd the device would attach is open and of its declared kind. */
 function checkDeviceFds(d: SourceDevice): void {
   for (const a of d.capture(true).attachments) {
-    let info: FdInfo;
+    let info: FdKindInfo;
     try {
-      info = inspectFd(a.fd);
+      info = fdKindOf(a.fd);
     } catch (err) {
       throw new BackendTransferError(ErrorCodes.ERR_BACKEND_INVALID, `device ${d.id}: fd ${a.fd} (${a.name}) is not open (${(err as Error).message}); nothing was sent`, {
         cause: err,

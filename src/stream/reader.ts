@@ -11,7 +11,7 @@
 import { readSync } from 'node:fs';
 import { crc32 } from './crc.js';
 import { BackendTransferError, ErrorCodes } from '../errors.js';
-import { closeFd, closeFds, inspectFd, type FdInfo } from '../fd/index.js';
+import { closeFd, closeFds, fdKindOf, type FdKindInfo } from '../fd/index.js';
 import { native } from '../native.js';
 import { Cursor, decodeHeader, decodeSectionPrefix, hex, protocolError, tooLarge, type FrameHeader } from './codec.js';
 import { OrderPhase, bodyHasCrc, featureNames, frameDef, type FrameBodies, type FrameDef, type FrameName } from './frames.js';
@@ -926,9 +926,9 @@ export class StreamReader {
   }
 
   #checkKind(a: ReceivedAttachment): void {
-    let info: FdInfo;
+    let info: FdKindInfo;
     try {
-      info = inspectFd(a.fd);
+      info = fdKindOf(a.fd);
     } catch (err) {
       throw BackendTransferError.fromSystem(err, `inspecting attachment ${a.name}`);
     }
@@ -1015,7 +1015,7 @@ export class StreamReader {
 }
 
 /** Whether an fd, as the kernel describes it, can be an attachment of this kind. */
-export function kindMatches(kind: AttachmentKind, info: FdInfo): boolean {
+export function kindMatches(kind: AttachmentKind, info: FdKindInfo): boolean {
   switch (kind) {
     case 'tap':
       return info.kind === 'tap' || info.kind === 'tun-unattached';
