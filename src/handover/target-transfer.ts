@@ -120,16 +120,30 @@ export async function receiveStaged(r: TargetRun): Promise<void> {
   };
   // The source's freeze() runs between its last ACK(STAGED) and FREEZE.
   const stageWait = timeouts.stage > 0 && timeouts.freeze > 0 ? timeouts.stage + timeouts.freeze : 0;
+  // The STAGEs verified and not yet answered: their ACK(STAGED)s go together, in
+  // order, in one write, once no further frame is waiting to be read (a batch of
+  // STAGEs arrives together: one write and one wake-up of the source per batch,
+  // not per device). A NACK for a later device leaves them unanswered.
+  let unanswered: number[] = [];
+  const answer = async () => {
+    if (unanswered.length === 0) return;
+    // An abort heard by now refuses these devices rather than acknowledging them.
+    s.checkAborted();
+    const acks = unanswered.map((sectionId) => ({ stage: AckStage.STAGED, sectionId }));
+    unanswered = [];
+    await s.bounded(w.acks(acks), timeouts.stage, 'sending ACK(STAGED)');
+  };
   for (;;) {
+    if (s.queue!.ready === 0) await answer();
     const it = await s.next('STAGE or FREEZE', stageWait, false);
     if (it.type === 'stage') {
       stage(it, false);
       progress(r, stagedCount);
-      // An abort heard by now refuses this device rather than acknowledging it.
       s.checkAborted();
-      await s.bounded(w.ack(AckStage.STAGED, '', it.sectionId), timeouts.stage, 'sending ACK(STAGED)');
+      unanswered.push(it.sectionId);
       continue;
     }
+    await answer();
     if (it.type === 'section' && isVmmState(it.device)) {
       takeSection(r, it); // the precopied VMM state
       continue;
