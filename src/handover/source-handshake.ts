@@ -25,7 +25,10 @@ const MAX_AUTO_SNDBUF = 4 * 1024 * 1024;
 
 /** Raises SO_SNDBUF to hold the state (o.sendBufferSize, else room for the state up to 4 MiB; never lowers it; 0 leaves it alone). The kernel caps it at wmem_max. */
 export function growSendBuffer(sock: FdSocket, o: SendHandoverOptions): void {
-  const bytes = o.sendBufferSize ?? Math.min(MAX_AUTO_SNDBUF, (payloadSize(o.state) ?? MAX_AUTO_SNDBUF) + 256 * 1024);
+  // The state after the freeze, or a precopy (streamed before it: a small buffer
+  // costs the writer a wait for POLLOUT several times per MiB), whichever is larger.
+  const pre = o.precopy === undefined ? 0 : o.precopy instanceof Uint8Array ? o.precopy.length : MAX_AUTO_SNDBUF;
+  const bytes = o.sendBufferSize ?? Math.min(MAX_AUTO_SNDBUF, Math.max(payloadSize(o.state) ?? MAX_AUTO_SNDBUF, pre) + 256 * 1024);
   if (!(bytes > 0)) return;
   // Linux reports twice what was set (its bookkeeping overhead).
   if (sendBufferSize(sock.fd) / 2 < bytes) sock.setBufferSizes({ send: bytes });
