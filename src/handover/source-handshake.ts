@@ -6,6 +6,7 @@ import { offersFor } from '../backends/policy.js';
 import type { SourceDevice } from '../backends/types.js';
 import { sendBufferSize } from '../fd/handover-io.js';
 import { fdKindOf, type FdKindInfo } from '../fd/index.js';
+import { openFdCount } from '../fd/probe.js';
 import { fdBudget } from '../stream/budget.js';
 import { kindMatches } from '../stream/reader.js';
 import { Features, REASON_NAMES, STREAM_VERSION, type Hello, type Plan, type Welcome } from '../stream/wire.js';
@@ -87,7 +88,7 @@ export function buildHello(o: SendHandoverOptions): Hello {
     maxVersion: STREAM_VERSION,
     features,
     canPassFds: true,
-    fdBudget: fdBudget(),
+    fdBudget: fdBudget(openFdCount),
     probe: wantsFds || o.memfdPayloads ? randomProbe() : null,
     offers,
     // The state's size lets the target make room for it before the freeze.
