@@ -228,6 +228,37 @@ describe('faults while staging (the target here)', () => {
     expect(await fdsSettleAt(before)).toBe(before);
   });
 
+  it('100 devices, the STAGEs written without waiting and answered in batches: a NACK for device 7 while later STAGEs are in flight freezes nothing, the target closes everything, the source keeps every backend', async () => {
+    const { peer, path } = await source({ stateBytes: 1000, extraDevices: 99 });
+    const before = countOpenFds();
+    const accept = [
+      new GenericTarget({ id: 'vm0', expect: { ram: 'memfd', irq: 'eventfd' } }),
+      // d7's fd a is an eventfd: a target that expects a memfd refuses it at staging.
+      ...Array.from({ length: 99 }, (_, i) => new GenericTarget({ id: `d${i + 1}`, expect: i + 1 === 7 ? { a: 'memfd' } : { a: 'eventfd', b: 'eventfd' } })),
+    ];
+    const t = receive(path, { accept });
+    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as {
+      event: string;
+      code: string;
+      details: { phase: string; code: string; reason: string };
+      frozen: number;
+      thawed: number;
+      works: boolean;
+      leaked: number;
+    };
+    expect(s.event).toBe('handover-failed');
+    expect(s.code).toBe('ERR_HANDOVER_REFUSED');
+    expect(s.details).toMatchObject({ phase: 'stage', code: 'ERR_BACKEND_VERIFY' });
+    expect(s.details.reason).toMatch(/device d7/);
+    expect(s.frozen).toBe(0);
+    expect(s.thawed).toBe(0);
+    expect(s.works).toBe(true); // all 201 fds still open here, of their kinds, and working
+    expect(s.leaked).toBe(0);
+    await expect(t.done).rejects.toMatchObject({ code: 'ERR_BACKEND_VERIFY', details: { phase: 'stage', committed: false } });
+    // Every fd staged here (up to 202, and those of STAGEs still arriving) is closed.
+    expect(await fdsSettleAt(before)).toBe(before);
+  });
+
   it("staged metadata counts against the target's limits (maxDeviceStateBytes): refused at staging, before any freeze", async () => {
     const { peer, path } = await source({ stateBytes: 1000 });
     const before = countOpenFds();

@@ -16,6 +16,7 @@ import {
   TapTarget,
   VhostUserTarget,
   closeFds,
+  fdBudget,
   findSameFile,
   native,
   pumpFdSocket,
@@ -24,7 +25,9 @@ import {
   sendHandover,
   type StreamItem,
 } from '../src/index.js';
-import { trackFdLeaks } from './helpers/fds.js';
+import { openFdCount } from '../src/fd/probe.js';
+import { findSameFileIn } from '../src/fd/same-file.js';
+import { countOpenFds, trackFdLeaks } from './helpers/fds.js';
 import { Peers } from './helpers/child.js';
 import { netnsUnavailable, skipUnless } from './helpers/env.js';
 import { createNetns, deleteNetns } from './helpers/netns.js';
@@ -132,6 +135,23 @@ describe('closing a hostile fd never blocks the process', () => {
   });
 });
 
+describe('counting open fds for the fd budget', () => {
+  it('openFdCount (one fstat per slot of the fd table) agrees with a listing of /proc/self/fd, and fdBudget with either count', () => {
+    const before = openFdCount();
+    expect(before).toBe(countOpenFds());
+    const more = Array.from({ length: 300 }, () => native.eventfd(0));
+    try {
+      expect(openFdCount()).toBe(before! + 300);
+      expect(openFdCount()).toBe(countOpenFds());
+      expect(fdBudget(openFdCount)).toBe(fdBudget());
+      expect(fdBudget(() => null)).toBe(fdBudget());
+    } finally {
+      closeFds(more);
+    }
+    expect(openFdCount()).toBe(before);
+  });
+});
+
 describe('one open file sent as two backend fds is refused', () => {
   it(`findSameFile tells a dup from a distinct file (method here: ${sameFileMethod()})`, () => {
     const a = native.eventfd(0);
@@ -146,6 +166,35 @@ describe('one open file sent as two backend fds is refused', () => {
       expect(() => findSameFile([a, 1_000_000])).toThrow();
     } finally {
       closeFds([a, b, a2, s1, s2, s1b]);
+    }
+  });
+
+  it('findSameFileIn with runs (each device checked alone first, then all merged) finds a file sent twice across runs and within one', () => {
+    const fds = Array.from({ length: 60 }, () => native.eventfd(0));
+    const runs = [0, 1, 2].map((k) => Array.from({ length: 20 }, (_, i) => k * 20 + i));
+    try {
+      // Each run alone, its order kept, then all three merged.
+      const orders = runs.map((run) => {
+        const order: number[] = [];
+        expect(
+          findSameFileIn(
+            run.map((i) => fds[i]!),
+            { order },
+          ),
+        ).toBeNull();
+        expect([...order].sort((x, y) => x - y)).toEqual(run.map((_, i) => i));
+        return order.map((i) => run[i]!);
+      });
+      expect(findSameFileIn(fds, { runs: orders })).toBeNull();
+      const dupAcross = fds.slice();
+      dupAcross[47] = native.dup(fds[5]!);
+      expect(findSameFileIn(dupAcross, { runs: orders })).toEqual([5, 47]);
+      const dupWithin = fds.slice();
+      dupWithin[33] = native.dup(fds[21]!);
+      expect(findSameFileIn(dupWithin, { runs: orders })).toEqual([21, 33]);
+      closeFds([dupAcross[47]!, dupWithin[33]!]);
+    } finally {
+      closeFds(fds);
     }
   });
 

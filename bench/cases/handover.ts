@@ -76,7 +76,7 @@ export function handoverCases(s: Scale): Case[] {
   const fdNote = daemonFds < s.daemonFds ? `capped from ${s.daemonFds} by the hard RLIMIT_NOFILE of ${nofile} (no CAP_SYS_RESOURCE here)` : null;
   if (fdNote) console.warn(`NOTE 1000-VM daemon benchmark: ${daemonFds} fds, ${fdNote}`);
   const typical: { total: number[]; detail: Record<string, unknown> | null } = { total: [], detail: null };
-  const daemon: { total: number[] } = { total: [] };
+  const daemon: { total: number[]; memfdDowntime: number[] } = { total: [], memfdDowntime: [] };
   const why = tapUnavailable() ?? vhostUnavailable();
   const cli = [join(ROOT, 'bin/backend-transfer.js')];
   const GT = 'handover: typical VM (TAP 8 queues, 2 vhost-user, 4 chardevs, 4 MiB state; live traffic)';
@@ -170,6 +170,26 @@ export function handoverCases(s: Scale): Case[] {
       extra: () => ({ fds: daemonFds, devices: daemonFds / fdsEach, fdsPerDevice: fdsEach, lastBreakdown: daemonBreakdown.at(-1) ?? null, ...(fdNote ? { note: fdNote } : {}) }),
     },
     { group: GD, name: 'total handover time, staged, state precopied', unit: 'ms', lowerIsBetter: true, absoluteTarget: 1000, run: async () => daemon.total.shift() ?? NaN },
+    {
+      group: GD,
+      name: 'total handover time, staged, state in a sealed memfd (sent after the freeze)',
+      unit: 'ms',
+      lowerIsBetter: true,
+      absoluteTarget: 1000,
+      run: async () => {
+        const src = await daemonRun('memfd');
+        daemon.memfdDowntime.push(Number(src.downtimeMs));
+        return Number(src.totalMs);
+      },
+    },
+    {
+      group: GD,
+      name: 'downtime, staged, state in a sealed memfd',
+      unit: 'ms',
+      lowerIsBetter: true,
+      absoluteTarget: 100,
+      run: async () => daemon.memfdDowntime.shift() ?? NaN,
+    },
     { group: GD, name: 'downtime, staged, state after the freeze', unit: 'ms', lowerIsBetter: true, run: async () => Number((await daemonRun('staged')).downtimeMs) },
     { group: GD, name: 'downtime, staging off (the old order)', unit: 'ms', lowerIsBetter: true, run: async () => Number((await daemonRun('old')).downtimeMs) },
     {

@@ -13,5 +13,5 @@ const r = await receiveHandover({
   timeouts: { stage: 120_000, verify: 120_000, adopt: 120_000, commit: 120_000 },
 });
 for (const d of r.devices.values()) (d.backend as { close?: () => void } | null)?.close?.();
-process.stdout.write(JSON.stringify({ fds: r.fds, state, downtimeMs: r.timings.downtimeMs }) + '\n');
+process.stdout.write(JSON.stringify({ fds: r.fds, state, downtimeMs: r.timings.downtimeMs, totalMs: r.timings.totalMs, phases: r.timings.phases }) + '\n');
 sock.close();

@@ -7,5 +7,5 @@
 export { closeFd, closeFds } from './close.js';
 export { dupFd } from './dup.js';
 export { FD_KINDS, type FdKind } from './kind.js';
-export { inspectFd, type FdInfo } from './inspect.js';
-export { findSameFile, sameFileMethod, type SameFileMethod } from './same-file.js';
+export { fdKindOf, inspectFd, type FdInfo, type FdKindInfo } from './inspect.js';
+export { findSameFile, findSameFileIn, sameFileMethod, type SameFileMethod } from './same-file.js';

@@ -57,6 +57,76 @@ function sockTypeName(t: number): 'stream' | 'seqpacket' | 'dgram' | 'other' {
   return 'other';
 }
 
+function socketOf(fd: number): NonNullable<FdInfo['socket']> {
+  const domain = native.getsockopt(fd, native.SOL_SOCKET, native.SO_DOMAIN);
+  const type = sockTypeName(native.getsockopt(fd, native.SOL_SOCKET, native.SO_TYPE));
+  const listening = native.getsockopt(fd, native.SOL_SOCKET, native.SO_ACCEPTCONN) !== 0;
+  return { domain, type, listening };
+}
+
+function socketKind(s: NonNullable<FdInfo['socket']>): FdKind {
+  if (s.domain !== native.AF_UNIX) return 'socket';
+  if (s.listening) return 'unix-listener';
+  if (s.type === 'stream') return 'unix-stream';
+  if (s.type === 'seqpacket') return 'unix-seqpacket';
+  if (s.type === 'dgram') return 'unix-dgram';
+  return 'socket';
+}
+
+/** The kind of an fd that is not a socket or a character device: by file type, else by its /proc/self/fd link. */
+function otherKind(fd: number, fileType: FdInfo['fileType'], link: string): { kind: FdKind; seals?: number } {
+  if (fileType === 'fifo') return { kind: 'pipe' };
+  if (fileType === 'directory') return { kind: 'directory' };
+  if (fileType === 'block') return { kind: 'block-device' };
+  if (link.startsWith('anon_inode:[eventfd]')) return { kind: 'eventfd' };
+  if (link.startsWith('anon_inode:[pidfd]') || link.startsWith('pidfd:')) return { kind: 'pidfd' };
+  if (link.startsWith('/memfd:')) {
+    try {
+      return { kind: 'memfd', seals: native.fcntl_get_seals(fd) };
+    } catch {
+      return { kind: 'file' };
+    }
+  }
+  if (link.startsWith('anon_inode:')) return { kind: 'anon-inode' };
+  return { kind: fileType === 'file' ? 'file' : 'unknown' };
+}
+
+function procLink(fd: number): string {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return ''; // /proc may be missing; the link is a hint only
+  }
+}
+
+/** What kindMatches() needs to know of an fd: a part of FdInfo. */
+export type FdKindInfo = Pick<FdInfo, 'fd' | 'kind' | 'fileType' | 'link' | 'socket'>;
+
+/**
+ * The kind of an fd as inspectFd() tells it, for checking many fds (every fd a
+ * handover sends or receives): the same classification with only the syscalls
+ * the kind needs. One fstat_mode, then for a socket its three options, for a
+ * character device inspectFd() itself (TAP, vhost-net), for anything else the
+ * /proc/self/fd link (and for a memfd its seals); no status flags, no
+ * close-on-exec flag, no full stat. `link` is '' where it was not read.
+ */
+export function fdKindOf(fd: number): FdKindInfo {
+  let mode: number;
+  try {
+    mode = native.fstat_mode(fd);
+  } catch (err) {
+    throw BackendTransferError.fromSystem(err, `fstat of fd ${fd}`);
+  }
+  const fileType = fileTypeOf(mode & native.S_IFMT);
+  if (fileType === 'socket') {
+    const socket = socketOf(fd);
+    return { fd, kind: socketKind(socket), fileType, link: '', socket };
+  }
+  if (fileType === 'char') return inspectFd(fd);
+  const link = fileType === 'fifo' || fileType === 'directory' || fileType === 'block' ? '' : procLink(fd);
+  return { fd, kind: otherKind(fd, fileType, link).kind, fileType, link };
+}
+
 /**
  * Tells what an fd is, from fstat, socket options, TUNGETIFF, F_GET_SEALS and the
  * /proc/self/fd link. Never changes the fd. Enough to tell a TAP, a vhost-net fd,
@@ -72,12 +142,7 @@ export function inspectFd(fd: number): FdInfo {
   } catch (err) {
     throw BackendTransferError.fromSystem(err, `fstat of fd ${fd}`);
   }
-  let link = '';
-  try {
-    link = readlinkSync(`/proc/self/fd/${fd}`);
-  } catch {
-    /* /proc may be missing; the link is a hint only */
-  }
+  const link = procLink(fd);
   const info: FdInfo = {
     fd,
     kind: 'unknown',
@@ -91,19 +156,10 @@ export function inspectFd(fd: number): FdInfo {
   };
 
   switch (info.fileType) {
-    case 'socket': {
-      const domain = native.getsockopt(fd, native.SOL_SOCKET, native.SO_DOMAIN);
-      const type = sockTypeName(native.getsockopt(fd, native.SOL_SOCKET, native.SO_TYPE));
-      const listening = native.getsockopt(fd, native.SOL_SOCKET, native.SO_ACCEPTCONN) !== 0;
-      info.socket = { domain, type, listening };
-      if (domain !== native.AF_UNIX) info.kind = 'socket';
-      else if (listening) info.kind = 'unix-listener';
-      else if (type === 'stream') info.kind = 'unix-stream';
-      else if (type === 'seqpacket') info.kind = 'unix-seqpacket';
-      else if (type === 'dgram') info.kind = 'unix-dgram';
-      else info.kind = 'socket';
+    case 'socket':
+      info.socket = socketOf(fd);
+      info.kind = socketKind(info.socket);
       break;
-    }
     case 'char':
       if (st.rdevMajor === MISC_MAJOR && st.rdevMinor === TUN_MINOR) {
         try {
@@ -118,27 +174,11 @@ export function inspectFd(fd: number): FdInfo {
         info.kind = 'char-device';
       }
       break;
-    case 'fifo':
-      info.kind = 'pipe';
-      break;
-    case 'directory':
-      info.kind = 'directory';
-      break;
-    case 'block':
-      info.kind = 'block-device';
-      break;
-    default:
-      if (link.startsWith('anon_inode:[eventfd]')) info.kind = 'eventfd';
-      else if (link.startsWith('anon_inode:[pidfd]') || link.startsWith('pidfd:')) info.kind = 'pidfd';
-      else if (link.startsWith('/memfd:')) {
-        try {
-          info.seals = native.fcntl_get_seals(fd);
-          info.kind = 'memfd';
-        } catch {
-          info.kind = 'file';
-        }
-      } else if (link.startsWith('anon_inode:')) info.kind = 'anon-inode';
-      else if (info.fileType === 'file') info.kind = 'file';
+    default: {
+      const other = otherKind(fd, info.fileType, link);
+      info.kind = other.kind;
+      if (other.seals !== undefined) info.seals = other.seals;
+    }
   }
   return info;
 }

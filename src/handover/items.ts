@@ -132,6 +132,11 @@ export class ItemQueue {
     );
   }
 
+  /** Items read and not yet taken: next() returns the first of them at once. */
+  get ready(): number {
+    return this.#items.length - this.#head;
+  }
+
   next(ms: number, what: string): Promise<StreamItem> {
     const it = this.#take();
     if (it) return Promise.resolve(it);

@@ -5,7 +5,8 @@ import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { offersFor } from '../backends/policy.js';
 import type { SourceDevice } from '../backends/types.js';
 import { sendBufferSize } from '../fd/handover-io.js';
-import { inspectFd, type FdInfo } from '../fd/index.js';
+import { fdKindOf, type FdKindInfo } from '../fd/index.js';
+import { openFdCount } from '../fd/probe.js';
 import { fdBudget } from '../stream/budget.js';
 import { kindMatches } from '../stream/reader.js';
 import { Features, REASON_NAMES, STREAM_VERSION, type Hello, type Plan, type Welcome } from '../stream/wire.js';
@@ -25,7 +26,10 @@ const MAX_AUTO_SNDBUF = 4 * 1024 * 1024;
 
 /** Raises SO_SNDBUF to hold the state (o.sendBufferSize, else room for the state up to 4 MiB; never lowers it; 0 leaves it alone). The kernel caps it at wmem_max. */
 export function growSendBuffer(sock: FdSocket, o: SendHandoverOptions): void {
-  const bytes = o.sendBufferSize ?? Math.min(MAX_AUTO_SNDBUF, (payloadSize(o.state) ?? MAX_AUTO_SNDBUF) + 256 * 1024);
+  // The state after the freeze, or a precopy (streamed before it: a small buffer
+  // costs the writer a wait for POLLOUT several times per MiB), whichever is larger.
+  const pre = o.precopy === undefined ? 0 : o.precopy instanceof Uint8Array ? o.precopy.length : MAX_AUTO_SNDBUF;
+  const bytes = o.sendBufferSize ?? Math.min(MAX_AUTO_SNDBUF, Math.max(payloadSize(o.state) ?? MAX_AUTO_SNDBUF, pre) + 256 * 1024);
   if (!(bytes > 0)) return;
   // Linux reports twice what was set (its bookkeeping overhead).
   if (sendBufferSize(sock.fd) / 2 < bytes) sock.setBufferSizes({ send: bytes });
@@ -47,9 +51,9 @@ export function checkDevices(o: SendHandoverOptions): void {
 /** ERR_BACKEND_INVALID unless each fd the device would attach is open and of its declared kind. */
 function checkDeviceFds(d: SourceDevice): void {
   for (const a of d.capture(true).attachments) {
-    let info: FdInfo;
+    let info: FdKindInfo;
     try {
-      info = inspectFd(a.fd);
+      info = fdKindOf(a.fd);
     } catch (err) {
       throw new BackendTransferError(ErrorCodes.ERR_BACKEND_INVALID, `device ${d.id}: fd ${a.fd} (${a.name}) is not open (${(err as Error).message}); nothing was sent`, {
         cause: err,
@@ -84,7 +88,7 @@ export function buildHello(o: SendHandoverOptions): Hello {
     maxVersion: STREAM_VERSION,
     features,
     canPassFds: true,
-    fdBudget: fdBudget(),
+    fdBudget: fdBudget(openFdCount),
     probe: wantsFds || o.memfdPayloads ? randomProbe() : null,
     offers,
     // The state's size lets the target make room for it before the freeze.

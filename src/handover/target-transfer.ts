@@ -6,7 +6,7 @@
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import type { Arrival, StateJsonLimits, TargetDevice } from '../backends/types.js';
 import { verifyError } from '../backends/common.js';
-import { closeFds, findSameFile, sameFileMethod } from '../fd/index.js';
+import { closeFds, findSameFileIn, sameFileMethod } from '../fd/index.js';
 import { releaseMapping } from '../fd/mapping.js';
 import type { StageItem, StreamItem } from '../stream/reader.js';
 import { AckStage, NO_SECTION, type PlannedDevice } from '../stream/wire.js';
@@ -120,16 +120,30 @@ export async function receiveStaged(r: TargetRun): Promise<void> {
   };
   // The source's freeze() runs between its last ACK(STAGED) and FREEZE.
   const stageWait = timeouts.stage > 0 && timeouts.freeze > 0 ? timeouts.stage + timeouts.freeze : 0;
+  // The STAGEs verified and not yet answered: their ACK(STAGED)s go together, in
+  // order, in one write, once no further frame is waiting to be read (a batch of
+  // STAGEs arrives together: one write and one wake-up of the source per batch,
+  // not per device). A NACK for a later device leaves them unanswered.
+  let unanswered: number[] = [];
+  const answer = async () => {
+    if (unanswered.length === 0) return;
+    // An abort heard by now refuses these devices rather than acknowledging them.
+    s.checkAborted();
+    const acks = unanswered.map((sectionId) => ({ stage: AckStage.STAGED, sectionId }));
+    unanswered = [];
+    await s.bounded(w.acks(acks), timeouts.stage, 'sending ACK(STAGED)');
+  };
   for (;;) {
+    if (s.queue!.ready === 0) await answer();
     const it = await s.next('STAGE or FREEZE', stageWait, false);
     if (it.type === 'stage') {
       stage(it, false);
       progress(r, stagedCount);
-      // An abort heard by now refuses this device rather than acknowledging it.
       s.checkAborted();
-      await s.bounded(w.ack(AckStage.STAGED, '', it.sectionId), timeouts.stage, 'sending ACK(STAGED)');
+      unanswered.push(it.sectionId);
       continue;
     }
+    await answer();
     if (it.type === 'section' && isVmmState(it.device)) {
       takeSection(r, it); // the precopied VMM state
       continue;
@@ -224,17 +238,37 @@ export async function receiveInOrder(r: TargetRun): Promise<void> {
 export function checkDistinctFiles(devices: readonly Pending[]): void {
   const fds: number[] = [];
   const owner: { device: string; name: string }[] = [];
+  const runs: number[][] = [];
   for (const p of devices) {
+    const base = fds.length;
     for (const a of p.arrival.attachments) {
       fds.push(a.fd);
       owner.push({ device: p.planned.id, name: a.name });
     }
+    // A device checked before (alone, as it was staged): its fds in kcmp's order, merged rather than sorted again.
+    const known = fileOrder.get(p.arrival.attachments);
+    const run: number[] = [];
+    if (known && known.length === fds.length - base) for (const i of known) run.push(base + i);
+    else for (let i = base; i < fds.length; i++) run.push(i);
+    runs.push(run);
   }
-  const same = findSameFile(fds);
-  if (!same) return;
+  const order: number[] = [];
+  const same = findSameFileIn(fds, { runs, order });
+  if (!same) {
+    if (devices.length === 1 && order.length === fds.length) fileOrder.set(devices[0]!.arrival.attachments, order);
+    return;
+  }
   const [x, y] = [owner[same[0]]!, owner[same[1]]!];
   const other = x.device === y.device ? `fd ${y.name}` : `fd ${y.name} of device ${y.device}`;
   throw verifyError(x.device, `fd ${x.name} and ${other} are the same open file (one file sent twice), found by ${sameFileMethod() === 'kcmp' ? 'kcmp(KCMP_FILE)' : 'inode/eventfd-id'}`, {
     sameFile: [x, y],
   });
 }
+
+/**
+ * Each device's attachments (by the list's identity: a re-stage brings a new
+ * list) in kcmp's order, as its own check found them: the check across all
+ * devices merges these instead of sorting every fd again (about a fifth fewer
+ * kcmp calls at 650 devices of 30 fds).
+ */
+const fileOrder = new WeakMap<readonly unknown[], number[]>();

@@ -13,6 +13,7 @@ import { BackendTransferError, ErrorCodes, withoutCode } from '../errors.js';
 import { acceptFor } from '../backends/policy.js';
 import type { Resolved } from '../backends/types.js';
 import { closeFds } from '../fd/index.js';
+import { openFdCount } from '../fd/probe.js';
 import { fdBudget } from '../stream/budget.js';
 import { fdSocketChannel } from '../stream/channel.js';
 import { answerOffers } from '../stream/negotiate.js';
@@ -164,7 +165,7 @@ async function handshake(r: TargetRun, reader: StreamReader): Promise<Plan> {
     acceptFor(o.accept, { backendTransfer: o.backendTransfer }, (offer) =>
       isVmmState(offer) && offer.kind === 'state' ? { kind: 'state', minVersion: stateWindow[0], maxVersion: stateWindow[1], acceptFds: false } : null,
     ),
-    { canPassFds, features: ALL_FEATURES, fdBudget: fdBudget(), info: { pid: process.pid, probe: first.probe } },
+    { canPassFds, features: ALL_FEATURES, fdBudget: fdBudget(openFdCount), info: { pid: process.pid, probe: first.probe } },
   );
   reader.setWelcome(welcome);
   await s.bounded(r.writer!.welcome(welcome), timeouts.handshake, 'sending WELCOME');

@@ -153,7 +153,8 @@ export interface SendHandoverOptions {
   /**
    * SO_SNDBUF for the session's socket, so that the state can be queued to the
    * kernel at once instead of waiting for the target to drain it piece by
-   * piece. Default: room for the state (up to 4 MiB; the kernel caps it at
+   * piece. Default: room for the state after the freeze or the precopy,
+   * whichever is larger (up to 4 MiB; the kernel caps it at
    * net.core.wmem_max), never smaller than the socket has; 0 leaves it alone.
    */
   sendBufferSize?: number;

@@ -4,7 +4,7 @@
 // plan and their kinds, STAGE and FREEZE (STAGED), the payload of each section
 // frame (inline, or a memfd: payload.ts), and the totals END_OF_STATE must match.
 import { BackendTransferError, ErrorCodes } from '../errors.js';
-import { closeFd, inspectFd, type FdInfo } from '../fd/index.js';
+import { closeFd, fdKindOf, type FdKindInfo } from '../fd/index.js';
 import { decodeSectionPrefix, protocolError, tooLarge, type Cursor, type FrameHeader } from './codec.js';
 import type { ReceivedAttachment, SectionFrameName, SectionItem, StageItem } from './items.js';
 import { PayloadMemfds } from './payload.js';
@@ -321,9 +321,9 @@ export class Sections {
   }
 
   #checkKind(a: ReceivedAttachment): void {
-    let info: FdInfo;
+    let info: FdKindInfo;
     try {
-      info = inspectFd(a.fd);
+      info = fdKindOf(a.fd);
     } catch (err) {
       throw BackendTransferError.fromSystem(err, `inspecting attachment ${a.name}`);
     }
@@ -336,7 +336,7 @@ export class Sections {
 }
 
 /** Whether an fd, as the kernel describes it, can be an attachment of this kind. */
-export function kindMatches(kind: AttachmentKind, info: FdInfo): boolean {
+export function kindMatches(kind: AttachmentKind, info: FdKindInfo): boolean {
   switch (kind) {
     case 'tap':
       return info.kind === 'tap' || info.kind === 'tun-unattached';

@@ -371,6 +371,17 @@ export class StreamWriter {
     return this.#serial(() => this.#frame(FrameType.ACK, 0, [encodeAck({ stage, sectionId, detail })], []));
   }
 
+  /**
+   * Several ACKs in one write (one sendmsg where the kernel takes them all): the
+   * same frames in the same order as one ack() each, which would each wait for
+   * the one before to reach the kernel and wake the peer once per frame. For the
+   * target's ACK(STAGED)s, answered as a batch of STAGEs is verified.
+   */
+  acks(list: readonly { stage: AckStageCode; sectionId: number; detail?: string }[]): Promise<void> {
+    if (list.length === 0) return Promise.resolve();
+    return this.#serial(() => this.#frames(list.map((a) => ({ type: FrameType.ACK, body: [encodeAck({ stage: a.stage, sectionId: a.sectionId, detail: a.detail ?? '' })] }))));
+  }
+
   nack(code: string, reason: string, sectionId = NO_SECTION): Promise<void> {
     return this.send('NACK', { code, reason, sectionId });
   }
@@ -419,9 +430,48 @@ export class StreamWriter {
   }
 
   async #frame(type: number, flags: number, body: Uint8Array[], fds: number[], payloadBytes = 0): Promise<void> {
+    this.#checkNotBroken(type);
+    const { head, rest } = this.#encode(type, flags, body, fds, this.#magicPending);
+    try {
+      await this.channel.writeFrame(head, rest, fds);
+    } catch (err) {
+      const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, 'writing the stream');
+      // A refusal before any byte went (fds on a channel that cannot carry them) leaves the stream intact.
+      if (e.code !== ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS) this.#error = e;
+      throw e;
+    }
+    this.#magicPending = false;
+    this.#afterWrite(type, body, fds, head, rest, payloadBytes);
+  }
+
+  /** Frames without fds, written as one gather list (one sendmsg where the kernel takes them all): the same bytes as one #frame each. */
+  async #frames(frames: readonly { type: number; body: Uint8Array[] }[]): Promise<void> {
+    for (const f of frames) this.#checkNotBroken(f.type);
+    const parts: Uint8Array[] = [];
+    const encoded = frames.map((f, i) => {
+      const e = this.#encode(f.type, 0, f.body, [], i === 0 && this.#magicPending);
+      parts.push(e.head, ...e.rest);
+      return e;
+    });
+    try {
+      await this.channel.writeFrame(parts[0]!, parts.slice(1), []);
+    } catch (err) {
+      const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, 'writing the stream');
+      this.#error = e;
+      throw e;
+    }
+    this.#magicPending = false;
+    frames.forEach((f, i) => this.#afterWrite(f.type, f.body, [], encoded[i]!.head, encoded[i]!.rest, 0));
+  }
+
+  #checkNotBroken(type: number): void {
     if (this.#broken !== null && type !== FrameType.ABORT && type !== FrameType.PING && type !== FrameType.PONG) {
       throw new BackendTransferError(ErrorCodes.ERR_STREAM_WRITER_FAILED, `${this.#broken}: only ABORT may follow (${FRAME_NAMES[type] ?? type} not written)`);
     }
+  }
+
+  /** One frame's bytes: its head (the magic first if `magic`, the header, with fds the first body part) and the rest (body parts, trailer). */
+  #encode(type: number, flags: number, body: Uint8Array[], fds: number[], magic: boolean): { head: Uint8Array; rest: Uint8Array[] } {
     let bodyLength = 0;
     for (const b of body) bodyLength += b.length;
     let bodyCrc = 0;
@@ -434,21 +484,17 @@ export class StreamWriter {
     // The fds ride on the header and the first body part (never on another frame's bytes).
     let head: Uint8Array = header;
     const rest: Uint8Array[] = [];
-    if (this.#magicPending) head = Buffer.concat([MAGIC, header]);
+    if (magic) head = Buffer.concat([MAGIC, header]);
     if (fds.length > 0 && body.length > 0) {
       head = Buffer.concat([head, body[0]!]);
       rest.push(...body.slice(1));
     } else rest.push(...body);
     rest.push(trailer);
-    try {
-      await this.channel.writeFrame(head, rest, fds);
-    } catch (err) {
-      const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, 'writing the stream');
-      // A refusal before any byte went (fds on a channel that cannot carry them) leaves the stream intact.
-      if (e.code !== ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS) this.#error = e;
-      throw e;
-    }
-    this.#magicPending = false;
+    return { head, rest };
+  }
+
+  /** The bookkeeping of a frame written. */
+  #afterWrite(type: number, body: Uint8Array[], fds: number[], head: Uint8Array, rest: Uint8Array[], payloadBytes: number): void {
     this.#fdSeq += fds.length;
     if (type === FrameType.SECTION_START) this.#openSection = sectionIdOf(body);
     else if (type === FrameType.SECTION_END || type === FrameType.ABORT) {
