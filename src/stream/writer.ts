@@ -1,30 +1,22 @@
+// (Over 450 lines: one class whose methods each write one kind of frame, all under
+// the same sticky-error, plan and section checks, which they share as private
+// state; a frame's bytes are frame-encoder.ts's and payloads payload.ts's.)
+//
 // The stream writer: frames to a channel, large payloads streamed in parts (memory
 // stays bounded whatever the state size), optionally by sealed memfd. The first
 // channel error is sticky: every later call reports it (QEMU's qemu-file does the
 // same). A section that would need fds on a channel that cannot carry them fails
-// before anything is written. Payloads in a memfd: payload.ts.
-import { crc32 } from './crc.js';
+// before anything is written. Payloads in a memfd: payload.ts; a frame's bytes:
+// frame-encoder.ts.
 import { BackendTransferError, ErrorCodes } from '../errors.js';
 import { closeFd } from '../fd/index.js';
 import { fillMemfd } from '../fd/memfd.js';
 import type { StreamChannel } from './channel.js';
-import { bodyHasCrc, FRAME_NAMES, FRAMES, FrameType, type FrameBodies, type ItemFrameName } from './frames.js';
+import { encodeFrame } from './frame-encoder.js';
+import { FRAME_NAMES, FRAMES, FrameType, type FrameBodies, type ItemFrameName } from './frames.js';
 import { checkMemfdPayload, forEachPart, isMemfdPayload, sendByMemfd, type OutgoingAttachment, type SectionDevice, type SectionPayload } from './payload.js';
-import { encodeAck, encodeBody, encodeEndOfState, encodeFreeze, encodeHeader, encodeHello, encodePlan, encodeSectionPrefix, encodeWelcome } from './codec.js';
-import {
-  AttachmentRole,
-  Features,
-  FrameFlags,
-  MAGIC,
-  NO_SECTION,
-  type AckStageCode,
-  type AttachmentHeader,
-  type DroppedDevice,
-  type Hello,
-  type Plan,
-  type PlannedDevice,
-  type Welcome,
-} from './wire.js';
+import { encodeAck, encodeBody, encodeEndOfState, encodeFreeze, encodeHello, encodePlan, encodeSectionPrefix, encodeWelcome } from './codec.js';
+import { AttachmentRole, Features, FrameFlags, NO_SECTION, type AckStageCode, type AttachmentHeader, type DroppedDevice, type Hello, type Plan, type PlannedDevice, type Welcome } from './wire.js';
 
 export type { MemfdPayload, OutgoingAttachment, SectionDevice, SectionPayload } from './payload.js';
 export { fillMemfd } from '../fd/memfd.js';
@@ -431,7 +423,7 @@ export class StreamWriter {
 
   async #frame(type: number, flags: number, body: Uint8Array[], fds: number[], payloadBytes = 0): Promise<void> {
     this.#checkNotBroken(type);
-    const { head, rest } = this.#encode(type, flags, body, fds, this.#magicPending);
+    const { head, rest } = encodeFrame(type, flags, body, fds, this.#magicPending, this.#features, this.#fdSeq);
     try {
       await this.channel.writeFrame(head, rest, fds);
     } catch (err) {
@@ -449,7 +441,7 @@ export class StreamWriter {
     for (const f of frames) this.#checkNotBroken(f.type);
     const parts: Uint8Array[] = [];
     const encoded = frames.map((f, i) => {
-      const e = this.#encode(f.type, 0, f.body, [], i === 0 && this.#magicPending);
+      const e = encodeFrame(f.type, 0, f.body, [], i === 0 && this.#magicPending, this.#features, this.#fdSeq);
       parts.push(e.head, ...e.rest);
       return e;
     });
@@ -468,29 +460,6 @@ export class StreamWriter {
     if (this.#broken !== null && type !== FrameType.ABORT && type !== FrameType.PING && type !== FrameType.PONG) {
       throw new BackendTransferError(ErrorCodes.ERR_STREAM_WRITER_FAILED, `${this.#broken}: only ABORT may follow (${FRAME_NAMES[type] ?? type} not written)`);
     }
-  }
-
-  /** One frame's bytes: its head (the magic first if `magic`, the header, with fds the first body part) and the rest (body parts, trailer). */
-  #encode(type: number, flags: number, body: Uint8Array[], fds: number[], magic: boolean): { head: Uint8Array; rest: Uint8Array[] } {
-    let bodyLength = 0;
-    for (const b of body) bodyLength += b.length;
-    let bodyCrc = 0;
-    if (bodyHasCrc(type, this.#features)) {
-      for (const b of body) bodyCrc = crc32(b, bodyCrc);
-    }
-    const header = encodeHeader({ type, flags, bodyLength, fdCount: fds.length, firstFdSeq: fds.length ? this.#fdSeq : 0 });
-    const trailer = Buffer.allocUnsafe(4);
-    trailer.writeUInt32LE(bodyCrc, 0);
-    // The fds ride on the header and the first body part (never on another frame's bytes).
-    let head: Uint8Array = header;
-    const rest: Uint8Array[] = [];
-    if (magic) head = Buffer.concat([MAGIC, header]);
-    if (fds.length > 0 && body.length > 0) {
-      head = Buffer.concat([head, body[0]!]);
-      rest.push(...body.slice(1));
-    } else rest.push(...body);
-    rest.push(trailer);
-    return { head, rest };
   }
 
   /** The bookkeeping of a frame written. */
