@@ -1,7 +1,7 @@
 // The CLI in real processes: the demo (the main job), send/receive from JSON
 // descriptions with inherited fds and --exec, and supported.
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -148,8 +148,22 @@ function cli(args: string[], o: { fds?: number[]; timeoutMs?: number; env?: Reco
   );
 }
 
+/**
+ * Waits until a socket at `path` listens: the path exists from bind(), before
+ * listen(), and a connect in between is refused (seen once under load). The
+ * kernel's table of unix sockets (/proc/net/unix) says which ones listen
+ * (__SO_ACCEPTCON, 0x10000 in Flags), without connecting to them.
+ */
 async function socketAppears(path: string): Promise<void> {
-  for (let i = 0; i < 500 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 20));
+  const listening = () =>
+    existsSync(path) &&
+    readFileSync('/proc/net/unix', 'utf8')
+      .split('\n')
+      .some((l) => {
+        const f = l.trim().split(/\s+/);
+        return f[7] === path && (parseInt(f[3] ?? '0', 16) & 0x10000) !== 0;
+      });
+  for (let i = 0; i < 500 && !listening(); i++) await new Promise((r) => setTimeout(r, 20));
 }
 
 let k = 0;
