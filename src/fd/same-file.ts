@@ -47,6 +47,16 @@ export function sameFileMethod(): SameFileMethod {
 }
 
 /**
+ * Whether two fds of this process are one open file description, by
+ * kcmp(KCMP_FILE): exact for every kind. null where kcmp cannot be used here
+ * (see sameFileMethod()); a BackendTransferError when either fd is not open.
+ */
+export function sameOpenFile(a: number, b: number): boolean | null {
+  const r = kcmpFiles(a, b);
+  return r === null ? null : r === 0;
+}
+
+/**
  * The fallback identity of an open file where kcmp is not available: exact for
  * sockets (a socket has exactly one open file, so its inode names it) and for
  * eventfds (the eventfd-id of /proc/self/fdinfo); null for every other kind,

@@ -3,10 +3,13 @@
 // the downtime. A device whose fds are no longer what was staged is staged again
 // (or dropped when an fd was closed).
 import { closeFds, sameFileMethod } from '../fd/index.js';
+import { dupFd } from '../fd/dup.js';
+import { openFdCount } from '../fd/probe.js';
+import { sameOpenFile } from '../fd/same-file.js';
 import { fdBudget } from '../stream/budget.js';
 import { UNKNOWN_BUDGET } from '../stream/wire.js';
 import type { OutgoingAttachment } from '../stream/writer.js';
-import { dupForCompare, fileInode, fileMode, isSameOpenFile } from '../fd/identity.js';
+import { fileInode, fileMode } from '../fd/identity.js';
 
 /**
  * One staged device's print: every attachment's fd, kind, name and metadata, and
@@ -80,7 +83,7 @@ export class StagedPrints<K> {
         return true;
       }
       if (this.method === 'kcmp') {
-        if (!isSameOpenFile(fd, p.dups[i]!)) return true;
+        if (sameOpenFile(fd, p.dups[i]!) !== true) return true;
       } else {
         const mode = fileMode(fd);
         if (mode !== p.modes[i]) return true;
@@ -106,7 +109,7 @@ export class StagedPrints<K> {
 /** Whether `n` more fds fit in half of this process's free fd slots (read before the freeze). */
 function fitsTwice(n: number): boolean {
   if (n === 0) return true;
-  const free = fdBudget();
+  const free = fdBudget(openFdCount);
   return free === UNKNOWN_BUDGET || 2 * n <= free;
 }
 
@@ -117,7 +120,7 @@ function withDups(atts: readonly OutgoingAttachment[]): Print {
   try {
     for (; i < atts.length; i++) {
       fds[i] = atts[i]!.fd;
-      dups[i] = dupForCompare(atts[i]!.fd);
+      dups[i] = dupFd(atts[i]!.fd);
     }
   } catch (err) {
     closeFds(dups.subarray(0, i));
