@@ -8,6 +8,7 @@ import { crc32 as zlibCrc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { crc32, crcImplementation } from '../src/stream/crc.js';
 import { Features, MemoryChannel, StreamReader, StreamWriter, supported } from '../src/index.js';
+import { stateOnlyHandshake } from './helpers/stream.js';
 
 const LENGTHS = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 1023, 1024, 1025, 4095, 4096, 4097, 65535, 65536, 65537, 1 << 20, (1 << 20) + 13];
 
@@ -62,16 +63,9 @@ describe('crc32', () => {
     const ch = new MemoryChannel(false);
     const features = Features.BODY_CRC;
     const w = new StreamWriter(ch, { partSize: 1000 });
-    await w.hello({
-      minVersion: 1,
-      maxVersion: 1,
-      features,
-      canPassFds: false,
-      fdBudget: 0,
-      offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
-      info: null,
-    });
-    await w.plan({ version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] });
+    const { hello, plan } = stateOnlyHandshake(features, { canPassFds: false, fdBudget: 0 });
+    await w.hello(hello);
+    await w.plan(plan);
     const state = randomBytes(12_345);
     await w.section({ id: 'ram', instance: 0, version: 1 }, [], state);
     await w.endOfState();

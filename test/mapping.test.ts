@@ -22,6 +22,7 @@ import {
   type SectionItem,
 } from '../src/index.js';
 import { trackFdLeaks } from './helpers/fds.js';
+import { stateOnlyHandshake } from './helpers/stream.js';
 
 trackFdLeaks();
 
@@ -152,16 +153,9 @@ describe("StreamReader memfdPayload: 'map'", () => {
     const ch = new MemoryChannel(true);
     const features = Features.BODY_CRC | Features.MEMFD_PAYLOAD | Features.FDS;
     const w = new StreamWriter(ch);
-    await w.hello({
-      minVersion: 1,
-      maxVersion: 1,
-      features,
-      canPassFds: true,
-      fdBudget: 100,
-      offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
-      info: null,
-    });
-    await w.plan({ version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] });
+    const { hello, plan } = stateOnlyHandshake(features, { fdBudget: 100 });
+    await w.hello(hello);
+    await w.plan(plan);
     const fd = memfd(data, ALL());
     await w.section({ id: 'ram', instance: 0, version: 1 }, [], { memfd: fd, length: data.length });
     closeFd(fd);

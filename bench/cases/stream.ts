@@ -1,26 +1,13 @@
 // Stream benchmarks: the codec alone, and device state through the full stack
 // (sections, CRC, FdSocket) between two processes, inline and by sealed memfd.
-import { Features, StreamReader, StreamWriter, fdSocketChannel, type Hello, type Plan, type StreamChannel } from '../../src/index.js';
+import { Features, StreamReader, StreamWriter, fdSocketChannel, type StreamChannel } from '../../src/index.js';
 import { writeSync } from 'node:fs';
 import { closeFd, native } from '../../src/index.js';
 import { lastCpu, perfWindow, startPeer } from '../lib/harness.js';
+import { stateOnlyHandshake } from '../../test/helpers/stream.js';
 import type { Case, Scale } from './types.js';
 
 const MiB = 1 << 20;
-
-function stateHandshake(features: number): { hello: Hello; plan: Plan } {
-  const hello: Hello = {
-    minVersion: 1,
-    maxVersion: 1,
-    features,
-    canPassFds: true,
-    fdBudget: 0xffffffff,
-    offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
-    info: null,
-  };
-  const plan: Plan = { version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] };
-  return { hello, plan };
-}
 
 /** `total` bytes of state as `part`-sized pieces of one reused buffer (memory stays flat). */
 function* parts(total: number, part: number): Generator<Uint8Array> {
@@ -33,7 +20,7 @@ const discard: StreamChannel = { canPassFds: true, writeFrame: () => Promise.res
 
 /** Encoding only (frames built and CRC'd, then dropped): GB/s. */
 async function encodeOnly(total: number, part: number, crc: boolean): Promise<number> {
-  const { hello, plan } = stateHandshake(crc ? Features.BODY_CRC : 0);
+  const { hello, plan } = stateOnlyHandshake(crc ? Features.BODY_CRC : 0);
   const w = new StreamWriter(discard, { partSize: part });
   await w.hello(hello);
   await w.plan(plan);
@@ -44,7 +31,7 @@ async function encodeOnly(total: number, part: number, crc: boolean): Promise<nu
 
 /** Decoding only (header checks, CRC, payload slices) of frames fed whole: GB/s. */
 async function decodeOnly(total: number, part: number, crc: boolean): Promise<number> {
-  const { hello, plan } = stateHandshake(crc ? Features.BODY_CRC : 0);
+  const { hello, plan } = stateOnlyHandshake(crc ? Features.BODY_CRC : 0);
   // Record one START, one PART and one END frame, then feed START, PART x n, END.
   const frames: Buffer[] = [];
   const rec: StreamChannel = { canPassFds: true, writeFrame: async (h, rest) => void frames.push(Buffer.concat([h, ...rest])) };
@@ -82,7 +69,7 @@ function stateMemfd(total: number): number {
  * to map or read) or reads every byte out of it. GB/s of state handed over.
  */
 async function oneMemfd(total: number, target: 'keep' | 'read' | 'map' | 'map-touch'): Promise<number> {
-  const { hello, plan } = stateHandshake(Features.MEMFD_PAYLOAD | Features.FDS);
+  const { hello, plan } = stateOnlyHandshake(Features.MEMFD_PAYLOAD | Features.FDS);
   const memfd = stateMemfd(total); // made before the clock starts, like the VMM's own memory
   const peer = await startPeer('stream-sink.ts', [target], 'stream');
   try {
@@ -108,7 +95,7 @@ async function oneMemfd(total: number, target: 'keep' | 'read' | 'map' | 'map-to
 /** The full stack between two processes: StreamWriter → FdSocket → StreamReader. GB/s. */
 async function fullStack(total: number, part: number, opts: { crc: boolean; memfd?: boolean; type?: 'stream' | 'seqpacket'; sink?: 'read' | 'map' }): Promise<number> {
   const features = (opts.crc ? Features.BODY_CRC : 0) | (opts.memfd ? Features.MEMFD_PAYLOAD | Features.FDS : 0);
-  const { hello, plan } = stateHandshake(features);
+  const { hello, plan } = stateOnlyHandshake(features);
   const peer = await startPeer('stream-sink.ts', [opts.sink ?? 'map'], opts.type ?? 'stream');
   const w = new StreamWriter(fdSocketChannel(peer.sock), { partSize: part, memfdThreshold: opts.memfd ? 1 : Number.MAX_SAFE_INTEGER });
   perfWindow(true);

@@ -3,6 +3,7 @@
 // each part goes in its own sealed memfd.
 import { readFileSync } from 'node:fs';
 import { FdSocket, Features, StreamWriter, fdSocketChannel } from '../../src/index.js';
+import { stateOnlyHandshake } from '../../test/helpers/stream.js';
 
 const total = Number(process.argv[2]);
 const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
@@ -11,16 +12,9 @@ const sock = FdSocket.fromFd(3);
 const memfd = process.argv[3] === 'memfd';
 const w = new StreamWriter(fdSocketChannel(sock), { partSize: 1 << 20, memfdThreshold: memfd ? 1 : Number.MAX_SAFE_INTEGER });
 const features = Features.BODY_CRC | (memfd ? Features.MEMFD_PAYLOAD | Features.FDS : 0);
-await w.hello({
-  minVersion: 1,
-  maxVersion: 1,
-  features,
-  canPassFds: true,
-  fdBudget: 0xffffffff,
-  offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
-  info: null,
-});
-await w.plan({ version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] });
+const { hello, plan } = stateOnlyHandshake(features);
+await w.hello(hello);
+await w.plan(plan);
 const before = rss();
 let peak = before;
 const timer = setInterval(() => (peak = Math.max(peak, rss())), 20);

@@ -160,4 +160,23 @@ export function rawFrame(type: number, body: Uint8Array, o: { flags?: number; fd
   return Buffer.concat([header, body, trailer]);
 }
 
+/**
+ * HELLO and PLAN of a stream whose only device is the VMM state ('ram', instance
+ * 0, version 1, no fds), with `features`; the target's side of the handshake is
+ * left out (benchmarks and tests that write state-only streams).
+ */
+export function stateOnlyHandshake(features: number, o: { canPassFds?: boolean; fdBudget?: number } = {}): { hello: Hello; plan: Plan } {
+  const hello: Hello = {
+    minVersion: 1,
+    maxVersion: 1,
+    features,
+    canPassFds: o.canPassFds ?? true,
+    fdBudget: o.fdBudget ?? 0xffffffff,
+    offers: [{ kind: 'state', id: 'ram', instance: 0, version: 1, fdCount: 0, wantsFds: false, required: true }],
+    info: null,
+  };
+  const plan: Plan = { version: 1, features, totalFds: 0, devices: [{ kind: 'state', id: 'ram', instance: 0, version: 1, withFds: false, fdCount: 0 }] };
+  return { hello, plan };
+}
+
 export { MAGIC, FrameType };
