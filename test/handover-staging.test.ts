@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { GenericTarget, inspectFd, receiveHandover, type GenericBackend, type HandoverEvent } from '../src/index.js';
 import { sameFileMethod } from '../src/fd/index.js';
+import type { Peer } from './helpers/child.js';
 import { countOpenFds, trackFdLeaks } from './helpers/fds.js';
 import { MiB, phasesOf, readMemfd, sessionHarness, sha256 } from './helpers/session.js';
 
@@ -28,11 +29,16 @@ type SourceResult = {
   works: boolean | null;
 };
 
+/** Asks the source process to hand over; its answer (handover-done or handover-failed). */
+async function handover(peer: Peer): Promise<SourceResult & { event: string }> {
+  return (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+}
+
 describe('staged backends', () => {
   it('is the default: the fds are staged and verified before the freeze, only the state follows, and the downtime is broken down', async () => {
     const { peer, sha, path } = await source({ stateBytes: MiB + 3 });
     const t = receive(path);
-    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+    const s = await handover(peer);
     const r = await t.done;
     expect(s.event, JSON.stringify(s)).toBe('handover-done');
     expect(phasesOf(s.events)).toEqual(['prepare', 'connect', 'authenticate', 'handshake', 'stage', 'freeze', 'switch-over', 'adopt', 'commit', 'release', 'done']);
@@ -60,7 +66,7 @@ describe('staged backends', () => {
   it('staging: false gives the old order on both sides (what a 0.1.0 peer gets)', async () => {
     const { peer, sha, path } = await source({ stateBytes: MiB, staging: false });
     const t = receive(path);
-    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+    const s = await handover(peer);
     const r = await t.done;
     expect(s.event, JSON.stringify(s)).toBe('handover-done');
     expect(phasesOf(s.events)).toEqual(['prepare', 'connect', 'authenticate', 'handshake', 'freeze', 'transfer', 'verify', 'commit', 'release', 'done']);
@@ -76,7 +82,7 @@ describe('staged backends', () => {
     for (const staging of [true, false]) {
       const { peer, sha, path } = await source({ stateBytes: 3 * MiB + 5, precopyBytes: 2 * MiB + 1, staging });
       const t = receive(path);
-      const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+      const s = await handover(peer);
       const r = await t.done;
       expect(s.event, JSON.stringify(s)).toBe('handover-done');
       expect(r.stateBytes).toBe(3 * MiB + 5);
@@ -91,7 +97,7 @@ describe('staged, then changed before the freeze', () => {
     const { peer, path } = await source({ stateBytes: 1000, change: 'replace' });
     const before = countOpenFds(); // after the child's pipes
     const t = receive(path);
-    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+    const s = await handover(peer);
     const r = await t.done;
     expect(s.event, JSON.stringify(s)).toBe('handover-done');
     expect(s.result.devices).toEqual([{ id: 'vm0', kind: 'generic', outcome: 'moved', fds: 2, restaged: true }]);
@@ -107,7 +113,7 @@ describe('staged, then changed before the freeze', () => {
     const { peer, path } = await source({ stateBytes: 1000, change: 'replace-same-number' });
     const before = countOpenFds(); // after the child's pipes
     const t = receive(path);
-    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+    const s = await handover(peer);
     const r = await t.done;
     expect(s.event, JSON.stringify(s)).toBe('handover-done');
     if (sameFileMethod() !== 'kcmp') {
@@ -131,7 +137,7 @@ describe('staged, then changed before the freeze', () => {
       const { peer, path } = await source({ stateBytes: 1000, change, env: { BACKEND_TRANSFER_NO_KCMP: '1' } });
       const before = countOpenFds(); // after the child's pipes
       const t = receive(path);
-      const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+      const s = await handover(peer);
       const r = await t.done;
       expect(s.event, JSON.stringify(s)).toBe('handover-done');
       expect(s.leaked).toBe(0);
@@ -153,7 +159,7 @@ describe('staged, then changed before the freeze', () => {
     const { peer, path } = await source({ stateBytes: 1000, change: 'unplug' });
     const before = countOpenFds(); // after the child's pipes
     const t = receive(path);
-    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+    const s = await handover(peer);
     const r = await t.done;
     expect(s.event, JSON.stringify(s)).toBe('handover-done');
     expect(s.result.devices).toEqual([{ id: 'vm0', kind: 'generic', outcome: 'dropped', fds: 0, reason: 'unplugged after it was staged' }]);
@@ -167,7 +173,7 @@ describe('staged, then changed before the freeze', () => {
     const { peer, path } = await source({ stateBytes: 1000, change: 'close-ram' });
     const before = countOpenFds(); // after the child's pipes
     const t = receive(path);
-    const s = (await peer.ask({ cmd: 'handover' }, ['handover-done', 'handover-failed'])) as unknown as SourceResult & { event: string };
+    const s = await handover(peer);
     const r = await t.done;
     expect(s.event, JSON.stringify(s)).toBe('handover-done');
     expect(s.result.devices[0]).toMatchObject({ id: 'vm0', outcome: 'dropped' });
