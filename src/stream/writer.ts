@@ -360,7 +360,7 @@ export class StreamWriter {
   // ---------------------------------------------------------------- return path and control
 
   ack(stage: AckStageCode, detail = '', sectionId = NO_SECTION): Promise<void> {
-    return this.#serial(() => this.#frame(FrameType.ACK, 0, [encodeAck({ stage, sectionId, detail })], []));
+    return this.acks([{ stage, sectionId, detail }]);
   }
 
   /**
@@ -424,15 +424,7 @@ export class StreamWriter {
   async #frame(type: number, flags: number, body: Uint8Array[], fds: number[], payloadBytes = 0): Promise<void> {
     this.#checkNotBroken(type);
     const { head, rest } = encodeFrame(type, flags, body, fds, this.#magicPending, this.#features, this.#fdSeq);
-    try {
-      await this.channel.writeFrame(head, rest, fds);
-    } catch (err) {
-      const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, 'writing the stream');
-      // A refusal before any byte went (fds on a channel that cannot carry them) leaves the stream intact.
-      if (e.code !== ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS) this.#error = e;
-      throw e;
-    }
-    this.#magicPending = false;
+    await this.#write(head, rest, fds);
     this.#afterWrite(type, body, fds, head, rest, payloadBytes);
   }
 
@@ -445,15 +437,24 @@ export class StreamWriter {
       parts.push(e.head, ...e.rest);
       return e;
     });
+    await this.#write(parts[0]!, parts.slice(1), []);
+    frames.forEach((f, i) => this.#afterWrite(f.type, f.body, [], encoded[i]!.head, encoded[i]!.rest, 0));
+  }
+
+  /**
+   * Hands a frame's (or frames') bytes and fds to the channel. A failure is
+   * sticky, except a refusal before any byte went (fds on a channel that cannot
+   * carry them), which leaves the stream intact.
+   */
+  async #write(head: Uint8Array, rest: Uint8Array[], fds: number[]): Promise<void> {
     try {
-      await this.channel.writeFrame(parts[0]!, parts.slice(1), []);
+      await this.channel.writeFrame(head, rest, fds);
     } catch (err) {
       const e = err instanceof BackendTransferError ? err : BackendTransferError.fromSystem(err, 'writing the stream');
-      this.#error = e;
+      if (e.code !== ErrorCodes.ERR_CHANNEL_CANNOT_PASS_FDS) this.#error = e;
       throw e;
     }
     this.#magicPending = false;
-    frames.forEach((f, i) => this.#afterWrite(f.type, f.body, [], encoded[i]!.head, encoded[i]!.rest, 0));
   }
 
   #checkNotBroken(type: number): void {
