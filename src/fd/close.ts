@@ -1,5 +1,6 @@
 // Closing fds without throwing and without blocking the event loop.
 import { native } from '../native.js';
+import { MISC_MAJOR, TUN_MINOR, VHOST_NET_MINOR } from './kind.js';
 
 // Closing never blocks the event loop. close(2) itself can block for as long as
 // whoever shares the file likes: the last close of a TCP socket with SO_LINGER
@@ -14,8 +15,6 @@ import { native } from '../native.js';
 /** How an fd may be closed. */
 type CloseHow = 'now' | 'deferred' | 'not-open';
 
-// misc character devices whose release never waits on anyone: tun/tap, vhost-net
-const MISC_MAJOR_ = 10;
 const MEM_MAJOR = 1; // /dev/null, /dev/zero, /dev/urandom ...
 
 /**
@@ -58,7 +57,8 @@ function closeHowByMode(fd: number, mode: number, domain: number | null): CloseH
         return 'deferred';
       }
       if (st.rdevMajor === MEM_MAJOR) return 'now';
-      if (st.rdevMajor === MISC_MAJOR_ && (st.rdevMinor === 200 || st.rdevMinor === 238)) return 'now';
+      // misc character devices whose release never waits on anyone: tun/tap, vhost-net
+      if (st.rdevMajor === MISC_MAJOR && (st.rdevMinor === TUN_MINOR || st.rdevMinor === VHOST_NET_MINOR)) return 'now';
       return 'deferred';
     }
     case native.S_IFREG:

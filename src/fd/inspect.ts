@@ -2,7 +2,7 @@
 import { readlinkSync } from 'node:fs';
 import { native } from '../native.js';
 import { BackendTransferError } from '../errors.js';
-import type { FdKind } from './kind.js';
+import { MISC_MAJOR, TUN_MINOR, VHOST_NET_MINOR, type FdKind } from './kind.js';
 
 export interface FdInfo {
   fd: number;
@@ -23,11 +23,6 @@ export interface FdInfo {
   /** For tun/tap fds attached to an interface: TUNGETIFF. */
   tun?: { name: string; flags: number };
 }
-
-// misc character device minors (include/linux/miscdevice.h)
-const MISC_MAJOR = 10;
-const TUN_MINOR = 200;
-const VHOST_NET_MINOR = 238;
 
 function fileTypeOf(type: number): FdInfo['fileType'] {
   switch (type) {

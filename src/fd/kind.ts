@@ -31,3 +31,8 @@ export const FD_KINDS = [
 
 /** What kind of fd this is, as inspectFd() tells it from the kernel; what GenericTarget's `expect` and expectFd() ask for. */
 export type FdKind = (typeof FD_KINDS)[number];
+
+/** The misc character devices (include/linux/miscdevice.h) a backend fd can be: /dev/net/tun and /dev/vhost-net. */
+export const MISC_MAJOR = 10;
+export const TUN_MINOR = 200;
+export const VHOST_NET_MINOR = 238;

@@ -3,6 +3,7 @@
 // helper ask of the kernel. Errors are the addon's (errno, .code/.syscall).
 import { native } from '../native.js';
 import { closeFd } from './close.js';
+import { MISC_MAJOR, TUN_MINOR } from './kind.js';
 
 let flagMask: number | null = null;
 
@@ -64,8 +65,6 @@ export function ifIndexOf(name: string): number {
 // A TAP queue's interface name and flags from its fd alone, cheaply: fstat (is it
 // /dev/net/tun?) and TUNGETIFF, two syscalls, where inspectFd() makes five and
 // reads the /proc/self/fd link. For the TAP's capture inside the downtime.
-const MISC_MAJOR = 10;
-const TUN_MINOR = 200;
 
 /** TUNGETIFF of a TAP queue fd ({ name, flags }), or null when `fd` is not an attached TAP queue (inspectFd() then says what it is). */
 export function tapQueueIff(fd: number): { name: string; flags: number } | null {
