@@ -10,3 +10,12 @@ export function dupFd(fd: number): number {
     throw BackendTransferError.fromSystem(err, `dup of fd ${fd}`);
   }
 }
+
+/** A close-on-exec duplicate of `fd` the caller owns, or null where none can be had (EMFILE, a closed fd). */
+export function dupOrNull(fd: number): number | null {
+  try {
+    return native.dup(fd);
+  } catch {
+    return null;
+  }
+}

@@ -1,6 +1,6 @@
 // The few syscalls the handover session makes itself (src/handover/ does not
 // import the addon, see docs/architecture.md): the send buffer's size, a pidfd
-// for a peer's pid, a duplicate, and the poll event of a hangup (for "did the
+// for a peer's pid, and the poll event of a hangup (for "did the
 // peer die holding the connection?"). Each is one call of the addon, its errors as
 // the addon throws them. (What identifies a staged fd is fd/identity.ts.)
 import { native } from '../native.js';
@@ -14,15 +14,6 @@ export function sendBufferSize(fd: number): number {
 export function pidfdOf(pid: number): number | null {
   try {
     return native.pidfd_open(pid);
-  } catch {
-    return null;
-  }
-}
-
-/** A close-on-exec duplicate of `fd` the caller owns, or null where none can be had (EMFILE, a closed fd). */
-export function dupOrNull(fd: number): number | null {
-  try {
-    return native.dup(fd);
   } catch {
     return null;
   }
