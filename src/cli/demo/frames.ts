@@ -36,17 +36,22 @@ export function echoRequest(e: EchoSpec): Buffer {
   icmp.writeUInt16BE(e.seq, 6);
   payload.copy(icmp, 8);
   icmp.writeUInt16BE(checksum(icmp), 2);
+  return ipv4Frame(e, 1, icmp); // ICMP
+}
+
+/** A frame around `l4`: a zeroed virtio-net header, Ethernet, and an IPv4 header (TTL 64, its id the low 16 bits of `seq`) for `protocol`. */
+function ipv4Frame(e: Omit<EchoSpec, 'id'>, protocol: number, l4: Buffer): Buffer {
   const iph = Buffer.alloc(20);
   iph[0] = 0x45;
-  iph.writeUInt16BE(20 + icmp.length, 2);
+  iph.writeUInt16BE(20 + l4.length, 2);
   iph.writeUInt16BE(e.seq & 0xffff, 4);
   iph[8] = 64;
-  iph[9] = 1; // ICMP
+  iph[9] = protocol;
   ip(e.srcIp).copy(iph, 12);
   ip(e.dstIp).copy(iph, 16);
   iph.writeUInt16BE(checksum(iph), 10);
   const eth = Buffer.concat([mac(e.dstMac), mac(e.srcMac), Buffer.from([0x08, 0x00])]);
-  return Buffer.concat([Buffer.alloc(e.vnetHdrSize), eth, iph, icmp]);
+  return Buffer.concat([Buffer.alloc(e.vnetHdrSize), eth, iph, l4]);
 }
 
 /** The echo reply in a frame read from a TAP, or null when it is something else. */
@@ -87,17 +92,7 @@ export function tcpSyn(e: SynSpec): Buffer {
   tcp.writeUInt16BE(64240, 14);
   const pseudo = Buffer.concat([ip(e.srcIp), ip(e.dstIp), Buffer.from([0, 6, 0, tcp.length]), tcp]);
   tcp.writeUInt16BE(checksum(pseudo), 16);
-  const iph = Buffer.alloc(20);
-  iph[0] = 0x45;
-  iph.writeUInt16BE(20 + tcp.length, 2);
-  iph.writeUInt16BE(e.seq & 0xffff, 4);
-  iph[8] = 64;
-  iph[9] = 6;
-  ip(e.srcIp).copy(iph, 12);
-  ip(e.dstIp).copy(iph, 16);
-  iph.writeUInt16BE(checksum(iph), 10);
-  const eth = Buffer.concat([mac(e.dstMac), mac(e.srcMac), Buffer.from([0x08, 0x00])]);
-  return Buffer.concat([Buffer.alloc(e.vnetHdrSize), eth, iph, tcp]);
+  return ipv4Frame(e, 6, tcp); // TCP
 }
 
 /** The RST answering a SYN, or null. */
